@@ -1,0 +1,54 @@
+"""An immutable view of the whole mesh at one moment (istiod's PushContext).
+
+Built from the store by `xdsd.model.build.build_snapshot`; translators read it,
+never the store, so one push sees one consistent world.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from xdsd.model.types import ConfigError, ConfigObject, Endpoint, Service, Workload
+
+# (hostname, namespace): Istio lets several namespaces define the same host
+# (ServiceEntries); Kubernetes hostnames are unique by construction.
+ServiceKey = tuple[str, str]
+
+
+def _empty() -> Mapping[object, object]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class MeshSnapshot:
+    # Monotonic build counter; not an xDS version (those are content hashes).
+    generation: int = 0
+    # All services, sorted by (hostname, namespace) so generated output is stable.
+    services: tuple[Service, ...] = ()
+    # Endpoints per service and service port number, sorted by (address, port).
+    endpoints: Mapping[tuple[ServiceKey, int], tuple[Endpoint, ...]] = field(
+        default_factory=_empty  # type: ignore[arg-type]
+    )
+    # Pods and WorkloadEntries, for finding a proxy's own workload by IP.
+    workloads: tuple[Workload, ...] = ()
+    # Istio kinds not turned into services (VirtualService, DestinationRule, ...),
+    # keyed by kind, sorted by (namespace, name).
+    configs: Mapping[str, tuple[ConfigObject, ...]] = field(
+        default_factory=_empty  # type: ignore[arg-type]
+    )
+    # Problems found while loading/building, for status and debug output.
+    errors: tuple[ConfigError, ...] = ()
+    # Root namespace of the mesh (mesh-wide Sidecar, DestinationRule defaults).
+    root_namespace: str = "istio-system"
+    domain_suffix: str = "cluster.local"
+
+    def endpoints_for(self, service: Service, port: int) -> tuple[Endpoint, ...]:
+        return self.endpoints.get(((service.hostname, service.namespace), port), ())
+
+    def workloads_by_ip(self, ip: str) -> tuple[Workload, ...]:
+        return tuple(w for w in self.workloads if w.address == ip)
+
+    def configs_of(self, kind: str) -> tuple[ConfigObject, ...]:
+        return self.configs.get(kind, ())

@@ -1,0 +1,213 @@
+"""Immutable values of the mesh model: neither Kubernetes objects nor Envoy protos.
+
+Every stage after `sources/` reads these. They are frozen so a snapshot can be
+shared by concurrent pushes without copies or locks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+def frozen_map(values: Mapping[str, str] | None) -> Mapping[str, str]:
+    """A read-only copy of a label/annotation map (shared empty map for none)."""
+    if not values:
+        return EMPTY_LABELS
+    return MappingProxyType(dict(values))
+
+
+class Protocol(enum.Enum):
+    """Port protocols as Istio names them (see istio.io "protocol selection")."""
+
+    HTTP = "HTTP"
+    HTTP2 = "HTTP2"
+    GRPC = "GRPC"
+    GRPC_WEB = "GRPC-Web"
+    HTTPS = "HTTPS"
+    TLS = "TLS"
+    TCP = "TCP"
+    UDP = "UDP"
+    MONGO = "Mongo"
+    MYSQL = "MySQL"
+    REDIS = "Redis"
+    # Unnamed / unknown ports: Istio sniffs the protocol on the connection.
+    AUTO = "auto"
+
+    @property
+    def is_http(self) -> bool:
+        return self in (Protocol.HTTP, Protocol.HTTP2, Protocol.GRPC, Protocol.GRPC_WEB)
+
+    @property
+    def is_http2(self) -> bool:
+        """Upstream speaks HTTP/2 (the cluster gets HTTP/2 protocol options)."""
+        return self in (Protocol.HTTP2, Protocol.GRPC)
+
+
+class Resolution(enum.Enum):
+    """How a client finds the addresses of a service (ServiceEntry.resolution)."""
+
+    STATIC = "STATIC"  # endpoints known to the control plane (Kubernetes, STATIC SE) -> EDS
+    DNS = "DNS"  # Envoy resolves the hosts (STRICT_DNS)
+    DNS_ROUND_ROBIN = "DNS_ROUND_ROBIN"  # LOGICAL_DNS
+    NONE = "NONE"  # pass through to the original destination
+
+
+class Location(enum.Enum):
+    MESH_INTERNAL = "MESH_INTERNAL"
+    MESH_EXTERNAL = "MESH_EXTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """Where a config object came from: enough to name it in an error or status."""
+
+    kind: str
+    namespace: str
+    name: str
+    source: str = ""  # e.g. "examples/mesh.yaml#2" (file and document index)
+
+    def __str__(self) -> str:
+        where = f" ({self.source})" if self.source else ""
+        ns = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind} {ns}{self.name}{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: Protocol
+    # Kubernetes targetPort: a number, a container port name, or None (= port).
+    target_port: int | str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service as Istio's registry knows it: a Kubernetes Service or a ServiceEntry host."""
+
+    hostname: str  # FQDN, e.g. "reviews.default.svc.cluster.local", or a SE host (may be "*.x.com")
+    namespace: str
+    name: str  # Kubernetes name, or the ServiceEntry's name
+    ports: tuple[ServicePort, ...]
+    ref: ObjectRef
+    # ClusterIP (Kubernetes) or SE addresses; empty for headless/none.
+    addresses: tuple[str, ...] = ()
+    resolution: Resolution = Resolution.STATIC
+    location: Location = Location.MESH_INTERNAL
+    # exportTo values: "*" (all), "." (own namespace), "~" (none), or namespace names.
+    export_to: frozenset[str] = frozenset({"*"})
+    labels: Mapping[str, str] = EMPTY_LABELS
+    # Label selector for workloads (Kubernetes spec.selector / SE workloadSelector).
+    selector: Mapping[str, str] | None = None
+    # Kubernetes Service of type ExternalName: its DNS target.
+    external_name: str | None = None
+    headless: bool = False
+
+    def port_by_number(self, number: int) -> ServicePort | None:
+        for p in self.ports:
+            if p.port == number:
+                return p
+        return None
+
+    def port_by_name(self, name: str) -> ServicePort | None:
+        for p in self.ports:
+            if p.name == name:
+                return p
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Locality:
+    region: str = ""
+    zone: str = ""
+    subzone: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One address:port serving one port of one service."""
+
+    address: str  # IP, or a hostname for DNS ServiceEntries
+    port: int  # the port the workload listens on (target port resolved)
+    service_port: int  # the service port this endpoint serves
+    labels: Mapping[str, str] = EMPTY_LABELS
+    service_account: str = ""  # "" when unknown
+    namespace: str = ""
+    workload_name: str = ""
+    cluster_id: str = "Kubernetes"
+    network: str = ""
+    locality: Locality = Locality()
+    healthy: bool = True
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A Pod or a WorkloadEntry: something a proxy can run beside."""
+
+    name: str
+    namespace: str
+    address: str
+    ref: ObjectRef
+    labels: Mapping[str, str] = EMPTY_LABELS
+    service_account: str = "default"
+    ready: bool = True
+    # Pod container ports by name, for resolving named targetPorts.
+    named_ports: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # WorkloadEntry ports override (port name -> number).
+    port_overrides: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    cluster_id: str = "Kubernetes"
+    network: str = ""
+    locality: Locality = Locality()
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class ConfigObject:
+    """An Istio config object kept as validated-but-untranslated spec.
+
+    Later stages (traffic management, security) interpret `spec`. It is a deep
+    read-only structure: Mappings are MappingProxyType and lists are tuples.
+    """
+
+    ref: ObjectRef
+    group: str  # e.g. "networking.istio.io"
+    version: str  # e.g. "v1"
+    spec: Mapping[str, Any]
+    labels: Mapping[str, str] = EMPTY_LABELS
+    annotations: Mapping[str, str] = EMPTY_LABELS
+    generation: int = 0
+
+    @property
+    def kind(self) -> str:
+        return self.ref.kind
+
+    @property
+    def namespace(self) -> str:
+        return self.ref.namespace
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigError:
+    """A problem with one config object, named precisely enough to fix it."""
+
+    source: str  # file path and document index, or "cluster/namespace" for Kubernetes
+    object: str  # "Kind namespace/name", or "" when the document has none
+    path: str  # field path, e.g. "spec.ports[0].port"
+    message: str
+    severity: str = "error"  # "error" | "warning" (unsupported field, unknown kind)
+
+    def __str__(self) -> str:
+        obj = f" {self.object}" if self.object else ""
+        path = f" at {self.path}" if self.path else ""
+        return f"{self.source}:{obj}{path}: {self.message}"
