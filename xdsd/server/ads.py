@@ -1,0 +1,423 @@
+"""gRPC xDS services: ADS (state of the world and Delta) and the per-type services.
+
+The server knows the xDS protocol, not Istio: it asks a `ConfigProvider` to
+identify the proxy from its node and for the current resources of a type, and
+is told by `notify()` that resources may have changed. All protocol decisions
+are the pure functions in `xdsd.server.protocol`; this module only moves bytes.
+
+One task per stream does everything that touches the stream's state (requests
+and pushes are queued to it), so no locks are needed and responses on a stream
+keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import json_format
+
+from xdsd.cache import wire
+from xdsd.cache.resources import CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, short_type
+from xdsd.server import protocol as p
+from xdsd.server.metrics import XdsMetrics
+
+log = logging.getLogger(__name__)
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+PER_TYPE_SERVICES: Mapping[str, tuple[str, str, str]] = {
+    # type URL -> (service, SotW method, Delta method)
+    CLUSTER: (
+        "envoy.service.cluster.v3.ClusterDiscoveryService",
+        "StreamClusters",
+        "DeltaClusters",
+    ),
+    ENDPOINT: (
+        "envoy.service.endpoint.v3.EndpointDiscoveryService",
+        "StreamEndpoints",
+        "DeltaEndpoints",
+    ),
+    "type.googleapis.com/envoy.config.listener.v3.Listener": (
+        "envoy.service.listener.v3.ListenerDiscoveryService",
+        "StreamListeners",
+        "DeltaListeners",
+    ),
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration": (
+        "envoy.service.route.v3.RouteDiscoveryService",
+        "StreamRoutes",
+        "DeltaRoutes",
+    ),
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret": (
+        "envoy.service.secret.v3.SecretDiscoveryService",
+        "StreamSecrets",
+        "DeltaSecrets",
+    ),
+}
+
+
+class NodeRejected(Exception):
+    """The provider will not serve this node (bad id, not authorized, ...)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ProxyWatch(Protocol):
+    """The provider's handle on one connected proxy."""
+
+    @property
+    def proxy_id(self) -> str: ...
+
+    def resources(self, type_url: str) -> ResourceSet:
+        """Current resources of a type for this proxy (empty for unknown types)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ConfigProvider(Protocol):
+    async def wait_ready(self) -> None:
+        """Return once the first full config load is done (the readiness gate)."""
+        ...
+
+    def open(
+        self, node_id: str, metadata: Mapping[str, Any], peer: str, context: Any
+    ) -> ProxyWatch:
+        """Identify the proxy; raise NodeRejected to refuse the stream."""
+        ...
+
+
+@dataclass
+class Connection:
+    """One xDS stream, for debug output and pushes. Mutated only by its own task."""
+
+    conn_id: str
+    peer: str
+    delta: bool
+    node_id: str = ""
+    proxy_id: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    watch: ProxyWatch | None = None
+    states: dict[str, p.WatchState] = field(default_factory=dict)
+    connected_at: float = field(default_factory=time.time)
+    pushes: int = 0
+    # Types to look at on the next push; None means all.
+    dirty: set[str] | None = field(default_factory=set)
+    # Requests and at most one push token, consumed by the stream's task.
+    inbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    push_queued: bool = False
+    _nonces: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_nonce(self) -> str:
+        return f"{self.conn_id}-{next(self._nonces)}"
+
+    def mark_dirty(self, types: frozenset[str] | None) -> None:
+        if types is None:
+            self.dirty = None
+        elif self.dirty is not None:
+            self.dirty |= types
+        if not self.push_queued:  # pushes coalesce: never two queued for one stream
+            self.push_queued = True
+            self.inbox.put_nowait(_WAKE)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    control_plane_id: str = "xdsd"
+
+
+_EOF = object()
+_WAKE = object()
+
+
+class XdsServices:
+    """The xDS gRPC services, with their connections. Register on a grpc.aio server."""
+
+    def __init__(
+        self,
+        provider: ConfigProvider,
+        metrics: XdsMetrics,
+        settings: ServerSettings | None = None,
+    ) -> None:
+        self.provider = provider
+        self.metrics = metrics
+        self.settings = settings or ServerSettings()
+        self._control_plane = wire.control_plane(self.settings.control_plane_id)
+        self.connections: dict[str, Connection] = {}
+        self._prefix = secrets.token_hex(3)
+        self._ids = itertools.count(1)
+
+    # -- registration -----------------------------------------------------------------
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        def sotw(types: frozenset[str] | None) -> Any:
+            return grpc.stream_stream_rpc_method_handler(
+                lambda it, ctx: self._stream(it, ctx, delta=False, only=types),
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=_identity,
+            )
+
+        def delta(types: frozenset[str] | None) -> Any:
+            return grpc.stream_stream_rpc_method_handler(
+                lambda it, ctx: self._stream(it, ctx, delta=True, only=types),
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=_identity,
+            )
+
+        out = [
+            grpc.method_handlers_generic_handler(
+                ADS_SERVICE,
+                {
+                    "StreamAggregatedResources": sotw(None),
+                    "DeltaAggregatedResources": delta(None),
+                },
+            )
+        ]
+        for type_url, (service, sotw_method, delta_method) in PER_TYPE_SERVICES.items():
+            only = frozenset({type_url})
+            out.append(
+                grpc.method_handlers_generic_handler(
+                    service, {sotw_method: sotw(only), delta_method: delta(only)}
+                )
+            )
+        return out
+
+    # -- pushes -----------------------------------------------------------------------
+
+    def notify(
+        self,
+        types: frozenset[str] | None = None,
+        only: Callable[[Connection], bool] | None = None,
+    ) -> int:
+        """Tell streams that resources may have changed; returns how many were woken."""
+        woken = 0
+        for conn in self.connections.values():
+            if conn.watch is not None and (only is None or only(conn)):
+                conn.mark_dirty(types)
+                woken += 1
+        return woken
+
+    # -- the stream -------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        *,
+        delta: bool,
+        only: frozenset[str] | None,
+    ) -> AsyncIterator[bytes]:
+        conn = Connection(f"{self._prefix}-{next(self._ids)}", context.peer(), delta)
+        inbox = conn.inbox
+        reader = asyncio.create_task(_pump(requests, inbox), name=f"xds-read-{conn.conn_id}")
+        try:
+            await self.provider.wait_ready()
+            while True:
+                item = await inbox.get()
+                if item is _EOF:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if item is _WAKE:
+                    for out in self._push(conn):
+                        yield out
+                    continue
+                for out in self._on_request(conn, item, context, only):
+                    yield out
+        except NodeRejected as e:
+            self.metrics.refused_streams.labels(reason=e.code.name.lower()).inc()
+            log.warning("refused xDS stream from %s: %s", conn.peer, e.message)
+            await context.abort(e.code, e.message)
+        finally:
+            reader.cancel()
+            self._disconnect(conn)
+
+    def _connect(self, conn: Connection, node: Any, context: grpc.aio.ServicerContext) -> None:
+        if not node.id:
+            raise NodeRejected(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first request on a stream must carry node.id"
+            )
+        metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+        watch = self.provider.open(node.id, metadata, conn.peer, context)
+        conn.node_id = node.id
+        conn.metadata = metadata
+        conn.watch = watch
+        conn.proxy_id = watch.proxy_id
+        self.connections[conn.conn_id] = conn
+        version = metadata.get("ISTIO_VERSION")
+        self.metrics.connected.labels(version=version if isinstance(version, str) else "").inc()
+        log.info(
+            "proxy %s connected (%s, %s)",
+            conn.proxy_id,
+            "delta" if conn.delta else "sotw",
+            conn.peer,
+        )
+
+    def _disconnect(self, conn: Connection) -> None:
+        if self.connections.pop(conn.conn_id, None) is None:
+            return
+        version = conn.metadata.get("ISTIO_VERSION")
+        self.metrics.connected.labels(version=version if isinstance(version, str) else "").dec()
+        if conn.watch is not None:
+            conn.watch.close()
+        log.info("proxy %s disconnected", conn.proxy_id)
+
+    def _on_request(
+        self,
+        conn: Connection,
+        msg: Any,
+        context: grpc.aio.ServicerContext,
+        only: frozenset[str] | None,
+    ) -> list[bytes]:
+        if conn.watch is None:
+            self._connect(conn, msg.node, context)
+        type_url = msg.type_url
+        if not type_url and only is not None and len(only) == 1:
+            type_url = next(iter(only))  # per-type services may leave it out
+        if only is not None and type_url not in only:
+            raise NodeRejected(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"type {type_url!r} cannot be requested on this service",
+            )
+        state = conn.states.get(type_url)
+        if conn.delta:
+            state, decision = p.on_delta_request(state, _delta_request(type_url, msg))
+        else:
+            state, decision = p.on_sotw_request(state, _sotw_request(type_url, msg))
+        conn.states[type_url] = state
+        short = short_type(type_url)
+        if decision.verdict is p.Verdict.NACK and state.nack is not None:
+            self.metrics.rejects.labels(type=short).inc()
+            log.warning(
+                "proxy %s rejected %s version %s: %s",
+                conn.proxy_id,
+                short,
+                state.nack.version,
+                state.nack.message,
+            )
+        elif decision.verdict is p.Verdict.STALE:
+            self.metrics.expired_nonce.labels(type=short).inc()
+        if not decision.respond:
+            return []
+        return self._send_types(conn, [type_url], force={type_url: decision.force})
+
+    def _push(self, conn: Connection) -> list[bytes]:
+        dirty = conn.dirty
+        conn.dirty = set()
+        conn.push_queued = False
+        if conn.watch is None:
+            return []
+        watched = [t for t in PUSH_ORDER if t in conn.states] + sorted(
+            t for t in conn.states if t not in PUSH_ORDER
+        )
+        if dirty is not None:
+            watched = [t for t in watched if t in dirty or (t == ENDPOINT and CLUSTER in dirty)]
+        out = self._send_types(conn, watched, force={})
+        if out:
+            conn.pushes += 1
+        return out
+
+    def _send_types(
+        self,
+        conn: Connection,
+        types: list[str],
+        force: Mapping[str, frozenset[str] | None],
+    ) -> list[bytes]:
+        assert conn.watch is not None
+        out: list[bytes] = []
+        for type_url in types:
+            state = conn.states[type_url]
+            resources = conn.watch.resources(type_url)
+            nonce = conn.next_nonce()
+            kind_force = force.get(type_url, frozenset())
+            data: bytes | None = None
+            if conn.delta:
+                state, dreply = p.plan_delta(state, resources, nonce=nonce, force=kind_force)
+                if dreply is not None:
+                    data = wire.delta_response(
+                        system_version=resources.version,
+                        type_url=type_url,
+                        nonce=nonce,
+                        resource_fields=[r.delta_field for r in dreply.resources],
+                        removed=list(dreply.removed),
+                        control_plane=self._control_plane,
+                    )
+                    sent_names = {r.name for r in dreply.resources}
+            else:
+                state, sreply = p.plan_sotw(state, resources, nonce=nonce, force=kind_force)
+                if sreply is not None:
+                    data = wire.sotw_response(
+                        version=sreply.version,
+                        type_url=type_url,
+                        nonce=nonce,
+                        resource_fields=[r.sotw_field for r in sreply.resources],
+                        control_plane=self._control_plane,
+                    )
+                    sent_names = {r.name for r in sreply.resources}
+            conn.states[type_url] = state
+            if data is None:
+                continue
+            out.append(data)
+            short = short_type(type_url)
+            self.metrics.pushes.labels(type=short).inc()
+            self.metrics.config_size.labels(type=short).observe(len(data))
+            if type_url == CLUSTER and sent_names and ENDPOINT in conn.states:
+                # Updated clusters warm until their endpoints arrive again: resend
+                # them, right after the clusters (Envoy and istiod do the same).
+                conn.states[ENDPOINT] = p.mark_resend(conn.states[ENDPOINT], None)
+                if ENDPOINT not in types:
+                    types.insert(types.index(type_url) + 1, ENDPOINT)
+        return out
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+async def _pump(requests: AsyncIterator[Any], inbox: asyncio.Queue[Any]) -> None:
+    try:
+        async for msg in requests:
+            inbox.put_nowait(msg)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # the stream broke: hand the error to the stream task
+        inbox.put_nowait(e)
+        return
+    inbox.put_nowait(_EOF)
+
+
+def _error(msg: Any) -> tuple[int, str] | None:
+    if msg.HasField("error_detail"):
+        return (msg.error_detail.code, msg.error_detail.message)
+    return None
+
+
+def _sotw_request(type_url: str, msg: Any) -> p.SotwRequest:
+    return p.SotwRequest(
+        type_url=type_url,
+        version_info=msg.version_info,
+        names=tuple(msg.resource_names),
+        nonce=msg.response_nonce,
+        error=_error(msg),
+    )
+
+
+def _delta_request(type_url: str, msg: Any) -> p.DeltaRequest:
+    return p.DeltaRequest(
+        type_url=type_url,
+        subscribe=tuple(msg.resource_names_subscribe),
+        unsubscribe=tuple(msg.resource_names_unsubscribe),
+        initial_versions=dict(msg.initial_resource_versions),
+        nonce=msg.response_nonce,
+        error=_error(msg),
+    )

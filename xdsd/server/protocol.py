@@ -1,0 +1,333 @@
+"""The xDS protocol for one stream and one type, as pure functions.
+
+    on_sotw_request(state, request)   -> (state, Decision)
+    on_delta_request(state, request)  -> (state, Decision)
+    plan_sotw(state, resources, ...)  -> (state, SotwReply | None)
+    plan_delta(state, resources, ...) -> (state, DeltaReply | None)
+
+No sockets, no clocks: the stream handler feeds requests and the current
+resources in and sends whatever comes out. The rules follow Envoy's xDS
+protocol documentation and istiod's `ShouldRespond`:
+
+* a request with ``error_detail`` answering the last nonce is a NACK: record
+  it, do not resend that version (only new content is sent afterwards);
+* an empty nonce is a new subscription or a reconnect: respond in full;
+* a nonce that is not the last one sent is stale: ignore it (SotW requests
+  carry the full state, so the next one repeats anything it said);
+* the last nonce with the same names is an ACK; with other names, respond with
+  only the newly subscribed resources (all of them for wildcard types).
+
+Delta subscription changes are applied even when the nonce is stale: they are
+increments, and dropping one would lose it for good.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+
+from xdsd.cache.resources import WILDCARD_TYPES, Resource, ResourceSet
+
+WILDCARD = "*"
+_NO_VERSIONS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    nonce: str
+    version: str  # the version the proxy rejected
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SotwRequest:
+    type_url: str
+    version_info: str = ""
+    names: tuple[str, ...] = ()
+    nonce: str = ""
+    error: tuple[int, str] | None = None  # (grpc code, message) from error_detail
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaRequest:
+    type_url: str
+    subscribe: tuple[str, ...] = ()
+    unsubscribe: tuple[str, ...] = ()
+    initial_versions: Mapping[str, str] = _NO_VERSIONS
+    nonce: str = ""
+    error: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True)
+class WatchState:
+    """What one stream knows about one type."""
+
+    type_url: str
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()
+    # name -> version the proxy was sent (Delta: the versions the proxy holds).
+    sent: Mapping[str, str] = _NO_VERSIONS
+    nonce: str = ""  # last nonce sent
+    version: str = ""  # version_info of the last response sent
+    acked_nonce: str = ""
+    acked_version: str = ""
+    nack: Nack | None = None  # the last NACK, kept until a later ACK
+    nacks: int = 0
+    # Names to send on the next plan even if unchanged (CDS update -> EDS resend).
+    resend: frozenset[str] = frozenset()
+    resend_all: bool = False
+    responded: bool = False
+
+    @property
+    def acked(self) -> bool:
+        return bool(self.nonce) and self.acked_nonce == self.nonce
+
+    def subscribed(self, name: str) -> bool:
+        return self.wildcard or name in self.names
+
+
+class Verdict(enum.Enum):
+    NEW = "new"  # first request or reconnect: respond in full
+    SUBSCRIBE = "subscribe"  # names changed: respond with what is new
+    ACK = "ack"
+    NACK = "nack"
+    STALE = "stale"  # nonce is not the last one sent: ignored
+    UNSUBSCRIBE = "unsubscribe"  # names only went away: nothing to send
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    # Names that must be sent even when unchanged; None means every subscribed name.
+    force: frozenset[str] | None = frozenset()
+
+    @property
+    def respond(self) -> bool:
+        return self.verdict in (Verdict.NEW, Verdict.SUBSCRIBE)
+
+
+@dataclass(frozen=True, slots=True)
+class SotwReply:
+    version: str
+    resources: tuple[Resource, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaReply:
+    resources: tuple[Resource, ...]
+    removed: tuple[str, ...]
+
+
+def _wildcard_from_names(type_url: str, names: tuple[str, ...] | frozenset[str]) -> bool:
+    # Legacy wildcard: no names on a type that is wildcard by nature (CDS, LDS).
+    return WILDCARD in names or (not names and type_url in WILDCARD_TYPES)
+
+
+def on_sotw_request(state: WatchState | None, req: SotwRequest) -> tuple[WatchState, Decision]:
+    names = frozenset(n for n in req.names if n != WILDCARD)
+    wildcard = _wildcard_from_names(req.type_url, req.names)
+    if state is None or not req.nonce:
+        # New subscription, or the proxy reconnected: forget what was sent.
+        base = state or WatchState(req.type_url)
+        new = replace(
+            base,
+            wildcard=wildcard,
+            names=names,
+            sent=_NO_VERSIONS,
+            acked_version=req.version_info,
+            resend=frozenset(),
+            resend_all=False,
+        )
+        return new, Decision(Verdict.NEW, None)
+    if req.nonce != state.nonce:
+        return state, Decision(Verdict.STALE)
+    if req.error is not None:
+        code, message = req.error
+        nack = Nack(req.nonce, state.version, code, message)
+        return replace(state, nack=nack, nacks=state.nacks + 1), Decision(Verdict.NACK)
+    acked = replace(state, acked_nonce=req.nonce, acked_version=req.version_info, nack=None)
+    if wildcard == state.wildcard and names == state.names:
+        return acked, Decision(Verdict.ACK)
+    added = names - state.names
+    kept_sent = {n: v for n, v in state.sent.items() if wildcard or n in names}
+    changed = replace(acked, wildcard=wildcard, names=names, sent=MappingProxyType(kept_sent))
+    if wildcard and not state.wildcard:
+        return changed, Decision(Verdict.SUBSCRIBE, None)
+    if added:
+        return changed, Decision(Verdict.SUBSCRIBE, added)
+    return changed, Decision(Verdict.UNSUBSCRIBE)
+
+
+def on_delta_request(state: WatchState | None, req: DeltaRequest) -> tuple[WatchState, Decision]:
+    if state is None:
+        wildcard = _wildcard_from_names(req.type_url, req.subscribe)
+        names = frozenset(n for n in req.subscribe if n != WILDCARD) - set(req.unsubscribe)
+        if WILDCARD in req.unsubscribe:
+            wildcard = False
+        # On reconnect the proxy says what it holds; send only what differs.
+        state = WatchState(
+            req.type_url,
+            wildcard=wildcard,
+            names=names,
+            sent=MappingProxyType(dict(req.initial_versions)),
+        )
+        return state, Decision(Verdict.NEW, None)
+
+    decision = Decision(Verdict.ACK)
+    if req.nonce:
+        if req.nonce != state.nonce:
+            decision = Decision(Verdict.STALE)
+        elif req.error is not None:
+            code, message = req.error
+            nack = Nack(req.nonce, state.version, code, message)
+            state = replace(state, nack=nack, nacks=state.nacks + 1)
+            decision = Decision(Verdict.NACK)
+        else:
+            state = replace(state, acked_nonce=req.nonce, acked_version=state.version, nack=None)
+
+    if not req.subscribe and not req.unsubscribe:
+        return state, decision
+
+    wildcard = state.wildcard
+    subscribed = set(state.names)
+    sent = dict(state.sent)
+    added: set[str] = set()
+    for name in req.unsubscribe:
+        if name == WILDCARD:
+            wildcard = False
+        else:
+            subscribed.discard(name)
+        sent.pop(name, None)  # the proxy forgets what it unsubscribed from
+    for name in req.subscribe:
+        if name == WILDCARD:
+            if not wildcard:
+                wildcard = True
+                added.add(WILDCARD)
+        elif name not in subscribed:
+            subscribed.add(name)
+            added.add(name)
+    if not wildcard:
+        # Leaving wildcard: the proxy keeps only explicitly named resources.
+        sent = {n: v for n, v in sent.items() if n in subscribed}
+    state = replace(
+        state, wildcard=wildcard, names=frozenset(subscribed), sent=MappingProxyType(sent)
+    )
+    if WILDCARD in added:
+        return state, Decision(Verdict.SUBSCRIBE, None)
+    if added:
+        return state, Decision(Verdict.SUBSCRIBE, frozenset(added))
+    if decision.verdict in (Verdict.STALE, Verdict.NACK):
+        return state, decision
+    return state, Decision(Verdict.UNSUBSCRIBE)
+
+
+def mark_resend(state: WatchState, names: frozenset[str] | None = None) -> WatchState:
+    """Force the next plan to send these names (None: everything subscribed)."""
+    if names is None:
+        return replace(state, resend_all=True)
+    return replace(state, resend=state.resend | names)
+
+
+def _forced(state: WatchState, force: frozenset[str] | None) -> tuple[bool, frozenset[str]]:
+    force_all = force is None or state.resend_all
+    return force_all, (force or frozenset()) | state.resend
+
+
+def plan_sotw(
+    state: WatchState,
+    resources: ResourceSet,
+    *,
+    nonce: str,
+    force: frozenset[str] | None = frozenset(),
+) -> tuple[WatchState, SotwReply | None]:
+    """What to send now, given the current resources; None when nothing changed."""
+    force_all, forced = _forced(state, force)
+    if state.wildcard and state.type_url in WILDCARD_TYPES:
+        # SotW for CDS/LDS: every response carries the full set.
+        if not force_all and not forced and resources.version == state.version:
+            return state, None
+        chosen = tuple(resources)
+        first = False
+    else:
+        candidates = resources.items.keys() if state.wildcard else state.names
+        chosen_list: list[Resource] = []
+        for name in sorted(candidates):
+            res = resources.get(name)
+            if res is None:
+                continue
+            if force_all or name in forced or state.sent.get(name) != res.version:
+                chosen_list.append(res)
+        chosen = tuple(chosen_list)
+        # The first answer to a subscription is sent even when empty, so the
+        # proxy's initialisation does not wait for a timeout.
+        first = force_all and not state.responded
+        if not chosen and not first:
+            return _cleared(state), None
+    sent = dict(state.sent)
+    for res in chosen:
+        sent[res.name] = res.version
+    new = replace(
+        state,
+        sent=MappingProxyType(sent),
+        nonce=nonce,
+        version=resources.version,
+        resend=frozenset(),
+        resend_all=False,
+        responded=True,
+    )
+    return new, SotwReply(resources.version, chosen)
+
+
+def plan_delta(
+    state: WatchState,
+    resources: ResourceSet,
+    *,
+    nonce: str,
+    force: frozenset[str] | None = frozenset(),
+) -> tuple[WatchState, DeltaReply | None]:
+    force_all, forced = _forced(state, force)
+    if state.wildcard:
+        candidates: list[str] = sorted(resources.items.keys() | state.names)
+    else:
+        candidates = sorted(state.names)
+    chosen: list[Resource] = []
+    removed: list[str] = []
+    sent = dict(state.sent)
+    for name in candidates:
+        res = resources.get(name)
+        if res is None:
+            # Tell the proxy a resource it holds is gone, and answer a new
+            # subscription to a missing name so its initialisation can finish.
+            if name in sent or name in forced:
+                removed.append(name)
+                sent.pop(name, None)
+            continue
+        if state.resend_all or name in forced or sent.get(name) != res.version:
+            chosen.append(res)
+            sent[res.name] = res.version
+    if state.wildcard:
+        for name in sorted(set(sent) - resources.items.keys() - state.names):
+            removed.append(name)
+            del sent[name]
+    first = force_all and not state.responded
+    if not chosen and not removed and not first:
+        return _cleared(state), None
+    new = replace(
+        state,
+        sent=MappingProxyType(sent),
+        nonce=nonce,
+        version=resources.version,
+        resend=frozenset(),
+        resend_all=False,
+        responded=True,
+    )
+    return new, DeltaReply(tuple(chosen), tuple(removed))
+
+
+def _cleared(state: WatchState) -> WatchState:
+    if state.resend or state.resend_all:
+        return replace(state, resend=frozenset(), resend_all=False)
+    return state
