@@ -1,0 +1,144 @@
+"""Envoy bootstrap that connects a proxy to xdsd over ADS (what pilot-agent writes).
+
+The result is plain JSON-able data; `xdsd bootstrap` prints it and the tests and
+`xdsd demo` start real Envoy processes with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+XDS_CLUSTER = "xds-grpc"
+
+
+@dataclass(frozen=True)
+class BootstrapOptions:
+    node_id: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    xds_host: str = "127.0.0.1"
+    xds_port: int = 15010
+    delta: bool = False
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 15000
+    cluster: str = "Kubernetes"  # node.cluster: Istio puts the workload's service cluster here
+    # TLS to the control plane (SNI and trust bundle), e.g. through an ingress gateway.
+    tls_server_name: str | None = None
+    tls_ca_file: str | None = None
+    initial_fetch_timeout_s: float = 0  # 0: wait for the control plane for ever
+
+
+def split_address(address: str, default_port: int = 15010) -> tuple[str, int]:
+    """Parse HOST:PORT (IPv6 as [::1]:PORT); raise ValueError with the reason."""
+    host, sep, port_s = address.rpartition(":")
+    if not sep:
+        return address, default_port
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"xDS address {address!r} has no host")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"xDS address {address!r}: port {port_s!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"xDS address {address!r}: port {port} is out of range")
+    return host, port
+
+
+def _config_source(opts: BootstrapOptions) -> dict[str, Any]:
+    return {
+        "ads": {},
+        "initial_fetch_timeout": f"{opts.initial_fetch_timeout_s}s",
+        "resource_api_version": "V3",
+    }
+
+
+def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
+    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}
+    xds_cluster: dict[str, Any] = {
+        "name": XDS_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "10s"}
+                    }
+                },
+            }
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": opts.xds_host,
+                                        "port_value": opts.xds_port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if opts.tls_server_name or opts.tls_ca_file:
+        tls: dict[str, Any] = {"alpn_protocols": ["h2"]}
+        if opts.tls_ca_file:
+            tls["validation_context"] = {"trusted_ca": {"filename": opts.tls_ca_file}}
+        context: dict[str, Any] = {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": tls,
+        }
+        if opts.tls_server_name:
+            context["sni"] = opts.tls_server_name
+        xds_cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": context,
+        }
+
+    metadata = dict(opts.metadata)
+    return {
+        "node": {
+            "id": opts.node_id,
+            "cluster": opts.cluster,
+            "metadata": metadata,
+        },
+        "admin": {
+            "address": {
+                "socket_address": {"address": opts.admin_address, "port_value": opts.admin_port}
+            }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if opts.delta else "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [grpc_service],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": _config_source(opts),
+            "lds_config": _config_source(opts),
+        },
+        "static_resources": {"clusters": [xds_cluster]},
+        "layered_runtime": {
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {
+                        # Istio's sidecars run with these; overload manager warns otherwise.
+                        "overload.global_downstream_max_connections": 2147483647,
+                    },
+                },
+                {"name": "admin", "admin_layer": {}},
+            ]
+        },
+    }
