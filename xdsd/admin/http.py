@@ -1,0 +1,130 @@
+"""Admin HTTP: readiness, Prometheus metrics and debug APIs (istiod's port 15014).
+
+The admin server only renders what a `DebugView` gives it; the app wires the
+view to the live server state. It binds to loopback unless told otherwise,
+because debug output names every proxy and service in the mesh.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+class DebugView(Protocol):
+    def is_ready(self) -> bool: ...
+
+    def registry(self) -> CollectorRegistry: ...
+
+    def syncz(self) -> list[dict[str, Any]]: ...
+
+    def adsz(self) -> list[dict[str, Any]]: ...
+
+    def config_dump(self, proxy_id: str) -> dict[str, Any] | None: ...
+
+    def configz(self) -> dict[str, Any]: ...
+
+    def registryz(self) -> list[dict[str, Any]]: ...
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, indent=2, sort_keys=False) + "\n",
+        status=status,
+        content_type="application/json",
+    )
+
+
+def build_app(view: DebugView) -> web.Application:
+    async def ready(_: web.Request) -> web.Response:
+        if view.is_ready():
+            return web.Response(text="ready\n")
+        return web.Response(text="not ready: initial config load not finished\n", status=503)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(view.registry())
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    def listing(fn: Callable[[], Any]) -> Callable[[web.Request], Any]:
+        async def handler(_: web.Request) -> web.Response:
+            return _json(fn())
+
+        return handler
+
+    async def config_dump(request: web.Request) -> web.Response:
+        proxy_id = request.query.get("proxyID", "")
+        if not proxy_id:
+            return _json({"error": "query parameter proxyID (POD.NAMESPACE) is required"}, 400)
+        dump = view.config_dump(proxy_id)
+        if dump is None:
+            return _json({"error": f"proxy {proxy_id!r} is not connected"}, 404)
+        return _json(dump)
+
+    async def index(_: web.Request) -> web.Response:
+        return _json(
+            {
+                "endpoints": [
+                    "/ready",
+                    "/healthz",
+                    "/metrics",
+                    "/debug/syncz",
+                    "/debug/adsz",
+                    "/debug/config_dump?proxyID=POD.NAMESPACE",
+                    "/debug/configz",
+                    "/debug/registryz",
+                ]
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/debug", index)
+    app.router.add_get("/debug/syncz", listing(view.syncz))
+    app.router.add_get("/debug/adsz", listing(view.adsz))
+    app.router.add_get("/debug/configz", listing(view.configz))
+    app.router.add_get("/debug/registryz", listing(view.registryz))
+    app.router.add_get("/debug/config_dump", config_dump)
+    return app
+
+
+class AdminServer:
+    """`async with AdminServer(view, host, port):` serves until the block exits."""
+
+    def __init__(self, view: DebugView, host: str = "127.0.0.1", port: int = 15014) -> None:
+        self._app = build_app(view)
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> AdminServer:
+        self._runner = web.AppRunner(self._app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:  # report the port the OS picked
+            for addr in self._runner.addresses:
+                self.port = int(addr[1])
+                break
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
