@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 class DebugView(Protocol):
     def is_ready(self) -> bool: ...
 
-    def registry(self) -> CollectorRegistry: ...
+    def metrics_registry(self) -> CollectorRegistry: ...
 
     def syncz(self) -> list[dict[str, Any]]: ...
 
@@ -50,7 +50,7 @@ def build_app(view: DebugView) -> web.Application:
         return web.Response(text="ok\n")
 
     async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(view.registry())
+        body = generate_latest(view.metrics_registry())
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp

@@ -1,0 +1,3 @@
+from xdsd.cli import main
+
+raise SystemExit(main())

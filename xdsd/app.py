@@ -1,0 +1,379 @@
+"""Wires the stages: sources -> model -> translate -> cache -> server.
+
+`XdsdApp` is the only object that knows all stages. It owns the current
+MeshSnapshot, rebuilds it after a debounced change, resets the group cache and
+tells the xDS streams to push. It is also the server's ConfigProvider (proxy
+identity, current resources) and the admin server's DebugView.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, json_format
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+from xdsd.admin.http import AdminServer
+from xdsd.cache.groups import GroupCache
+from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, ResourceSet, short_type
+from xdsd.model.build import build_snapshot
+from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
+from xdsd.model.snapshot import MeshSnapshot
+from xdsd.model.store import ConfigStore
+from xdsd.push.debounce import DebounceSettings, Debouncer
+from xdsd.push.request import PushRequest
+from xdsd.server.ads import NodeRejected, XdsServices
+from xdsd.server.grpc_server import GrpcSettings, XdsServer
+from xdsd.server.metrics import XdsMetrics
+from xdsd.sources.folder import FolderSource
+from xdsd.translate.generate import GENERATORS, ProxyContext, group_key, proxy_context
+
+log = logging.getLogger(__name__)
+
+# Kinds whose changes only move endpoints (no cluster, listener or route changes).
+_ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints"})
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    config_dir: Path
+    xds: GrpcSettings = field(default_factory=GrpcSettings)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 15014  # 0 picks a free port; -1 turns the admin server off
+    debounce: DebounceSettings = field(default_factory=DebounceSettings)
+    poll_interval: float = 0.5
+    domain_suffix: str = "cluster.local"
+    root_namespace: str = "istio-system"
+
+
+class _Watch:
+    """The app's handle on one connected proxy (implements server.ProxyWatch)."""
+
+    def __init__(self, app: XdsdApp, proxy: Proxy) -> None:
+        self.app = app
+        self.proxy = proxy
+        self._generation = -1
+        self._ctx: ProxyContext | None = None
+        self._key: Hashable = None
+
+    @property
+    def proxy_id(self) -> str:
+        return self.proxy.id
+
+    def _context(self) -> tuple[ProxyContext, Hashable]:
+        snapshot = self.app.snapshot
+        if self._ctx is None or self._generation != snapshot.generation:
+            self._ctx = proxy_context(snapshot, self.proxy)
+            self._key = group_key(self._ctx)
+            self._generation = snapshot.generation
+        return self._ctx, self._key
+
+    def resources(self, type_url: str) -> ResourceSet:
+        generator = GENERATORS.get(type_url)
+        if generator is None:
+            return ResourceSet.of(type_url, ())
+        ctx, key = self._context()
+        return self.app.cache.get(key, type_url, lambda: generator(ctx))
+
+    def close(self) -> None:
+        pass
+
+
+class XdsdApp:
+    def __init__(self, settings: AppSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = XdsMetrics(self.registry)
+        self.store = ConfigStore()
+        self.snapshot = MeshSnapshot(
+            root_namespace=settings.root_namespace, domain_suffix=settings.domain_suffix
+        )
+        self.cache = GroupCache()
+        self.services = XdsServices(self, self.metrics)
+        self.debouncer = Debouncer(self._push, settings.debounce)
+        self.source = FolderSource(settings.config_dir, poll_interval=settings.poll_interval)
+        self.ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: XdsServer | None = None
+        self._admin: AdminServer | None = None
+        self._generation = 0
+        self._init_metrics()
+
+    def _init_metrics(self) -> None:
+        r = self.registry
+        self.m_services = Gauge("pilot_services", "Total services known to pilot.", registry=r)
+        self.m_pushcontext = Histogram(
+            "pilot_pushcontext_init_seconds",
+            "Total time in seconds Pilot takes to init pushContext.",
+            registry=r,
+        )
+        self.m_debounce = Histogram(
+            "pilot_debounce_time",
+            "Delay in seconds between the first config enters debouncing and the merged push.",
+            registry=r,
+        )
+        self.m_invalid = Gauge(
+            "xdsd_config_errors", "Config objects with errors in the current config.", registry=r
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def xds_port(self) -> int:
+        return self._server.port if self._server else self.settings.xds.port
+
+    @property
+    def admin_port(self) -> int:
+        return self._admin.port if self._admin else self.settings.admin_port
+
+    async def __aenter__(self) -> XdsdApp:
+        self._server = await XdsServer(self.services, self.settings.xds).__aenter__()
+        try:
+            if self.settings.admin_port >= 0:
+                self._admin = await AdminServer(
+                    self, self.settings.admin_host, self.settings.admin_port
+                ).__aenter__()
+            self._tasks.append(asyncio.create_task(self._watch_source(), name="config-source"))
+            self._tasks.append(asyncio.create_task(self.debouncer.run(), name="debounce"))
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._server is not None:
+            await self._server.__aexit__(None, None, None)
+            self._server = None
+        if self._admin is not None:
+            await self._admin.__aexit__(None, None, None)
+            self._admin = None
+
+    async def serve_forever(self) -> None:
+        await asyncio.Event().wait()
+
+    # -- config pipeline ------------------------------------------------------------------
+
+    async def _watch_source(self) -> None:
+        """Feed folder changes into the store; the first full load opens the gate."""
+        async for change in self.source.changes():
+            before = self.store.generation
+            self.store.apply(change)
+            if not self.ready.is_set() and self.source.synced:
+                self._rebuild(PushRequest(reason="initial"))
+                self.ready.set()
+                log.info(
+                    "initial config loaded: %d services, %d errors",
+                    len(self.snapshot.services),
+                    len(self.snapshot.errors),
+                )
+                continue
+            if self.store.generation != before:
+                self.debouncer.request(PushRequest(kinds=change.kinds, reason="config"))
+
+    def _rebuild(self, req: PushRequest) -> None:
+        start = time.perf_counter()
+        self._generation += 1
+        snapshot = build_snapshot(
+            self.store,
+            generation=self._generation,
+            root_namespace=self.settings.root_namespace,
+            domain_suffix=self.settings.domain_suffix,
+        )
+        self.snapshot = snapshot
+        self.cache.reset(snapshot.generation)
+        self.m_pushcontext.observe(time.perf_counter() - start)
+        self.m_services.set(len(snapshot.services))
+        self.m_invalid.set(sum(1 for e in snapshot.errors if e.severity == "error"))
+        for err in snapshot.errors:
+            log.debug("config: %s", err)
+
+    async def _push(self, req: PushRequest, waited: float) -> None:
+        self.m_debounce.observe(waited)
+        self._rebuild(req)
+        endpoints_only = bool(req.kinds) and req.kinds <= _ENDPOINT_KINDS
+        types = frozenset({ENDPOINT}) if endpoints_only else None
+        woken = self.services.notify(types)
+        log.info(
+            "push %d (%s, %d changes): %d streams",
+            self._generation,
+            ",".join(sorted(req.kinds)) or req.reason,
+            req.events,
+            woken,
+        )
+
+    # -- ConfigProvider (for the xDS server) ---------------------------------------------
+
+    async def wait_ready(self) -> None:
+        await self.ready.wait()
+
+    def open(
+        self, node_id: str, metadata: Mapping[str, Any], peer: str, context: Any
+    ) -> _Watch:
+        try:
+            proxy = parse_proxy(node_id, metadata)
+        except NodeIdError as e:
+            raise NodeRejected(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        return _Watch(self, proxy)
+
+    # -- DebugView (for the admin server) --------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return self.ready.is_set()
+
+    def metrics_registry(self) -> CollectorRegistry:
+        return self.registry
+
+    def syncz(self) -> list[dict[str, Any]]:
+        out = []
+        for conn in sorted(self.services.connections.values(), key=lambda c: c.proxy_id):
+            types = {}
+            for type_url, st in conn.states.items():
+                types[short_type(type_url)] = {
+                    "type_url": type_url,
+                    "sent_nonce": st.nonce,
+                    "sent_version": st.version,
+                    "acked_nonce": st.acked_nonce,
+                    "acked_version": st.acked_version,
+                    "status": _sync_status(st),
+                    "resources": "*" if st.wildcard else len(st.names),
+                    "nacks": st.nacks,
+                    "last_nack": None
+                    if st.nack is None
+                    else {"version": st.nack.version, "code": st.nack.code, "error": st.nack.message},
+                }
+            out.append(
+                {
+                    "proxy": conn.proxy_id,
+                    "node_id": conn.node_id,
+                    "connection": conn.conn_id,
+                    "delta": conn.delta,
+                    "types": types,
+                }
+            )
+        return out
+
+    def adsz(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "proxy": c.proxy_id,
+                "connection": c.conn_id,
+                "peer": c.peer,
+                "node_id": c.node_id,
+                "protocol": "delta" if c.delta else "sotw",
+                "connected_at": c.connected_at,
+                "pushes": c.pushes,
+                "watched": sorted(short_type(t) for t in c.states),
+                "metadata": dict(c.metadata),
+            }
+            for c in sorted(self.services.connections.values(), key=lambda c: c.proxy_id)
+        ]
+
+    def config_dump(self, proxy_id: str) -> dict[str, Any] | None:
+        for conn in self.services.connections.values():
+            if conn.proxy_id == proxy_id and isinstance(conn.watch, _Watch):
+                return dump_resources(
+                    {t: conn.watch.resources(t) for t in PUSH_ORDER if t in GENERATORS}
+                )
+        return None
+
+    def configz(self) -> dict[str, Any]:
+        snap = self.snapshot
+        return {
+            "generation": snap.generation,
+            "errors": [
+                {
+                    "source": e.source,
+                    "object": e.object,
+                    "path": e.path,
+                    "message": e.message,
+                    "severity": e.severity,
+                }
+                for e in snap.errors
+            ],
+            "configs": {
+                kind: [f"{c.namespace}/{c.name}" for c in objs] for kind, objs in snap.configs.items()
+            },
+        }
+
+    def registryz(self) -> list[dict[str, Any]]:
+        snap = self.snapshot
+        out = []
+        for svc in snap.services:
+            out.append(
+                {
+                    "hostname": svc.hostname,
+                    "namespace": svc.namespace,
+                    "name": svc.name,
+                    "source": str(svc.ref),
+                    "addresses": list(svc.addresses),
+                    "resolution": svc.resolution.value,
+                    "ports": [
+                        {
+                            "name": p.name,
+                            "port": p.port,
+                            "protocol": p.protocol.value,
+                            "endpoints": [
+                                f"{e.address}:{e.port}"
+                                for e in snap.endpoints_for(svc, p.port)
+                            ],
+                        }
+                        for p in svc.ports
+                    ],
+                }
+            )
+        return out
+
+
+def _sync_status(st: Any) -> str:
+    if not st.nonce:
+        return "NOT_SENT"
+    if st.nack is not None:
+        return "ERROR"
+    return "SYNCED" if st.acked else "STALE"
+
+
+_DUMP_TYPES = {
+    "cds": ("type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters", "cluster"),
+    "eds": ("type.googleapis.com/envoy.admin.v3.EndpointsConfigDump", "dynamic_endpoint_configs", "endpoint_config"),
+    "lds": ("type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners", "active_state"),
+    "rds": ("type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs", "route_config"),
+}
+
+
+def dump_resources(sets: Mapping[str, ResourceSet]) -> dict[str, Any]:
+    """Resources in the shape of Envoy's /config_dump (one section per type)."""
+    configs = []
+    for type_url, rset in sets.items():
+        short = short_type(type_url)
+        dump_type, list_field, item_field = _DUMP_TYPES.get(
+            short, (type_url, "resources", "resource")
+        )
+        items = []
+        for res in rset:
+            any_msg = any_pb2.Any(type_url=type_url, value=res.payload)
+            body = json_format.MessageToDict(any_msg)
+            entry: dict[str, Any] = {"version_info": res.version}
+            if short == "lds":
+                entry = {"name": res.name, "active_state": {"version_info": res.version, "listener": body}}
+            else:
+                entry[item_field] = body
+            items.append(entry)
+        configs.append({"@type": dump_type, list_field: items})
+    return {"configs": configs}

@@ -1,0 +1,191 @@
+"""Command line: `xdsd serve | bootstrap | translate | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from xdsd import __version__
+
+
+def _add_log_level(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: info)",
+    )
+
+
+def _metadata(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise SystemExit(f"xdsd: --metadata is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise SystemExit("xdsd: --metadata must be a JSON object")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xdsd",
+        description="A lightweight xDS control plane for Envoy, with Istio-style config.",
+    )
+    parser.add_argument("--version", action="version", version=f"xdsd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve xDS from a folder of YAML config")
+    serve.add_argument("--config-dir", type=Path, required=True, help="folder of *.yaml to serve")
+    serve.add_argument("--xds-host", default="127.0.0.1", help="xDS listen address")
+    serve.add_argument("--xds-port", type=int, default=15010, help="xDS gRPC port (15010)")
+    serve.add_argument("--admin-host", default="127.0.0.1", help="admin/debug listen address")
+    serve.add_argument(
+        "--admin-port", type=int, default=15014, help="admin HTTP port (15014; -1: off)"
+    )
+    serve.add_argument("--poll-interval", type=float, default=0.5, help="config dir poll (s)")
+    serve.add_argument("--debounce-quiet", type=float, default=0.1, help="quiet period (s)")
+    serve.add_argument("--debounce-max", type=float, default=10.0, help="max push delay (s)")
+    _add_log_level(serve)
+
+    boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects to xdsd")
+    boot.add_argument("--node-id", required=True, help="TYPE~IP~POD.NS~NS.svc.cluster.local")
+    boot.add_argument("--metadata", help="node metadata as a JSON object")
+    boot.add_argument("--xds-address", default="127.0.0.1:15010", help="HOST:PORT of xdsd")
+    boot.add_argument("--delta", action="store_true", help="use Delta ADS (istio-proxy default)")
+    boot.add_argument("--admin-port", type=int, default=15000, help="Envoy admin port (15000)")
+    boot.add_argument("--output", type=Path, help="write to this file instead of stdout")
+
+    tr = sub.add_parser("translate", help="print the resources a proxy would get, no server")
+    tr.add_argument("--config-dir", type=Path, required=True)
+    tr.add_argument("--node-id", required=True)
+    tr.add_argument("--metadata", help="node metadata as a JSON object")
+    _add_log_level(tr)
+
+    demo = sub.add_parser("demo", help="xdsd + backends + a real Envoy, on loopback")
+    demo.add_argument("--config-dir", type=Path, help="config to serve (default: bundled example)")
+    demo.add_argument("--requests", type=int, default=6, help="requests to send at start")
+    demo.add_argument("--once", action="store_true", help="exit after the demo requests")
+    _add_log_level(demo)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from xdsd.app import AppSettings, XdsdApp
+    from xdsd.push.debounce import DebounceSettings
+    from xdsd.server.grpc_server import GrpcSettings
+
+    if not args.config_dir.is_dir():
+        print(f"xdsd: --config-dir {args.config_dir} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        settings = AppSettings(
+            config_dir=args.config_dir,
+            xds=GrpcSettings(host=args.xds_host, port=args.xds_port),
+            admin_host=args.admin_host,
+            admin_port=args.admin_port,
+            poll_interval=args.poll_interval,
+            debounce=DebounceSettings(quiet=args.debounce_quiet, max_delay=args.debounce_max),
+        )
+    except ValueError as e:
+        print(f"xdsd: {e}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with XdsdApp(settings) as app:
+        logging.getLogger("xdsd").info(
+            "serving %s: xDS on %s:%d, admin on http://%s:%d",
+            args.config_dir,
+            args.xds_host,
+            app.xds_port,
+            args.admin_host,
+            app.admin_port,
+        )
+        await stop.wait()
+        logging.getLogger("xdsd").info("shutting down")
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from xdsd.translate.bootstrap import BootstrapOptions, build_bootstrap, split_address
+
+    try:
+        host, port = split_address(args.xds_address)
+    except ValueError as e:
+        print(f"xdsd: {e}", file=sys.stderr)
+        return 2
+    doc = build_bootstrap(
+        BootstrapOptions(
+            node_id=args.node_id,
+            metadata=_metadata(args.metadata),
+            xds_host=host,
+            xds_port=port,
+            delta=args.delta,
+            admin_port=args.admin_port,
+        )
+    )
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from xdsd.offline import translate_dir
+
+    try:
+        dump, errors = translate_dir(args.config_dir, args.node_id, _metadata(args.metadata))
+    except ValueError as e:
+        print(f"xdsd: {e}", file=sys.stderr)
+        return 2
+    for err in errors:
+        print(str(err), file=sys.stderr)
+    sys.stdout.write(json.dumps(dump, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if hasattr(args, "log_level"):
+        _setup_logging(args.log_level)
+    if args.command == "serve":
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(_serve(args))
+        return 0
+    if args.command == "bootstrap":
+        return _bootstrap(args)
+    if args.command == "translate":
+        return _translate(args)
+    if args.command == "demo":
+        from xdsd.demo import run_demo
+
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(run_demo(args.config_dir, requests=args.requests, once=args.once))
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
