@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from xdsd.cache.resources import WILDCARD_TYPES, Resource, ResourceSet
@@ -56,7 +56,9 @@ class DeltaRequest:
     type_url: str
     subscribe: tuple[str, ...] = ()
     unsubscribe: tuple[str, ...] = ()
-    initial_versions: Mapping[str, str] = _NO_VERSIONS
+    # A factory: mappingproxy is unhashable before Python 3.12, so dataclasses
+    # refuses it as a plain default ("mutable default").
+    initial_versions: Mapping[str, str] = field(default_factory=lambda: _NO_VERSIONS)
     nonce: str = ""
     error: tuple[int, str] | None = None
 
@@ -69,7 +71,7 @@ class WatchState:
     wildcard: bool = False
     names: frozenset[str] = frozenset()
     # name -> version the proxy was sent (Delta: the versions the proxy holds).
-    sent: Mapping[str, str] = _NO_VERSIONS
+    sent: Mapping[str, str] = field(default_factory=lambda: _NO_VERSIONS)
     nonce: str = ""  # last nonce sent
     version: str = ""  # version_info of the last response sent
     acked_nonce: str = ""
