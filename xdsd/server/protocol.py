@@ -82,6 +82,9 @@ class WatchState:
     resend: frozenset[str] = frozenset()
     resend_all: bool = False
     responded: bool = False
+    # SotW: a request on this stream named resources ("*" included); from then
+    # on no names means none, not the legacy wildcard.
+    named: bool = False
 
     @property
     def acked(self) -> bool:
@@ -130,7 +133,11 @@ def _wildcard_from_names(type_url: str, names: tuple[str, ...] | frozenset[str])
 
 def on_sotw_request(state: WatchState | None, req: SotwRequest) -> tuple[WatchState, Decision]:
     names = frozenset(n for n in req.names if n != WILDCARD)
-    wildcard = _wildcard_from_names(req.type_url, req.names)
+    if state is not None and state.named and not req.names:
+        wildcard = False  # legacy wildcard only until the stream names something
+    else:
+        wildcard = _wildcard_from_names(req.type_url, req.names)
+    named = bool(req.names) or (state is not None and state.named)
     if state is None or not req.nonce:
         # New subscription, or the proxy reconnected: forget what was sent.
         base = state or WatchState(req.type_url)
@@ -138,6 +145,7 @@ def on_sotw_request(state: WatchState | None, req: SotwRequest) -> tuple[WatchSt
             base,
             wildcard=wildcard,
             names=names,
+            named=named,
             sent=_NO_VERSIONS,
             acked_version=req.version_info,
             resend=frozenset(),
@@ -150,7 +158,9 @@ def on_sotw_request(state: WatchState | None, req: SotwRequest) -> tuple[WatchSt
         code, message = req.error
         nack = Nack(req.nonce, state.version, code, message)
         return replace(state, nack=nack, nacks=state.nacks + 1), Decision(Verdict.NACK)
-    acked = replace(state, acked_nonce=req.nonce, acked_version=req.version_info, nack=None)
+    acked = replace(
+        state, acked_nonce=req.nonce, acked_version=req.version_info, nack=None, named=named
+    )
     if wildcard == state.wildcard and names == state.names:
         return acked, Decision(Verdict.ACK)
     added = names - state.names
