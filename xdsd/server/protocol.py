@@ -263,6 +263,15 @@ def plan_sotw(
             return state, None
         chosen = tuple(resources)
         first = False
+    elif state.type_url in WILDCARD_TYPES:
+        # Named CDS/LDS subscriptions too: a subscribed resource missing from a
+        # response is deleted by the proxy, so send all of them on any change.
+        chosen = tuple(r for n in sorted(state.names) if (r := resources.get(n)) is not None)
+        current = {r.name: r.version for r in chosen}
+        if not force_all and not forced and current == dict(state.sent):
+            return _cleared(state), None
+        state = replace(state, sent=MappingProxyType(current))  # forget deleted ones
+        first = False
     else:
         candidates = resources.items.keys() if state.wildcard else state.names
         chosen_list: list[Resource] = []
