@@ -1,0 +1,503 @@
+"""Everything one proxy's generation needs, computed once per (snapshot, proxy).
+
+The context also holds the *plans* several generators share (which outbound
+clusters exist and how they resolve, which outbound listeners and route
+configurations exist), so CDS/EDS and LDS/RDS always agree with each other.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+
+from xdsd.model.proxy import InterceptionMode, Proxy, ProxyType
+from xdsd.model.snapshot import MeshSnapshot
+from xdsd.model.types import Endpoint, Protocol, Resolution, Service, ServicePort, Workload
+from xdsd.translate import _common as c
+
+
+class OutboundPolicy(enum.Enum):
+    """MeshConfig/Sidecar outboundTrafficPolicy.mode (istiod default ALLOW_ANY)."""
+
+    ALLOW_ANY = "ALLOW_ANY"
+    REGISTRY_ONLY = "REGISTRY_ONLY"
+
+
+class ClusterKind(enum.Enum):
+    EDS = "EDS"
+    STRICT_DNS = "STRICT_DNS"
+    LOGICAL_DNS = "LOGICAL_DNS"
+    ORIGINAL_DST = "ORIGINAL_DST"
+
+
+@dataclass(frozen=True)
+class OutboundCluster:
+    name: str
+    service: Service
+    port: ServicePort
+    kind: ClusterKind
+    # DNS clusters: (host, port) pairs to resolve, sorted.
+    dns_targets: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class InboundPort:
+    """One port of the proxy's own workload that a service targets (istiod ServiceTarget)."""
+
+    port: int  # workload (target) port: names the inbound|PORT|| cluster
+    protocol: Protocol
+    service_port: int
+    hostnames: tuple[str, ...]  # every service targeting this port; the first decides the protocol
+    namespace: str
+
+
+@dataclass(frozen=True)
+class ListenerPlan:
+    """One outbound listener (virtualOutbound/virtualInbound are not planned here)."""
+
+    name: str
+    address: str
+    port: int
+    bind_to_port: bool
+    http_route: str | None = None  # RDS name of the HTTP chain
+    http_sniff: bool = False  # HTTP chain matched by ALPN (HTTP inspector); TCP falls through
+    tcp_cluster: str | None = None  # plain TCP chain target
+    sni: tuple[tuple[str, str], ...] = ()  # (server name, cluster) chains, TLS inspector
+    passthrough_default: bool = False  # unmatched traffic goes to Passthrough/BlackHole
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    name: str
+    hosts: tuple[tuple[Service, ServicePort], ...]
+    sniffed: bool = False  # per-service route of a sniffed VIP listener: one vhost, domains "*"
+
+
+@dataclass(frozen=True)
+class ProxyContext:
+    snapshot: MeshSnapshot
+    proxy: Proxy
+    namespace: str
+    dns_domain: str
+    mode: InterceptionMode
+    ip_family: str  # "v4", "v6" or "dual"
+    outbound_policy: OutboundPolicy
+    # Services visible to the proxy's namespace (exportTo), in snapshot order.
+    services: tuple[Service, ...]
+    # The proxy's own workloads (Pod/WorkloadEntry with its IP, in its namespace).
+    workloads: tuple[Workload, ...]
+    inbound: tuple[InboundPort, ...]
+    clusters: tuple[OutboundCluster, ...]
+    listeners: tuple[ListenerPlan, ...]
+    routes: tuple[RoutePlan, ...]
+    # Things left out (name clashes, port conflicts), for status/debug output.
+    conflicts: tuple[str, ...]
+
+    @property
+    def is_sidecar(self) -> bool:
+        return self.proxy.type is ProxyType.SIDECAR
+
+    @property
+    def wildcard(self) -> str:
+        return c.WILDCARD_V6 if self.ip_family == "v6" else c.WILDCARD_V4
+
+    @property
+    def localhost(self) -> str:
+        return c.LOCALHOST_V6 if self.ip_family == "v6" else c.LOCALHOST_V4
+
+
+def is_visible(service: Service, namespace: str) -> bool:
+    """Istio exportTo: "*" everyone (the default), "." own namespace, "~" nobody, or names."""
+    export = service.export_to or frozenset({"*"})
+    if "*" in export:
+        return True
+    if "." in export and service.namespace == namespace:
+        return True
+    return namespace in export
+
+
+def _ip_family(addresses: tuple[str, ...]) -> str:
+    versions = set()
+    for a in addresses:
+        try:
+            versions.add(ipaddress.ip_address(a).version)
+        except ValueError:
+            continue
+    if versions == {6}:
+        return "v6"
+    if versions == {4, 6}:
+        return "dual"
+    return "v4"
+
+
+def _outbound_policy(snapshot: MeshSnapshot, namespace: str) -> OutboundPolicy:
+    """From a Sidecar without workloadSelector in the proxy's namespace, else the root one."""
+    by_ns: dict[str, Mapping[str, object]] = {}
+    for cfg in snapshot.configs_of("Sidecar"):
+        if cfg.spec.get("workloadSelector"):
+            continue
+        by_ns.setdefault(cfg.namespace, cfg.spec)
+    for ns in (namespace, snapshot.root_namespace):
+        spec = by_ns.get(ns)
+        if spec is None:
+            continue
+        policy = spec.get("outboundTrafficPolicy")
+        if isinstance(policy, Mapping) and policy.get("mode") == "REGISTRY_ONLY":
+            return OutboundPolicy.REGISTRY_ONLY
+        return OutboundPolicy.ALLOW_ANY
+    return OutboundPolicy.ALLOW_ANY
+
+
+def _own_workloads(snapshot: MeshSnapshot, proxy: Proxy) -> tuple[Workload, ...]:
+    seen: set[tuple[str, str, str]] = set()
+    out: list[Workload] = []
+    for ip in proxy.ip_addresses:
+        for w in snapshot.workloads_by_ip(ip):
+            key = (w.ref.kind, w.namespace, w.name)
+            if w.namespace == proxy.namespace and key not in seen:
+                seen.add(key)
+                out.append(w)
+    return tuple(out)
+
+
+def _target_port(sp: ServicePort, workload: Workload) -> int | None:
+    if sp.name and sp.name in workload.port_overrides:
+        return workload.port_overrides[sp.name]
+    if sp.target_port is None:
+        return sp.port
+    if isinstance(sp.target_port, int):
+        return sp.target_port
+    return workload.named_ports.get(sp.target_port)
+
+
+def _inbound_ports(
+    snapshot: MeshSnapshot, namespace: str, workloads: tuple[Workload, ...]
+) -> tuple[InboundPort, ...]:
+    by_port: dict[int, InboundPort] = {}
+    for svc in snapshot.services:
+        if svc.namespace != namespace or not svc.selector:
+            continue
+        for w in workloads:
+            if not all(w.labels.get(k) == v for k, v in svc.selector.items()):
+                continue
+            for sp in svc.ports:
+                if sp.protocol is Protocol.UDP:
+                    continue
+                target = _target_port(sp, w)
+                if target is None or not 0 < target < 65536:
+                    continue
+                cur = by_port.get(target)
+                if cur is None:
+                    by_port[target] = InboundPort(
+                        target, sp.protocol, sp.port, (svc.hostname,), namespace
+                    )
+                elif svc.hostname not in cur.hostnames:
+                    by_port[target] = InboundPort(
+                        cur.port,
+                        cur.protocol,
+                        cur.service_port,
+                        (*cur.hostnames, svc.hostname),
+                        namespace,
+                    )
+    return tuple(by_port[p] for p in sorted(by_port))
+
+
+def service_vip(service: Service, ip_family: str) -> str | None:
+    """The service address outbound TCP listeners bind (istiod GetAddressForProxy), if any."""
+    ips = [a for a in service.addresses if c.is_ip(a) and a not in ("0.0.0.0", "::")]
+    if not ips:
+        return None
+    want_v6 = ip_family == "v6"
+    for a in ips:
+        if c.is_ipv6(a) == want_v6:
+            return a
+    return ips[0]
+
+
+def _is_passthrough(service: Service) -> bool:
+    return service.resolution is Resolution.NONE or (
+        service.headless and service.external_name is None
+    )
+
+
+def _dns_targets(
+    snapshot: MeshSnapshot, service: Service, sp: ServicePort
+) -> tuple[tuple[str, int], ...]:
+    eps: tuple[Endpoint, ...] = snapshot.endpoints_for(service, sp.port)
+    if service.external_name:
+        return ((service.external_name, sp.port),)
+    if eps:
+        return tuple(sorted({(e.address, e.port) for e in eps}))
+    if service.hostname.startswith("*"):
+        return ()
+    port = sp.target_port if isinstance(sp.target_port, int) else sp.port
+    return ((service.hostname, port),)
+
+
+def _outbound_clusters(
+    snapshot: MeshSnapshot,
+    services: tuple[Service, ...],
+    proxy_type: ProxyType,
+    conflicts: list[str],
+) -> tuple[OutboundCluster, ...]:
+    seen: dict[str, Service] = {}
+    out: list[OutboundCluster] = []
+    for svc in services:
+        for sp in svc.ports:
+            if sp.protocol is Protocol.UDP:
+                continue
+            name = c.outbound_cluster_name(sp.port, svc.hostname)
+            if name in seen:
+                other = seen[name]
+                conflicts.append(
+                    f"cluster {name}: {svc.ref} hidden by {other.ref} (same host and port)"
+                )
+                continue
+            seen[name] = svc
+            targets: tuple[tuple[str, int], ...] = ()
+            if svc.external_name or svc.resolution is Resolution.DNS:
+                kind = ClusterKind.STRICT_DNS
+                targets = _dns_targets(snapshot, svc, sp)
+            elif svc.resolution is Resolution.DNS_ROUND_ROBIN:
+                kind = ClusterKind.LOGICAL_DNS
+                # Envoy: a LOGICAL_DNS cluster has exactly one host to resolve.
+                targets = _dns_targets(snapshot, svc, sp)[:1]
+            elif _is_passthrough(svc) and proxy_type is ProxyType.SIDECAR:
+                kind = ClusterKind.ORIGINAL_DST  # gateways fall back to EDS (as istiod)
+            else:
+                kind = ClusterKind.EDS
+            if kind in (ClusterKind.STRICT_DNS, ClusterKind.LOGICAL_DNS) and not targets:
+                conflicts.append(f"cluster {name}: {svc.ref} has no endpoints or host to resolve")
+                continue
+            out.append(OutboundCluster(name, svc, sp, kind, targets))
+    return tuple(out)
+
+
+def _listeners(
+    services: tuple[Service, ...],
+    mode: InterceptionMode,
+    ip_family: str,
+    conflicts: list[str],
+) -> tuple[tuple[ListenerPlan, ...], tuple[RoutePlan, ...]]:
+    none_mode = mode is InterceptionMode.NONE
+    wildcard = c.WILDCARD_V6 if ip_family == "v6" else c.WILDCARD_V4
+    localhost = c.LOCALHOST_V6 if ip_family == "v6" else c.LOCALHOST_V4
+    by_port: dict[int, list[tuple[Service, ServicePort]]] = {}
+    for svc in services:
+        for sp in svc.ports:
+            if sp.protocol is not Protocol.UDP:
+                by_port.setdefault(sp.port, []).append((svc, sp))
+
+    listeners: dict[str, ListenerPlan] = {}
+    routes: list[RoutePlan] = []
+
+    def add(plan: ListenerPlan, owner: Service) -> None:
+        if plan.name in listeners:
+            conflicts.append(f"listener {plan.name}: {owner.ref} left out, port already taken")
+            return
+        listeners[plan.name] = plan
+
+    def tcp_plan(bind: str, port: int, entries: list[tuple[Service, ServicePort]]) -> None:
+        sni: dict[str, str] = {}
+        plain: list[tuple[Service, ServicePort]] = []
+        for svc, sp in entries:
+            if sp.protocol in (Protocol.TLS, Protocol.HTTPS):
+                cluster = c.outbound_cluster_name(sp.port, svc.hostname)
+                if svc.hostname in sni:
+                    conflicts.append(
+                        f"listener {bind}_{port}: SNI {svc.hostname} of {svc.ref} taken"
+                    )
+                else:
+                    sni[svc.hostname] = cluster
+            else:
+                plain.append((svc, sp))
+        tcp_cluster = None
+        if plain:
+            first, fsp = plain[0]
+            tcp_cluster = c.outbound_cluster_name(fsp.port, first.hostname)
+            for svc, _ in plain[1:]:
+                conflicts.append(
+                    f"listener {c.listener_name(bind, port)}: TCP {svc.ref} left out, "
+                    f"{first.hostname} serves this port"
+                )
+        add(
+            ListenerPlan(
+                name=c.listener_name(bind, port),
+                address=bind,
+                port=port,
+                bind_to_port=none_mode,
+                tcp_cluster=tcp_cluster,
+                sni=tuple(sorted(sni.items())),
+                passthrough_default=bool(sni) and tcp_cluster is None and not none_mode,
+            ),
+            entries[0][0],
+        )
+
+    for port in sorted(by_port):
+        entries = by_port[port]
+        if none_mode:
+            if port in c.RESERVED_PORTS:
+                for svc, _ in entries:
+                    conflicts.append(f"port {port} of {svc.ref}: reserved by the proxy itself")
+                continue
+            http = [(s, p) for s, p in entries if p.protocol.is_http or p.protocol is Protocol.AUTO]
+            tcp = [(s, p) for s, p in entries if (s, p) not in http]
+            if http:
+                add(
+                    ListenerPlan(
+                        name=c.listener_name(localhost, port),
+                        address=localhost,
+                        port=port,
+                        bind_to_port=True,
+                        http_route=str(port),
+                    ),
+                    http[0][0],
+                )
+                routes.append(RoutePlan(str(port), tuple(http)))
+                for svc, _ in tcp:
+                    conflicts.append(
+                        f"listener {c.listener_name(localhost, port)}: TCP {svc.ref} left out, "
+                        "HTTP services use this port"
+                    )
+            elif tcp:
+                tcp_plan(localhost, port, tcp)
+            continue
+
+        # REDIRECT / TPROXY: iptables sends everything to virtualOutbound, which hands
+        # connections to the listener matching the original destination.
+        http_like: list[tuple[Service, ServicePort]] = []
+        auto_vip: list[tuple[Service, ServicePort, str]] = []
+        tcp_vip: list[tuple[Service, ServicePort, str]] = []
+        tcp_novip: list[tuple[Service, ServicePort]] = []
+        for svc, sp in entries:
+            vip = service_vip(svc, ip_family)
+            if sp.protocol.is_http:
+                http_like.append((svc, sp))
+            elif sp.protocol is Protocol.AUTO:
+                if vip:
+                    auto_vip.append((svc, sp, vip))
+                else:
+                    http_like.append((svc, sp))
+            elif vip:
+                tcp_vip.append((svc, sp, vip))
+            elif svc.headless and svc.ref.kind == "Service":
+                # Kubernetes headless TCP: istiod builds per-pod listeners; here the
+                # connection goes through virtualOutbound to PassthroughCluster.
+                continue
+            else:
+                tcp_novip.append((svc, sp))
+        if http_like:
+            add(
+                ListenerPlan(
+                    name=c.listener_name(wildcard, port),
+                    address=wildcard,
+                    port=port,
+                    bind_to_port=False,
+                    http_route=str(port),
+                    http_sniff=True,
+                    passthrough_default=True,
+                ),
+                http_like[0][0],
+            )
+            # Every HTTP and sniffed service on the port gets a virtual host in route "PORT".
+            hosts = tuple(
+                (s, p) for s, p in entries if p.protocol.is_http or p.protocol is Protocol.AUTO
+            )
+            routes.append(RoutePlan(str(port), hosts))
+        for svc, sp, vip in auto_vip:
+            route_name = f"{svc.hostname}:{port}"
+            add(
+                ListenerPlan(
+                    name=c.listener_name(vip, port),
+                    address=vip,
+                    port=port,
+                    bind_to_port=False,
+                    http_route=route_name,
+                    http_sniff=True,
+                    tcp_cluster=c.outbound_cluster_name(port, svc.hostname),
+                ),
+                svc,
+            )
+            routes.append(RoutePlan(route_name, ((svc, sp),), sniffed=True))
+        for svc, _sp, vip in tcp_vip:
+            add(
+                ListenerPlan(
+                    name=c.listener_name(vip, port),
+                    address=vip,
+                    port=port,
+                    bind_to_port=False,
+                    tcp_cluster=c.outbound_cluster_name(port, svc.hostname),
+                ),
+                svc,
+            )
+        if tcp_novip:
+            if http_like or auto_vip:
+                for svc, _ in tcp_novip:
+                    conflicts.append(
+                        f"listener {c.listener_name(wildcard, port)}: TCP {svc.ref} left out, "
+                        "HTTP services use this port"
+                    )
+            else:
+                tcp_plan(wildcard, port, tcp_novip)
+
+    ordered = tuple(listeners[n] for n in sorted(listeners))
+    # A route may be planned twice only through a listener clash; keep the first.
+    seen: set[str] = set()
+    uniq: list[RoutePlan] = []
+    for r in routes:
+        if r.name not in seen and any(lp.http_route == r.name for lp in ordered):
+            seen.add(r.name)
+            uniq.append(r)
+    return ordered, tuple(sorted(uniq, key=lambda r: r.name))
+
+
+def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
+    namespace = proxy.namespace
+    dns_domain = proxy.dns_domain
+    if ".svc." not in dns_domain:
+        dns_domain = f"{namespace}.svc.{snapshot.domain_suffix}"
+    ip_family = _ip_family(proxy.ip_addresses)
+    conflicts: list[str] = []
+    services = tuple(s for s in snapshot.services if is_visible(s, namespace))
+    is_sidecar = proxy.type is ProxyType.SIDECAR
+    workloads = _own_workloads(snapshot, proxy) if is_sidecar else ()
+    inbound = _inbound_ports(snapshot, namespace, workloads) if is_sidecar else ()
+    clusters = _outbound_clusters(snapshot, services, proxy.type, conflicts)
+    if is_sidecar:
+        listeners, routes = _listeners(services, proxy.interception_mode, ip_family, conflicts)
+    else:
+        listeners, routes = (), ()
+    return ProxyContext(
+        snapshot=snapshot,
+        proxy=proxy,
+        namespace=namespace,
+        dns_domain=dns_domain,
+        mode=proxy.interception_mode,
+        ip_family=ip_family,
+        outbound_policy=_outbound_policy(snapshot, namespace),
+        services=services,
+        workloads=workloads,
+        inbound=inbound,
+        clusters=clusters,
+        listeners=listeners,
+        routes=routes,
+        conflicts=tuple(conflicts),
+    )
+
+
+def group_key(ctx: ProxyContext) -> Hashable:
+    """Everything generation reads from the proxy; equal keys give identical resources.
+
+    The rest of generation reads only the snapshot (the cache keys by generation).
+    """
+    return (
+        ctx.proxy.type.value,
+        ctx.namespace,
+        ctx.dns_domain,
+        ctx.mode.value,
+        ctx.ip_family,
+        ctx.outbound_policy.value,
+        ctx.inbound,
+    )

@@ -1,0 +1,89 @@
+"""EDS: one ClusterLoadAssignment per EDS cluster, empty when the service has no endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+
+from xdsd.model.types import Endpoint, Locality
+from xdsd.translate import _common as c
+from xdsd.translate.context import ClusterKind, ProxyContext
+
+ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
+
+
+def _canonical(ep: Endpoint) -> tuple[str, str]:
+    """Canonical service name and revision as Istio derives them from workload labels."""
+    labels = ep.labels
+    name = (
+        labels.get("service.istio.io/canonical-name")
+        or labels.get("app.kubernetes.io/name")
+        or labels.get("app")
+        or ep.workload_name
+    )
+    rev = (
+        labels.get("service.istio.io/canonical-revision")
+        or labels.get("app.kubernetes.io/version")
+        or labels.get("version")
+        or "latest"
+    )
+    return name, "" if rev == "latest" else rev
+
+
+def _metadata(ep: Endpoint) -> base_pb2.Metadata | None:
+    """filter_metadata.istio.workload = "NAME;NAMESPACE;CANONICAL;REVISION;CLUSTER" (istiod)."""
+    if not ep.workload_name:
+        return None
+    name, rev = _canonical(ep)
+    md = base_pb2.Metadata()
+    istio = struct_pb2.Struct()
+    istio["workload"] = ";".join((ep.workload_name, ep.namespace, name, rev, ep.cluster_id))
+    md.filter_metadata["istio"].CopyFrom(istio)
+    return md
+
+
+def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
+    lb = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=c.socket_address(ep.address, ep.port)),
+        health_status=health_check_pb2.HEALTHY if ep.healthy else health_check_pb2.UNHEALTHY,
+        load_balancing_weight=c.uint32(max(1, ep.weight)),
+    )
+    md = _metadata(ep)
+    if md is not None:
+        lb.metadata.CopyFrom(md)
+    return lb
+
+
+def _locality_key(loc: Locality) -> tuple[str, str, str]:
+    return (loc.region, loc.zone, loc.subzone)
+
+
+def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    groups: dict[tuple[str, str, str], list[Endpoint]] = {}
+    for ep in endpoints:
+        groups.setdefault(_locality_key(ep.locality), []).append(ep)
+    cla = ClusterLoadAssignment(cluster_name=name)
+    for key in sorted(groups):
+        eps = sorted(groups[key], key=lambda e: (e.address, e.port, e.workload_name))
+        lle = cla.endpoints.add()
+        if any(key):
+            lle.locality.region, lle.locality.zone, lle.locality.sub_zone = key
+        lle.lb_endpoints.extend(_lb_endpoint(e) for e in eps)
+        lle.load_balancing_weight.value = sum(max(1, e.weight) for e in eps)
+    return cla
+
+
+def generate_endpoints(ctx: ProxyContext) -> list[tuple[str, Message]]:
+    if not ctx.is_sidecar:
+        return []
+    out: list[tuple[str, Message]] = []
+    for oc in ctx.clusters:
+        if oc.kind is not ClusterKind.EDS:
+            continue
+        eps = ctx.snapshot.endpoints_for(oc.service, oc.port.port)
+        out.append((oc.name, load_assignment(oc.name, eps)))
+    return sorted(out, key=lambda item: item[0])

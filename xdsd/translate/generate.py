@@ -1,0 +1,69 @@
+"""The translate stage's public API: per-proxy context, group key, generators by type URL.
+
+    ctx = proxy_context(snapshot, proxy)
+    key = group_key(ctx)          # equal keys => byte-identical resources
+    GENERATORS[CLUSTER_TYPE](ctx) # [(name, message)], sorted by name
+
+Generators are pure functions of the context; the context is a pure function of
+(snapshot, proxy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from google.protobuf.message import Message
+
+from xdsd.model.proxy import Proxy
+from xdsd.model.snapshot import MeshSnapshot
+from xdsd.translate._common import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+)
+from xdsd.translate.clusters import eds_cluster_names, generate_clusters
+from xdsd.translate.context import ProxyContext, group_key, proxy_context
+from xdsd.translate.endpoints import generate_endpoints
+from xdsd.translate.listeners import generate_listeners
+from xdsd.translate.routes import generate_routes
+
+Generator = Callable[[ProxyContext], list[tuple[str, Message]]]
+
+
+def _no_secrets(ctx: ProxyContext) -> list[tuple[str, Message]]:
+    return []  # SDS: a later issue (workload certs come from the local agent)
+
+
+GENERATORS: Mapping[str, Generator] = MappingProxyType(
+    {
+        CLUSTER_TYPE: generate_clusters,
+        ENDPOINT_TYPE: generate_endpoints,
+        LISTENER_TYPE: generate_listeners,
+        ROUTE_TYPE: generate_routes,
+        SECRET_TYPE: _no_secrets,
+    }
+)
+
+
+def generate_all(snapshot: MeshSnapshot, proxy: Proxy) -> dict[str, list[tuple[str, Message]]]:
+    ctx = proxy_context(snapshot, proxy)
+    return {type_url: gen(ctx) for type_url, gen in GENERATORS.items()}
+
+
+__all__ = [
+    "CLUSTER_TYPE",
+    "ENDPOINT_TYPE",
+    "GENERATORS",
+    "LISTENER_TYPE",
+    "ROUTE_TYPE",
+    "SECRET_TYPE",
+    "Generator",
+    "ProxyContext",
+    "eds_cluster_names",
+    "generate_all",
+    "group_key",
+    "proxy_context",
+]
