@@ -218,7 +218,9 @@ def on_delta_request(state: WatchState | None, req: DeltaRequest) -> tuple[Watch
             if not wildcard:
                 wildcard = True
                 added.add(WILDCARD)
-        elif name not in subscribed:
+        else:
+            # Even if already subscribed: the proxy may have forgotten it, and
+            # the protocol says the server must still send it.
             subscribed.add(name)
             added.add(name)
     if not wildcard:
