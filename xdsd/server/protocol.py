@@ -207,11 +207,13 @@ def on_delta_request(state: WatchState | None, req: DeltaRequest) -> tuple[Watch
     subscribed = set(state.names)
     sent = dict(state.sent)
     added: set[str] = set()
+    dropped: set[str] = set()
     for name in req.unsubscribe:
         if name == WILDCARD:
             wildcard = False
-        else:
+        elif name in subscribed:
             subscribed.discard(name)
+            dropped.add(name)
         sent.pop(name, None)  # the proxy forgets what it unsubscribed from
     for name in req.subscribe:
         if name == WILDCARD:
@@ -226,6 +228,10 @@ def on_delta_request(state: WatchState | None, req: DeltaRequest) -> tuple[Watch
     if not wildcard:
         # Leaving wildcard: the proxy keeps only explicitly named resources.
         sent = {n: v for n, v in sent.items() if n in subscribed}
+    else:
+        # A name dropped while wildcard may or may not be in the wildcard: the
+        # proxy waits to be told (sent again, or in removed_resources).
+        added |= dropped - subscribed
     state = replace(
         state, wildcard=wildcard, names=frozenset(subscribed), sent=MappingProxyType(sent)
     )
@@ -313,7 +319,7 @@ def plan_delta(
 ) -> tuple[WatchState, DeltaReply | None]:
     force_all, forced = _forced(state, force)
     if state.wildcard:
-        candidates: list[str] = sorted(resources.items.keys() | state.names)
+        candidates: list[str] = sorted(resources.items.keys() | state.names | forced)
     else:
         candidates = sorted(state.names)
     chosen: list[Resource] = []
