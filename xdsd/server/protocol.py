@@ -329,8 +329,9 @@ def plan_delta(
         res = resources.get(name)
         if res is None:
             # Tell the proxy a resource it holds is gone, and answer a new
-            # subscription to a missing name so its initialisation can finish.
-            if name in sent or name in forced:
+            # subscription (the first request too) to a missing name so its
+            # initialisation can finish.
+            if force_all or name in sent or name in forced:
                 removed.append(name)
                 sent.pop(name, None)
             continue
