@@ -19,10 +19,19 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("mode", [InterceptionMode.REDIRECT, InterceptionMode.NONE])
-def test_envoy_accepts_generated_config(mode: InterceptionMode, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "ip"),
+    [
+        (InterceptionMode.REDIRECT, "10.1.0.5"),
+        (InterceptionMode.NONE, "10.1.0.5"),
+        (InterceptionMode.REDIRECT, "10.9.9.9"),  # no own workload
+        (InterceptionMode.REDIRECT, "fd00::5"),  # IPv6 proxy
+        (InterceptionMode.NONE, "fd00::5"),
+    ],
+)
+def test_envoy_accepts_generated_config(mode: InterceptionMode, ip: str, tmp_path: Path) -> None:
     snap = sample_mesh()
-    proxy = sidecar(mode=mode)
+    proxy = sidecar(ip=ip, mode=mode)
     resources = generate_all(snap, proxy)
     boot = static_bootstrap(resources, proxy.node_id)
     assert len(boot.static_resources.listeners) > 3

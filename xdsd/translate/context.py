@@ -108,6 +108,10 @@ class ProxyContext:
         return c.LOCALHOST_V6 if self.ip_family == "v6" else c.LOCALHOST_V4
 
 
+def _who(service: Service) -> str:
+    return f"{service.hostname} ({service.ref})"
+
+
 def is_visible(service: Service, namespace: str) -> bool:
     """Istio exportTo: "*" everyone (the default), "." own namespace, "~" nobody, or names."""
     export = service.export_to or frozenset({"*"})
@@ -252,7 +256,7 @@ def _outbound_clusters(
             if name in seen:
                 other = seen[name]
                 conflicts.append(
-                    f"cluster {name}: {svc.ref} hidden by {other.ref} (same host and port)"
+                    f"cluster {name}: {_who(svc)} hidden by {_who(other)} (same host and port)"
                 )
                 continue
             seen[name] = svc
@@ -269,7 +273,7 @@ def _outbound_clusters(
             else:
                 kind = ClusterKind.EDS
             if kind in (ClusterKind.STRICT_DNS, ClusterKind.LOGICAL_DNS) and not targets:
-                conflicts.append(f"cluster {name}: {svc.ref} has no endpoints or host to resolve")
+                conflicts.append(f"cluster {name}: {_who(svc)} has no endpoints or host to resolve")
                 continue
             out.append(OutboundCluster(name, svc, sp, kind, targets))
     return tuple(out)
@@ -295,7 +299,7 @@ def _listeners(
 
     def add(plan: ListenerPlan, owner: Service) -> None:
         if plan.name in listeners:
-            conflicts.append(f"listener {plan.name}: {owner.ref} left out, port already taken")
+            conflicts.append(f"listener {plan.name}: {_who(owner)} left out, port already taken")
             return
         listeners[plan.name] = plan
 
@@ -306,9 +310,7 @@ def _listeners(
             if sp.protocol in (Protocol.TLS, Protocol.HTTPS):
                 cluster = c.outbound_cluster_name(sp.port, svc.hostname)
                 if svc.hostname in sni:
-                    conflicts.append(
-                        f"listener {bind}_{port}: SNI {svc.hostname} of {svc.ref} taken"
-                    )
+                    conflicts.append(f"listener {bind}_{port}: SNI of {_who(svc)} already taken")
                 else:
                     sni[svc.hostname] = cluster
             else:
@@ -319,7 +321,7 @@ def _listeners(
             tcp_cluster = c.outbound_cluster_name(fsp.port, first.hostname)
             for svc, _ in plain[1:]:
                 conflicts.append(
-                    f"listener {c.listener_name(bind, port)}: TCP {svc.ref} left out, "
+                    f"listener {c.listener_name(bind, port)}: TCP {_who(svc)} left out, "
                     f"{first.hostname} serves this port"
                 )
         add(
@@ -340,7 +342,7 @@ def _listeners(
         if none_mode:
             if port in c.RESERVED_PORTS:
                 for svc, _ in entries:
-                    conflicts.append(f"port {port} of {svc.ref}: reserved by the proxy itself")
+                    conflicts.append(f"port {port} of {_who(svc)}: reserved by the proxy itself")
                 continue
             http = [(s, p) for s, p in entries if p.protocol.is_http or p.protocol is Protocol.AUTO]
             tcp = [(s, p) for s, p in entries if (s, p) not in http]
@@ -358,7 +360,7 @@ def _listeners(
                 routes.append(RoutePlan(str(port), tuple(http)))
                 for svc, _ in tcp:
                     conflicts.append(
-                        f"listener {c.listener_name(localhost, port)}: TCP {svc.ref} left out, "
+                        f"listener {c.listener_name(localhost, port)}: TCP {_who(svc)} left out, "
                         "HTTP services use this port"
                     )
             elif tcp:
@@ -433,10 +435,10 @@ def _listeners(
                 svc,
             )
         if tcp_novip:
-            if http_like or auto_vip:
+            if http_like:
                 for svc, _ in tcp_novip:
                     conflicts.append(
-                        f"listener {c.listener_name(wildcard, port)}: TCP {svc.ref} left out, "
+                        f"listener {c.listener_name(wildcard, port)}: TCP {_who(svc)} left out, "
                         "HTTP services use this port"
                     )
             else:
