@@ -214,7 +214,7 @@ def on_delta_request(state: WatchState | None, req: DeltaRequest) -> tuple[Watch
         elif name in subscribed:
             subscribed.discard(name)
             dropped.add(name)
-        sent.pop(name, None)  # the proxy forgets what it unsubscribed from
+            sent.pop(name, None)  # the proxy forgets what it unsubscribed from
     for name in req.subscribe:
         if name == WILDCARD:
             if not wildcard:
