@@ -166,6 +166,8 @@ class Workload:
     network: str = ""
     locality: Locality = Locality()
     weight: int = 1
+    # The owning workload (a Deployment's name for its pods); "" = same as name.
+    workload_name: str = ""
 
 
 @dataclass(frozen=True)
