@@ -160,19 +160,28 @@ class XdsServices:
     # -- registration -----------------------------------------------------------------
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
-        def sotw(types: frozenset[str] | None) -> Any:
+        # grpc.aio needs real async generator functions to stream responses.
+        def stream(delta: bool, types: frozenset[str] | None) -> Any:
+            async def handler(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[bytes]:
+                async for out in self._stream(requests, context, delta=delta, only=types):
+                    yield out
+
+            request_type = (
+                discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
+            )
             return grpc.stream_stream_rpc_method_handler(
-                lambda it, ctx: self._stream(it, ctx, delta=False, only=types),
-                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                handler,
+                request_deserializer=request_type.FromString,
                 response_serializer=_identity,
             )
 
+        def sotw(types: frozenset[str] | None) -> Any:
+            return stream(False, types)
+
         def delta(types: frozenset[str] | None) -> Any:
-            return grpc.stream_stream_rpc_method_handler(
-                lambda it, ctx: self._stream(it, ctx, delta=True, only=types),
-                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                response_serializer=_identity,
-            )
+            return stream(True, types)
 
         out = [
             grpc.method_handlers_generic_handler(
