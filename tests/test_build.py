@@ -9,7 +9,7 @@ from xdsd.model.store import ConfigStore
 from xdsd.model.types import Locality, Service
 
 
-def snap(*files: list[dict[str, Any]], **kw: Any) -> MeshSnapshot:
+def snap(*files: list[Any], **kw: Any) -> MeshSnapshot:
     store = ConfigStore()
     for i, docs in enumerate(files):
         store.apply_file(f"f{i}.yaml", docs)
@@ -48,12 +48,13 @@ HOST = "reviews.shop.svc.cluster.local"
 
 
 def test_services_and_pods_without_endpoint_slices() -> None:
+    ports: list[tuple[str, int, int | str]] = [("http", 9080, "http-api"), ("tcp-x", 7000, 7000)]
     s = snap(
         [
             service(
                 "reviews",
                 "shop",
-                [("http", 9080, "http-api"), ("tcp-x", 7000)],
+                ports,
                 selector={"app": "reviews"},
             ),
             pod(

@@ -363,7 +363,7 @@ def test_endpoint_slice_without_service_is_skipped_with_warning() -> None:
 
 
 def test_legacy_endpoints() -> None:
-    doc = {
+    doc: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Endpoints",
         "metadata": {"name": "reviews", "namespace": "shop"},
@@ -592,7 +592,7 @@ def test_service_entry_errors(spec: dict[str, Any], path: str) -> None:
 
 
 def test_workload_entry() -> None:
-    doc = {
+    doc: dict[str, Any] = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "WorkloadEntry",
         "metadata": {"name": "vm-1", "namespace": "shop"},

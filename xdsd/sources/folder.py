@@ -30,7 +30,7 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -220,7 +220,7 @@ class FolderSource:
                 )
         return ConfigChange(tuple(contents), kinds, synced=initial)
 
-    async def changes(self) -> AsyncIterator[ConfigChange]:
+    async def changes(self) -> AsyncGenerator[ConfigChange, None]:
         """The initial full load, then every change found by polling (forever)."""
         if not await asyncio.to_thread(self.path.is_dir):
             log.warning("config folder %s does not exist (yet); polling for it", self.path)
