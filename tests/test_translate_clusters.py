@@ -41,6 +41,8 @@ def test_outbound_eds_cluster_as_istiod() -> None:
     (th,) = cl.circuit_breakers.thresholds
     assert th.max_connections.value == th.max_requests.value == 2**32 - 1
     assert th.max_pending_requests.value == th.max_retries.value == 2**32 - 1
+    assert cl.lb_policy == Cluster.LEAST_REQUEST
+    assert cl.HasField("common_lb_config")
     assert http_options(cl) is None  # plain HTTP/1.1 port
     assert cl.metadata.filter_metadata["istio"]["default_original_port"] == 9080
 
@@ -115,6 +117,9 @@ def test_special_clusters() -> None:
     assert bh.type == Cluster.STATIC and not bh.HasField("load_assignment")
     pt = got["PassthroughCluster"]
     assert pt.type == Cluster.ORIGINAL_DST and pt.lb_policy == Cluster.CLUSTER_PROVIDED
+    opts = http_options(pt)
+    assert opts is not None and opts.common_http_protocol_options.idle_timeout.ToSeconds() == 300
+    assert opts.HasField("use_downstream_protocol_config")
     ipt = got["InboundPassthroughCluster"]
     assert ipt.type == Cluster.ORIGINAL_DST
     assert ipt.upstream_bind_config.source_address.address == "127.0.0.6"
@@ -201,3 +206,9 @@ def test_router_proxies_get_nothing_yet() -> None:
     ctx = proxy_context(sample_mesh(), sidecar(ptype=ProxyType.ROUTER))
     assert GENERATORS[CLUSTER_TYPE](ctx) == []
     assert eds_cluster_names(ctx) == []
+
+
+def test_grpc_web_counts_as_http2_as_in_istio() -> None:
+    s = svc("w.default.svc.cluster.local", "default", [("grpc-web", 8080, Protocol.GRPC_WEB)])
+    opts = http_options(clusters(snapshot([s]))["outbound|8080||w.default.svc.cluster.local"])
+    assert opts is not None and opts.explicit_http_config.HasField("http2_protocol_options")

@@ -78,15 +78,13 @@ def test_virtual_inbound() -> None:
     assert vi.address.socket_address.port_value == 15006
     assert [f.name for f in vi.listener_filters] == [
         "envoy.filters.listener.original_dst",
+        "envoy.filters.listener.tls_inspector",
         "envoy.filters.listener.http_inspector",
     ]
-    # The HTTP inspector is off on declared ports (no sniffing there).
-    disabled = vi.listener_filters[1].filter_disabled
-    assert sorted(r.destination_port_range.start for r in disabled.or_match.rules) == [
-        5001,
-        9081,
-        9090,
-    ]
+    # The inspectors are off on declared ports (no sniffing there).
+    for lf in vi.listener_filters[1:]:
+        rules = lf.filter_disabled.or_match.rules
+        assert sorted(r.destination_port_range.start for r in rules) == [5001, 9081, 9090]
     by_name: dict[str, list[listener_components_pb2.FilterChain]] = {}
     for ch in vi.filter_chains:
         by_name.setdefault(ch.name, []).append(ch)

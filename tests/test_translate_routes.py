@@ -36,6 +36,7 @@ def test_route_per_http_port_named_by_port() -> None:
     ]
     rc = got["9080"]
     assert not rc.validate_clusters.value and rc.HasField("validate_clusters")
+    assert rc.max_direct_response_body_size_bytes.value == 1048576
     assert rc.ignore_port_in_host_matching
     assert list(vhosts(rc)) == [
         "ratings.other.svc.cluster.local:9080",
@@ -46,9 +47,10 @@ def test_route_per_http_port_named_by_port() -> None:
 
 def test_domains_as_istiod() -> None:
     vh = vhosts(routes(sample_mesh())["9080"])
-    # Same namespace: short name, NAME.NS, NAME.NS.svc, FQDN, cluster IP.
+    # Same namespace: FQDN, absolute FQDN, short name, NAME.NS.svc, NAME.NS, cluster IP.
     assert vh["reviews.default.svc.cluster.local:9080"] == [
         "reviews.default.svc.cluster.local",
+        "reviews.default.svc.cluster.local.",
         "reviews",
         "reviews.default.svc",
         "reviews.default",
@@ -57,14 +59,17 @@ def test_domains_as_istiod() -> None:
     # Other namespace: no bare short name.
     assert vh["ratings.other.svc.cluster.local:9080"] == [
         "ratings.other.svc.cluster.local",
+        "ratings.other.svc.cluster.local.",
         "ratings.other",
         "ratings.other.svc",
         "10.96.0.11",
     ]
     assert vh["allow_any"] == ["*"]
+    # No HOST:PORT domains for sidecars: the port is ignored when matching.
+    assert not any(":" in d for ds in vh.values() for d in ds)
     # Non-Kubernetes hosts only their own name; wildcard hosts stay wildcards.
     vh80 = vhosts(routes(sample_mesh())["80"])
-    assert vh80["api.example.com:80"] == ["api.example.com"]
+    assert vh80["api.example.com:80"] == ["api.example.com", "api.example.com."]
     assert vh80["*.wild.example.com:80"] == ["*.wild.example.com"]
 
 
@@ -74,6 +79,7 @@ def test_default_route_as_istiod() -> None:
     assert route.name == "default"
     assert route.match.prefix == "/"
     assert route.route.cluster == "outbound|9080||reviews.default.svc.cluster.local"
+    assert route.decorator.operation == "reviews.default.svc.cluster.local:9080/*"
     assert route.route.HasField("timeout") and route.route.timeout.ToSeconds() == 0
     rp = route.route.retry_policy
     assert rp.num_retries.value == 2
@@ -133,8 +139,8 @@ def test_duplicate_domains_are_dropped_not_rejected() -> None:
         addresses=("240.0.0.1",),
     )
     vh = vhosts(routes(snapshot([a, b]))["80"])
-    assert vh["api.example.com:80"] == ["api.example.com", "240.0.0.1"]
-    assert vh["other.example.com:80"] == ["other.example.com"]
+    assert vh["api.example.com:80"] == ["api.example.com", "api.example.com.", "240.0.0.1"]
+    assert vh["other.example.com:80"] == ["other.example.com", "other.example.com."]
 
 
 def test_none_mode_routes_include_sniffed_services_in_port_route() -> None:

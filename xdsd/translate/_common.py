@@ -16,6 +16,8 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from xdsd.model.types import Protocol
+
 # Type URLs, derived from the protos (the cache stage names the same strings; the
 # translate stage may not import it, see the import-linter layers).
 _PREFIX = "type.googleapis.com/"
@@ -77,6 +79,15 @@ DEFAULT_HOST_SELECTION_RETRY_MAX_ATTEMPTS = 5
 INBOUND_RETRY_ON = "reset-before-request"
 
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# RouteConfiguration.max_direct_response_body_size_bytes istiod sets on outbound routes.
+MAX_DIRECT_RESPONSE_BODY_BYTES = 1024 * 1024
+# PassthroughCluster's HTTP idle timeout (istiod passthroughHttpProtocolOptions).
+PASSTHROUGH_IDLE_TIMEOUT_S = 300
+
+
+def is_http2(protocol: Protocol) -> bool:
+    """Istio's Protocol.IsHTTP2: GRPC-Web counts too (unlike model's Protocol.is_http2)."""
+    return protocol.is_http2 or protocol is Protocol.GRPC_WEB
 
 
 def pack(message: Message) -> any_pb2.Any:

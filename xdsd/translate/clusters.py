@@ -36,7 +36,7 @@ def _circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
 
 def _protocol_options(cluster: cluster_pb2.Cluster, protocol: Protocol) -> None:
     """HTTP/2 upstream for HTTP2/GRPC ports; downstream protocol for sniffed ports (sidecars)."""
-    if protocol.is_http2:
+    if c.is_http2(protocol):
         opts = HttpProtocolOptions(
             explicit_http_config=HttpProtocolOptions.ExplicitHttpConfig(
                 http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
@@ -83,6 +83,8 @@ def outbound_cluster(ctx: ProxyContext, oc: OutboundCluster) -> cluster_pb2.Clus
         common_lb_config=Cluster.CommonLbConfig(),
         metadata=_service_metadata(oc),
     )
+    if oc.kind is not ClusterKind.ORIGINAL_DST:
+        cl.lb_policy = Cluster.LEAST_REQUEST  # MeshConfig default load balancer
     if oc.kind is ClusterKind.EDS:
         cl.type = Cluster.EDS
         cl.eds_cluster_config.CopyFrom(
@@ -167,8 +169,18 @@ def passthrough_cluster() -> cluster_pb2.Cluster:
         connect_timeout=c.seconds(c.CONNECT_TIMEOUT_S),
         circuit_breakers=_circuit_breakers(),
     )
-    # istiod: passthrough speaks whatever the downstream spoke.
-    _protocol_options(cl, Protocol.AUTO)
+    # istiod: passthrough speaks whatever the downstream spoke; idle HTTP connections
+    # are closed after 300s.
+    opts = HttpProtocolOptions(
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=c.seconds(c.PASSTHROUGH_IDLE_TIMEOUT_S)
+        ),
+        use_downstream_protocol_config=HttpProtocolOptions.UseDownstreamHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions(),
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions(),
+        ),
+    )
+    cl.typed_extension_protocol_options[c.HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(c.pack(opts))
     return cl
 
 

@@ -220,7 +220,7 @@ def virtual_inbound(ctx: ProxyContext) -> listener_pb2.Listener:
         http = _hcm(
             f"inbound_{chain_name}",
             route_config=inbound_route_configuration(cluster, ip.port, ip.protocol),
-            http2=ip.protocol.is_http2,
+            http2=c.is_http2(ip.protocol),
         )
         if ip.protocol.is_http:
             no_sniff.append(ip.port)
@@ -249,10 +249,13 @@ def virtual_inbound(ctx: ProxyContext) -> listener_pb2.Listener:
                 filters=[_tcp_proxy(cluster)],
             )
         )
+    tls_inspector = _listener_filter(TLS_INSPECTOR_FILTER, tls_inspector_pb2.TlsInspector())
     http_inspector = _listener_filter(HTTP_INSPECTOR_FILTER, http_inspector_pb2.HttpInspector())
     if no_sniff:
-        # istiod: the HTTP inspector only runs where a chain needs ALPN, so server-first
-        # protocols on declared TCP ports are not held up waiting for client bytes.
+        # istiod: inspectors only run where a chain needs them, so server-first protocols
+        # on declared ports are not held up waiting for client bytes. (No chain matches
+        # TLS until mTLS arrives; the TLS inspector then matters for undeclared ports.)
+        tls_inspector.filter_disabled.CopyFrom(_port_ranges(no_sniff))
         http_inspector.filter_disabled.CopyFrom(_port_ranges(no_sniff))
     return Listener(
         name=c.VIRTUAL_INBOUND,
@@ -264,6 +267,7 @@ def virtual_inbound(ctx: ProxyContext) -> listener_pb2.Listener:
         continue_on_listener_filters_timeout=True,
         listener_filters=[
             _listener_filter(ORIGINAL_DST_FILTER, original_dst_pb2.OriginalDst()),
+            tls_inspector,
             http_inspector,
         ],
         listener_filters_timeout=c.seconds(0),

@@ -60,6 +60,8 @@ def virtual_host_domains(ctx: ProxyContext, service: Service) -> list[str]:
     domains = [host]
     if host.startswith("*"):
         return domains
+    # istiod (EnableAbsoluteFqdnVhostDomain): the absolute form "host." too.
+    domains.append(host + ".")
     if ".svc." in ctx.dns_domain:
         suffix = ctx.dns_domain[ctx.dns_domain.index(".svc.") :]
         if host.endswith(suffix):
@@ -87,10 +89,11 @@ def _retry_policy() -> route_components_pb2.RetryPolicy:
     )
 
 
-def default_route(cluster: str) -> route_components_pb2.Route:
+def default_route(cluster: str, hostname: str, port: int) -> route_components_pb2.Route:
     return Route(
         name=c.DEFAULT_ROUTE,
         match=route_components_pb2.RouteMatch(prefix="/"),
+        decorator=route_components_pb2.Decorator(operation=f"{hostname}:{port}/*"),
         route=RouteAction(
             cluster=cluster,
             timeout=c.seconds(0),
@@ -136,7 +139,11 @@ def _service_vhost(
     return VirtualHost(
         name=f"{service.hostname}:{port.port}",
         domains=domains,
-        routes=[default_route(c.outbound_cluster_name(port.port, service.hostname))],
+        routes=[
+            default_route(
+                c.outbound_cluster_name(port.port, service.hostname), service.hostname, port.port
+            )
+        ],
     )
 
 
@@ -144,6 +151,9 @@ def route_configuration(ctx: ProxyContext, plan: RoutePlan) -> route_pb2.RouteCo
     rc = RouteConfiguration(
         name=plan.name,
         validate_clusters=wrappers_pb2.BoolValue(value=False),
+        max_direct_response_body_size_bytes=wrappers_pb2.UInt32Value(
+            value=c.MAX_DIRECT_RESPONSE_BODY_BYTES
+        ),
         ignore_port_in_host_matching=True,
     )
     if plan.sniffed:
