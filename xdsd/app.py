@@ -18,17 +18,17 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, json_format
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from xdsd.admin.http import AdminServer
+from xdsd.cache.dump import dump_resources
 from xdsd.cache.groups import GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, ResourceSet, short_type
 from xdsd.model.build import build_snapshot
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.store import ConfigStore
-from xdsd.push.debounce import DebounceSettings, Debouncer
+from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
 from xdsd.server.ads import NodeRejected, XdsServices
 from xdsd.server.grpc_server import GrpcSettings, XdsServer
@@ -223,9 +223,7 @@ class XdsdApp:
     async def wait_ready(self) -> None:
         await self.ready.wait()
 
-    def open(
-        self, node_id: str, metadata: Mapping[str, Any], peer: str, context: Any
-    ) -> _Watch:
+    def open(self, node_id: str, metadata: Mapping[str, Any], peer: str, context: Any) -> _Watch:
         try:
             proxy = parse_proxy(node_id, metadata)
         except NodeIdError as e:
@@ -256,7 +254,11 @@ class XdsdApp:
                     "nacks": st.nacks,
                     "last_nack": None
                     if st.nack is None
-                    else {"version": st.nack.version, "code": st.nack.code, "error": st.nack.message},
+                    else {
+                        "version": st.nack.version,
+                        "code": st.nack.code,
+                        "error": st.nack.message,
+                    },
                 }
             out.append(
                 {
@@ -308,7 +310,8 @@ class XdsdApp:
                 for e in snap.errors
             ],
             "configs": {
-                kind: [f"{c.namespace}/{c.name}" for c in objs] for kind, objs in snap.configs.items()
+                kind: [f"{c.namespace}/{c.name}" for c in objs]
+                for kind, objs in snap.configs.items()
             },
         }
 
@@ -330,8 +333,7 @@ class XdsdApp:
                             "port": p.port,
                             "protocol": p.protocol.value,
                             "endpoints": [
-                                f"{e.address}:{e.port}"
-                                for e in snap.endpoints_for(svc, p.port)
+                                f"{e.address}:{e.port}" for e in snap.endpoints_for(svc, p.port)
                             ],
                         }
                         for p in svc.ports
@@ -347,33 +349,3 @@ def _sync_status(st: Any) -> str:
     if st.nack is not None:
         return "ERROR"
     return "SYNCED" if st.acked else "STALE"
-
-
-_DUMP_TYPES = {
-    "cds": ("type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters", "cluster"),
-    "eds": ("type.googleapis.com/envoy.admin.v3.EndpointsConfigDump", "dynamic_endpoint_configs", "endpoint_config"),
-    "lds": ("type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners", "active_state"),
-    "rds": ("type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs", "route_config"),
-}
-
-
-def dump_resources(sets: Mapping[str, ResourceSet]) -> dict[str, Any]:
-    """Resources in the shape of Envoy's /config_dump (one section per type)."""
-    configs = []
-    for type_url, rset in sets.items():
-        short = short_type(type_url)
-        dump_type, list_field, item_field = _DUMP_TYPES.get(
-            short, (type_url, "resources", "resource")
-        )
-        items = []
-        for res in rset:
-            any_msg = any_pb2.Any(type_url=type_url, value=res.payload)
-            body = json_format.MessageToDict(any_msg)
-            entry: dict[str, Any] = {"version_info": res.version}
-            if short == "lds":
-                entry = {"name": res.name, "active_state": {"version_info": res.version, "listener": body}}
-            else:
-                entry[item_field] = body
-            items.append(entry)
-        configs.append({"@type": dump_type, list_field: items})
-    return {"configs": configs}

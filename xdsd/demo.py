@@ -166,7 +166,7 @@ class EnvoyProcess:
 
     async def stats(self, prefix: str = "") -> dict[str, int]:
         """Counter and gauge values (filtered by a regex) from /stats?format=json."""
-        status, body = await self.get(f"/stats?format=json&filter={prefix}")
+        _, body = await self.get(f"/stats?format=json&filter={prefix}")
         out: dict[str, int] = {}
         for stat in json.loads(body).get("stats", []):
             if "name" in stat and isinstance(stat.get("value"), int):
