@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from xdsd.model.types import EMPTY_LABELS, frozen_map
@@ -38,7 +38,7 @@ class Proxy:
     pod_name: str
     namespace: str
     dns_domain: str
-    labels: Mapping[str, str] = EMPTY_LABELS
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     service_account: str = ""
     cluster_id: str = "Kubernetes"
     network: str = ""

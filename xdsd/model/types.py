@@ -102,7 +102,7 @@ class Service:
     location: Location = Location.MESH_INTERNAL
     # exportTo values: "*" (all), "." (own namespace), "~" (none), or namespace names.
     export_to: frozenset[str] = frozenset({"*"})
-    labels: Mapping[str, str] = EMPTY_LABELS
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     # Label selector for workloads (Kubernetes spec.selector / SE workloadSelector).
     selector: Mapping[str, str] | None = None
     # Kubernetes Service of type ExternalName: its DNS target.
@@ -136,7 +136,7 @@ class Endpoint:
     address: str  # IP, or a hostname for DNS ServiceEntries
     port: int  # the port the workload listens on (target port resolved)
     service_port: int  # the service port this endpoint serves
-    labels: Mapping[str, str] = EMPTY_LABELS
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     service_account: str = ""  # "" when unknown
     namespace: str = ""
     workload_name: str = ""
@@ -155,7 +155,7 @@ class Workload:
     namespace: str
     address: str
     ref: ObjectRef
-    labels: Mapping[str, str] = EMPTY_LABELS
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     service_account: str = "default"
     ready: bool = True
     # Pod container ports by name, for resolving named targetPorts.
@@ -182,8 +182,8 @@ class ConfigObject:
     group: str  # e.g. "networking.istio.io"
     version: str  # e.g. "v1"
     spec: Mapping[str, Any]
-    labels: Mapping[str, str] = EMPTY_LABELS
-    annotations: Mapping[str, str] = EMPTY_LABELS
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
+    annotations: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     generation: int = 0
 
     @property
