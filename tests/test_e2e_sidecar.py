@@ -71,7 +71,10 @@ def mesh(tmp_path: Path) -> Mesh:
             pod("ratings-v1", NS, "127.0.0.41", {"app": "ratings"}),
         ],
     )
-    m.write("slices.yaml", [endpoint_slice("stock-1", NS, "stock", "tcp-db", m.tcp_port, ["127.0.0.51"])])
+    m.write(
+        "slices.yaml",
+        [endpoint_slice("stock-1", NS, "stock", "tcp-db", m.tcp_port, ["127.0.0.51"])],
+    )
     return m
 
 
@@ -116,59 +119,61 @@ async def test_routes_by_host_and_follows_config_edits(
     mesh: Mesh, backends: Backends, delta: bool
 ) -> None:
     reviews = f"reviews.{NS}.svc.cluster.local"
-    async with XdsdApp(app_settings(mesh.dir)) as app:
-        async with EnvoyProcess(NODE, META, xds_port=app.xds_port, delta=delta) as envoy:
-            await envoy.wait_ready()
+    async with (
+        XdsdApp(app_settings(mesh.dir)) as app,
+        EnvoyProcess(NODE, META, xds_port=app.xds_port, delta=delta) as envoy,
+    ):
+        await envoy.wait_ready()
 
-            # Routed by FQDN and by short name to the right backend.
-            assert await get(mesh.port, reviews) == (200, "reviews-v1")
-            assert await get(mesh.port, f"reviews:{mesh.port}") == (200, "reviews-v1")
-            assert await get(mesh.port, f"ratings.{NS}") == (200, "ratings-v1")
-            # The TCP service is proxied as bytes.
-            assert await tcp_roundtrip(mesh.tcp_port, b"ping") == b"stock-1: ping"
+        # Routed by FQDN and by short name to the right backend.
+        assert await get(mesh.port, reviews) == (200, "reviews-v1")
+        assert await get(mesh.port, f"reviews:{mesh.port}") == (200, "reviews-v1")
+        assert await get(mesh.port, f"ratings.{NS}") == (200, "ratings-v1")
+        # The TCP service is proxied as bytes.
+        assert await tcp_roundtrip(mesh.tcp_port, b"ping") == b"stock-1: ping"
 
-            # A new endpoint: traffic reaches both versions.
-            mesh.write(
-                "pods.yaml",
-                [
-                    pod("reviews-v1", NS, "127.0.0.31", {"app": "reviews", "version": "v1"}),
-                    pod("reviews-v2", NS, "127.0.0.32", {"app": "reviews", "version": "v2"}),
-                    pod("ratings-v1", NS, "127.0.0.41", {"app": "ratings"}),
-                ],
-            )
-            seen: set[str] = set()
+        # A new endpoint: traffic reaches both versions.
+        mesh.write(
+            "pods.yaml",
+            [
+                pod("reviews-v1", NS, "127.0.0.31", {"app": "reviews", "version": "v1"}),
+                pod("reviews-v2", NS, "127.0.0.32", {"app": "reviews", "version": "v2"}),
+                pod("ratings-v1", NS, "127.0.0.41", {"app": "ratings"}),
+            ],
+        )
+        seen: set[str] = set()
 
-            async def both_versions() -> bool:
-                seen.add((await get(mesh.port, reviews))[1])
-                return {"reviews-v1", "reviews-v2"} <= seen
+        async def both_versions() -> bool:
+            seen.add((await get(mesh.port, reviews))[1])
+            return {"reviews-v1", "reviews-v2"} <= seen
 
-            await poll(both_versions, timeout=15, what="traffic to reviews-v2")
+        await poll(both_versions, timeout=15, what="traffic to reviews-v2")
 
-            # A removed service: its cluster goes away and it is no longer routed.
-            mesh.write(
-                "services.yaml",
-                [
-                    service("reviews", NS, [("http", mesh.port)], selector={"app": "reviews"}),
-                    service("stock", NS, [("tcp-db", mesh.tcp_port)], cluster_ip="10.96.0.20"),
-                ],
-            )
+        # A removed service: its cluster goes away and it is no longer routed.
+        mesh.write(
+            "services.yaml",
+            [
+                service("reviews", NS, [("http", mesh.port)], selector={"app": "reviews"}),
+                service("stock", NS, [("tcp-db", mesh.tcp_port)], cluster_ip="10.96.0.20"),
+            ],
+        )
 
-            async def ratings_gone() -> bool:
-                _, clusters = await envoy.get("/clusters")
-                return f"ratings.{NS}.svc.cluster.local" not in clusters
+        async def ratings_gone() -> bool:
+            _, clusters = await envoy.get("/clusters")
+            return f"ratings.{NS}.svc.cluster.local" not in clusters
 
-            await poll(ratings_gone, timeout=15, what="ratings cluster removed")
-            # Its virtual host is gone too. (No request: in NONE mode the catch-all
-            # passes through to the original destination, which is Envoy itself.)
-            routes = await envoy.config_dump("dynamic_route_configs")
-            assert f"ratings.{NS}.svc.cluster.local" not in str(routes)
-            assert await get(mesh.port, reviews) in {(200, "reviews-v1"), (200, "reviews-v2")}
+        await poll(ratings_gone, timeout=15, what="ratings cluster removed")
+        # Its virtual host is gone too. (No request: in NONE mode the catch-all
+        # passes through to the original destination, which is Envoy itself.)
+        routes = await envoy.config_dump("dynamic_route_configs")
+        assert f"ratings.{NS}.svc.cluster.local" not in str(routes)
+        assert await get(mesh.port, reviews) in {(200, "reviews-v1"), (200, "reviews-v2")}
 
-            assert await envoy.rejected_updates() == 0, envoy.log()
-            # xdsd saw every ACK: nothing is left unacknowledged or rejected.
-            sync = app.syncz()
-            assert len(sync) == 1
-            assert {t["status"] for t in sync[0]["types"].values()} == {"SYNCED"}
+        assert await envoy.rejected_updates() == 0, envoy.log()
+        # xdsd saw every ACK: nothing is left unacknowledged or rejected.
+        sync = app.syncz()
+        assert len(sync) == 1
+        assert {t["status"] for t in sync[0]["types"].values()} == {"SYNCED"}
 
 
 async def test_envoy_keeps_last_config_while_xdsd_is_down_and_resyncs(
