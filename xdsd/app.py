@@ -9,6 +9,7 @@ identity, current resources) and the admin server's DebugView.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Hashable, Mapping
@@ -28,6 +29,7 @@ from xdsd.model.build import build_snapshot
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.store import ConfigStore
+from xdsd.model.types import ConfigError
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
 from xdsd.server.ads import NodeRejected, XdsServices
@@ -105,6 +107,8 @@ class XdsdApp:
         self._server: XdsServer | None = None
         self._admin: AdminServer | None = None
         self._generation = 0
+        self._build_errors: tuple[ConfigError, ...] = ()
+        self._logged_errors: set[str] = set()
         self._init_metrics()
 
     def _init_metrics(self) -> None:
@@ -186,6 +190,10 @@ class XdsdApp:
                 continue
             if self.store.generation != before:
                 self.debouncer.request(PushRequest(kinds=change.kinds, reason="config"))
+            elif change.files:
+                # Nothing served changed (e.g. a broken edit of an object whose last
+                # good version stays), but what we report about the config did.
+                self._refresh_errors()
 
     def _rebuild(self, req: PushRequest) -> None:
         start = time.perf_counter()
@@ -197,12 +205,29 @@ class XdsdApp:
             domain_suffix=self.settings.domain_suffix,
         )
         self.snapshot = snapshot
+        self._build_errors = snapshot.errors[len(self.store.errors()) :]
         self.cache.reset(snapshot.generation)
         self.m_pushcontext.observe(time.perf_counter() - start)
         self.m_services.set(len(snapshot.services))
         self.m_invalid.set(sum(1 for e in snapshot.errors if e.severity == "error"))
-        for err in snapshot.errors:
-            log.debug("config: %s", err)
+        self._log_new_errors(snapshot.errors)
+
+    def _refresh_errors(self) -> None:
+        errors = self.store.errors() + self._build_errors
+        if errors != self.snapshot.errors:
+            self.snapshot = dataclasses.replace(self.snapshot, errors=errors)
+            self.m_invalid.set(sum(1 for e in errors if e.severity == "error"))
+            self._log_new_errors(errors)
+
+    def _log_new_errors(self, errors: tuple[ConfigError, ...]) -> None:
+        """Log each problem once, when it first appears."""
+        current = {str(e): e for e in errors}
+        for text, err in current.items():
+            if text not in self._logged_errors:
+                log.log(
+                    logging.WARNING if err.severity == "error" else logging.INFO, "config: %s", text
+                )
+        self._logged_errors = set(current)
 
     async def _push(self, req: PushRequest, waited: float) -> None:
         self.m_debounce.observe(waited)

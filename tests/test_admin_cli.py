@@ -1,0 +1,211 @@
+"""Admin/debug HTTP, bad config handling in a running xdsd, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+from prometheus_client import CollectorRegistry
+
+from tests.meshgen import pod, service, write_docs
+from xdsd.admin.http import AdminServer
+from xdsd.app import AppSettings, XdsdApp
+from xdsd.demo import EnvoyProcess, envoy_binary, poll
+from xdsd.push.debounce import DebounceSettings
+from xdsd.server.grpc_server import GrpcSettings
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mesh"
+NODE = "sidecar~127.0.0.1~client-0.shop~shop.svc.cluster.local"
+needs_envoy = pytest.mark.skipif(envoy_binary() is None, reason="no Envoy binary")
+
+
+def settings(config_dir: Path) -> AppSettings:
+    return AppSettings(
+        config_dir=config_dir,
+        xds=GrpcSettings(port=0, shutdown_grace_s=0.2),
+        admin_port=0,
+        poll_interval=0.05,
+        debounce=DebounceSettings(quiet=0.02, max_delay=1.0),
+    )
+
+
+async def fetch(port: int, path: str) -> tuple[int, Any]:
+    async with ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
+        text = await r.text()
+        if r.content_type == "application/json":
+            return r.status, json.loads(text)
+        return r.status, text
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "mesh"
+    shutil.copytree(EXAMPLE, target)
+    return target
+
+
+@needs_envoy
+async def test_debug_endpoints_describe_a_connected_proxy(config_dir: Path) -> None:
+    meta = {"NAMESPACE": "shop", "INTERCEPTION_MODE": "NONE", "ISTIO_VERSION": "1.24.0"}
+    async with (
+        XdsdApp(settings(config_dir)) as app,
+        EnvoyProcess(NODE, meta, xds_port=app.xds_port) as envoy,
+    ):
+        await envoy.wait_ready()
+        port = app.admin_port
+        assert await fetch(port, "/ready") == (200, "ready\n")
+
+        status, metrics = await fetch(port, "/metrics")
+        assert status == 200
+        assert 'pilot_xds{version="1.24.0"} 1.0' in metrics
+        assert 'pilot_xds_pushes_total{type="cds"}' in metrics
+        assert "pilot_services 5.0" in metrics
+
+        status, syncz = await fetch(port, "/debug/syncz")
+        assert status == 200 and syncz[0]["proxy"] == "client-0.shop"
+        assert syncz[0]["types"]["cds"]["status"] == "SYNCED"
+
+        status, dump = await fetch(port, "/debug/config_dump?proxyID=client-0.shop")
+        assert status == 200
+        clusters = next(c for c in dump["configs"] if c["@type"].endswith("ClustersConfigDump"))
+        names = {c["cluster"]["name"] for c in clusters["dynamic_active_clusters"]}
+        assert "outbound|9080||reviews.shop.svc.cluster.local" in names
+        # xdsd's view matches what Envoy itself reports.
+        envoy_dump = await envoy.config_dump("dynamic_active_clusters")
+        envoy_names = {c["cluster"]["name"] for c in envoy_dump["configs"]}
+        assert envoy_names == names
+
+        assert (await fetch(port, "/debug/config_dump"))[0] == 400
+        assert (await fetch(port, "/debug/config_dump?proxyID=nobody.nowhere"))[0] == 404
+
+        status, adsz = await fetch(port, "/debug/adsz")
+        assert adsz[0]["protocol"] == "sotw" and "cds" in adsz[0]["watched"]
+
+        status, registry = await fetch(port, "/debug/registryz")
+        hosts = {s["hostname"] for s in registry}
+        assert "reviews.shop.svc.cluster.local" in hosts
+        assert "payments.example.com" in hosts
+
+
+async def test_bad_objects_are_reported_and_the_rest_keeps_serving(config_dir: Path) -> None:
+    async with XdsdApp(settings(config_dir)) as app:
+        await app.ready.wait()
+        port = app.admin_port
+        good = app.snapshot.generation
+        # A new file with a broken Service, and a good object turned bad.
+        write_docs(
+            config_dir / "broken.yaml",
+            [
+                service("bad", "shop", [("http", 9080)]) | {"spec": {"ports": [{"port": "x"}]}},
+                service("extra", "shop", [("http", 9090)], selector={"app": "extra"}),
+            ],
+        )
+        write_docs(
+            config_dir / "services-override.yaml",
+            [pod("extra-0", "shop", "127.0.0.61", {"app": "extra"})],
+        )
+
+        async def extra_served() -> bool:
+            return any(s.name == "extra" for s in app.snapshot.services)
+
+        await poll(extra_served, timeout=10, what="the good object next to a bad one")
+        assert app.snapshot.generation > good
+
+        _, configz = await fetch(port, "/debug/configz")
+        errors = [e for e in configz["errors"] if e["severity"] == "error"]
+        assert any(
+            e["path"] == "spec.ports[0].port" and "broken.yaml#0" in e["source"] for e in errors
+        ), errors
+        assert all(s["name"] != "bad" for s in (await fetch(port, "/debug/registryz"))[1])
+
+        # Break a good object in place: its last good version stays served.
+        text = (config_dir / "services.yaml").read_text()
+        (config_dir / "services.yaml").write_text(text.replace("port: 9080", "port: -1", 1))
+
+        async def reported() -> bool:
+            return any("last good" in e.message for e in app.snapshot.errors)
+
+        await poll(reported, timeout=10, what="last-good report")
+        assert any(s.name == "frontend" for s in app.snapshot.services)
+
+
+async def test_ready_is_503_until_the_first_load() -> None:
+    class NotReady:
+        def is_ready(self) -> bool:
+            return False
+
+        def metrics_registry(self) -> CollectorRegistry:
+            return CollectorRegistry()
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a: []
+
+    async with AdminServer(NotReady(), port=0) as admin:  # type: ignore[arg-type]
+        status, body = await fetch(admin.port, "/ready")
+    assert status == 503 and "not ready" in body
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xdsd", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+@needs_envoy
+def test_bootstrap_is_valid_envoy_config(tmp_path: Path) -> None:
+    for delta in (False, True):
+        out = tmp_path / f"bootstrap-{delta}.json"
+        args = ["bootstrap", "--node-id", NODE, "--metadata", '{"NAMESPACE": "shop"}']
+        result = run_cli(*args, "--output", str(out), *(["--delta"] if delta else []))
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(out.read_text())
+        assert doc["node"]["id"] == NODE
+        api = doc["dynamic_resources"]["ads_config"]["api_type"]
+        assert api == ("DELTA_GRPC" if delta else "GRPC")
+        binary = envoy_binary()
+        assert binary is not None
+        check = subprocess.run(
+            [binary, "--mode", "validate", "-c", str(out), "--use-dynamic-base-id"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_bootstrap_rejects_bad_input() -> None:
+    result = run_cli("bootstrap", "--node-id", NODE, "--xds-address", "host:notaport")
+    assert result.returncode == 2 and "notaport" in result.stderr
+    result = run_cli("bootstrap", "--node-id", NODE, "--metadata", "[1,2]")
+    assert result.returncode != 0 and "JSON object" in result.stderr
+
+
+def test_translate_prints_a_config_dump(config_dir: Path) -> None:
+    result = run_cli("translate", "--config-dir", str(config_dir), "--node-id", NODE)
+    assert result.returncode == 0, result.stderr
+    dump = json.loads(result.stdout)
+    types = [c["@type"].rsplit(".", 1)[1] for c in dump["configs"]]
+    assert types == [
+        "ClustersConfigDump",
+        "EndpointsConfigDump",
+        "ListenersConfigDump",
+        "RoutesConfigDump",
+        "SecretsConfigDump",
+    ]
+    listeners = dump["configs"][2]["dynamic_listeners"]
+    assert {entry["name"] for entry in listeners} >= {"virtualOutbound", "virtualInbound"}
+
+
+def test_translate_and_serve_name_bad_arguments(tmp_path: Path) -> None:
+    result = run_cli("translate", "--config-dir", str(tmp_path / "nope"), "--node-id", NODE)
+    assert result.returncode == 2 and "not a directory" in result.stderr
+    result = run_cli("translate", "--config-dir", str(EXAMPLE), "--node-id", "just-a-name")
+    assert result.returncode == 2 and "4 parts" in result.stderr
+    result = run_cli("serve", "--config-dir", str(tmp_path / "nope"))
+    assert result.returncode == 2 and "not a directory" in result.stderr
