@@ -209,3 +209,18 @@ def test_translate_and_serve_name_bad_arguments(tmp_path: Path) -> None:
     assert result.returncode == 2 and "4 parts" in result.stderr
     result = run_cli("serve", "--config-dir", str(tmp_path / "nope"))
     assert result.returncode == 2 and "not a directory" in result.stderr
+
+
+@needs_envoy
+def test_demo_runs_the_bundled_example_through_envoy() -> None:
+    """The README's first command, minus the install: every request is answered."""
+    result = subprocess.run(
+        [sys.executable, "-m", "xdsd", "demo", "--once", "--log-level", "warning"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip().startswith("GET ")]
+    assert len(lines) == 6 and all("-> 200 " in line for line in lines), result.stdout
+    assert "TCP stock-db.shop.svc.cluster.local:9306 -> 'stock-db" in result.stdout

