@@ -35,6 +35,7 @@ from xdsd.push.request import PushRequest
 from xdsd.server.ads import NodeRejected, XdsServices
 from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
+from xdsd.sources.events import ConfigChange, FileContent
 from xdsd.sources.folder import FolderSource
 from xdsd.translate.generate import GENERATORS, ProxyContext, group_key, proxy_context
 
@@ -101,7 +102,7 @@ class XdsdApp:
         self.cache = GroupCache()
         self.services = XdsServices(self, self.metrics)
         self.debouncer = Debouncer(self._push, settings.debounce)
-        self.source = FolderSource(settings.config_dir, poll_interval=settings.poll_interval)
+        self.source = self._new_source()
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: XdsServer | None = None
@@ -175,8 +176,23 @@ class XdsdApp:
     # -- config pipeline ------------------------------------------------------------------
 
     async def _watch_source(self) -> None:
+        """Keep the source running: an unexpected error is logged, then it resumes."""
+        while True:
+            try:
+                await self._consume_source()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("config source failed; serving the last config, retrying")
+                await asyncio.sleep(max(self.settings.poll_interval, 1.0))
+                # A fresh source re-reads everything, so no change is lost.
+                self.source = self._new_source()
+
+    async def _consume_source(self) -> None:
         """Feed folder changes into the store; the first full load opens the gate."""
         async for change in self.source.changes():
+            if change.synced and self.ready.is_set():
+                change = self._as_resync(change)
             before = self.store.generation
             self.store.apply(change)
             if not self.ready.is_set() and self.source.synced:
@@ -194,6 +210,15 @@ class XdsdApp:
                 # Nothing served changed (e.g. a broken edit of an object whose last
                 # good version stays), but what we report about the config did.
                 self._refresh_errors()
+
+    def _new_source(self) -> FolderSource:
+        return FolderSource(self.settings.config_dir, poll_interval=self.settings.poll_interval)
+
+    def _as_resync(self, change: ConfigChange) -> ConfigChange:
+        """A full load after a restart: files the store has but the scan lacks are gone."""
+        present = {c.source for c in change.files}
+        gone = tuple(FileContent(s, None) for s in self.store.sources() if s not in present)
+        return ConfigChange(change.files + gone, change.kinds, synced=True)
 
     def _rebuild(self, req: PushRequest) -> None:
         start = time.perf_counter()
