@@ -117,12 +117,12 @@ class XdsdApp:
         self.m_services = Gauge("pilot_services", "Total services known to pilot.", registry=r)
         self.m_pushcontext = Histogram(
             "pilot_pushcontext_init_seconds",
-            "Total time in seconds Pilot takes to init pushContext.",
+            "Time to build a mesh snapshot, in seconds.",
             registry=r,
         )
         self.m_debounce = Histogram(
             "pilot_debounce_time",
-            "Delay in seconds between the first config enters debouncing and the merged push.",
+            "Time from the first change of a debounce window to its push, in seconds.",
             registry=r,
         )
         self.m_invalid = Gauge(

@@ -16,31 +16,31 @@ class XdsMetrics:
         self.registry = registry
         self.connected = Gauge(
             "pilot_xds",
-            "Number of endpoints connected to this pilot using xDS.",
+            "Proxies connected over xDS, by Istio version.",
             ["version"],
             registry=registry,
         )
         self.pushes = Counter(
             "pilot_xds_pushes",
-            "Pilot build and send errors for lds, rds, cds and eds.",
+            "xDS responses sent to proxies, by type.",
             ["type"],
             registry=registry,
         )
         self.rejects = Counter(
             "pilot_total_xds_rejects",
-            "Total number of xDS responses from pilot rejected by proxy.",
+            "xDS responses rejected (NACKed) by proxies, by type.",
             ["type"],
             registry=registry,
         )
         self.expired_nonce = Counter(
             "pilot_xds_expired_nonce",
-            "Total number of xDS requests with an expired nonce.",
+            "xDS requests that answered a nonce other than the last one sent.",
             ["type"],
             registry=registry,
         )
         self.config_size = Histogram(
             "pilot_xds_config_size_bytes",
-            "Distribution of configuration sizes pushed to clients",
+            "Size of xDS responses sent, in bytes.",
             ["type"],
             buckets=_SIZE_BUCKETS,
             registry=registry,
