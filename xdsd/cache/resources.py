@@ -37,37 +37,76 @@ def content_hash(data: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Resource:
-    """One resource, serialized once, with the wire fragments both protocols need."""
+    """One resource, serialized once, with the framing both protocols need.
+
+    The payload is held once; a response is the concatenation of each
+    resource's small prefix (and suffix), its payload, and a few fields.
+    """
 
     name: str
     type_url: str
     payload: bytes  # the serialized resource message
     version: str  # hash of payload
-    sotw_field: bytes  # DiscoveryResponse.resources entry (an Any), tag included
-    delta_field: bytes  # DeltaDiscoveryResponse.resources entry (a Resource), tag included
+    sotw_prefix: bytes  # DiscoveryResponse.resources tag+length, Any type_url, value tag+length
+    delta_prefix: bytes  # DeltaDiscoveryResponse.resources tag+length, version, Any framing
+    delta_suffix: bytes  # Resource.name (field 3 comes after the Any in field order)
 
     @classmethod
     def from_bytes(cls, name: str, type_url: str, payload: bytes) -> Resource:
         version = content_hash(payload)
-        any_bytes = wire.any_message(type_url, payload)
-        delta_body = (
-            wire.field_str(wire.RESOURCE_VERSION, version)
-            + wire.field_bytes(wire.RESOURCE_BODY, any_bytes)
-            + wire.field_str(wire.RESOURCE_NAME, name)
+        any_head = wire.field_str(wire.ANY_TYPE_URL, type_url) + wire.field_head(
+            wire.ANY_VALUE, len(payload)
         )
+        any_len = len(any_head) + len(payload)
+        version_field = wire.field_str(wire.RESOURCE_VERSION, version)
+        name_field = wire.field_str(wire.RESOURCE_NAME, name)
+        body_head = wire.field_head(wire.RESOURCE_BODY, any_len)
+        delta_len = len(version_field) + len(body_head) + any_len + len(name_field)
         return cls(
             name=name,
             type_url=type_url,
             payload=payload,
             version=version,
-            sotw_field=wire.field_bytes(wire.SOTW_RESOURCES, any_bytes),
-            delta_field=wire.field_bytes(wire.DELTA_RESOURCES, delta_body),
+            sotw_prefix=wire.field_head(wire.SOTW_RESOURCES, any_len) + any_head,
+            delta_prefix=wire.field_head(wire.DELTA_RESOURCES, delta_len)
+            + version_field
+            + body_head
+            + any_head,
+            delta_suffix=name_field,
         )
 
     @classmethod
     def from_message(cls, name: str, type_url: str, message: Message) -> Resource:
         # Deterministic so equal content always hashes to the same version.
         return cls.from_bytes(name, type_url, message.SerializeToString(deterministic=True))
+
+    @property
+    def sotw_field(self) -> bytes:
+        """The encoded DiscoveryResponse.resources entry (an Any), tag included."""
+        return self.sotw_prefix + self.payload
+
+    @property
+    def delta_field(self) -> bytes:
+        """The encoded DeltaDiscoveryResponse.resources entry, tag included."""
+        return self.delta_prefix + self.payload + self.delta_suffix
+
+
+def sotw_chunks(resources: Iterable[Resource]) -> list[bytes]:
+    """Byte chunks of the resources field entries, without copying payloads."""
+    out: list[bytes] = []
+    for r in resources:
+        out.append(r.sotw_prefix)
+        out.append(r.payload)
+    return out
+
+
+def delta_chunks(resources: Iterable[Resource]) -> list[bytes]:
+    out: list[bytes] = []
+    for r in resources:
+        out.append(r.delta_prefix)
+        out.append(r.payload)
+        out.append(r.delta_suffix)
+    return out
 
 
 @dataclass(frozen=True)

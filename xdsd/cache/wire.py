@@ -24,6 +24,11 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
+def field_head(number: int, length: int) -> bytes:
+    """Tag and length of a length-delimited field whose body is `length` bytes."""
+    return varint(number << 3 | _LEN) + varint(length)
+
+
 def field_bytes(number: int, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes or embedded message)."""
     return varint(number << 3 | _LEN) + varint(len(payload)) + payload
@@ -68,7 +73,7 @@ def any_message(type_url: str, value: bytes) -> bytes:
 def sotw_response(
     *, version: str, type_url: str, nonce: str, resource_fields: list[bytes], control_plane: bytes
 ) -> bytes:
-    """A DiscoveryResponse; `resource_fields` are pre-encoded field-2 entries."""
+    """A DiscoveryResponse; `resource_fields` are byte chunks of the field-2 entries."""
     return b"".join(
         (
             field_str(SOTW_VERSION, version),
@@ -89,7 +94,7 @@ def delta_response(
     removed: list[str],
     control_plane: bytes,
 ) -> bytes:
-    """A DeltaDiscoveryResponse; `resource_fields` are pre-encoded field-2 entries."""
+    """A DeltaDiscoveryResponse; `resource_fields` are byte chunks of the field-2 entries."""
     return b"".join(
         (
             field_str(DELTA_SYSTEM_VERSION, system_version),

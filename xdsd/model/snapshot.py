@@ -6,6 +6,7 @@ never the store, so one push sees one consistent world.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -48,7 +49,15 @@ class MeshSnapshot:
         return self.endpoints.get(((service.hostname, service.namespace), port), ())
 
     def workloads_by_ip(self, ip: str) -> tuple[Workload, ...]:
-        return tuple(w for w in self.workloads if w.address == ip)
+        return self._workload_index.get(ip, ())
+
+    @functools.cached_property
+    def _workload_index(self) -> Mapping[str, tuple[Workload, ...]]:
+        # Built once per snapshot, on first use: every proxy looks itself up.
+        index: dict[str, list[Workload]] = {}
+        for w in self.workloads:
+            index.setdefault(w.address, []).append(w)
+        return MappingProxyType({ip: tuple(ws) for ip, ws in index.items()})
 
     def configs_of(self, kind: str) -> tuple[ConfigObject, ...]:
         return self.configs.get(kind, ())

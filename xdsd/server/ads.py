@@ -26,7 +26,15 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
 from xdsd.cache import wire
-from xdsd.cache.resources import CLUSTER, ENDPOINT, PUSH_ORDER, ResourceSet, short_type
+from xdsd.cache.resources import (
+    CLUSTER,
+    ENDPOINT,
+    PUSH_ORDER,
+    ResourceSet,
+    delta_chunks,
+    short_type,
+    sotw_chunks,
+)
 from xdsd.server import protocol as p
 from xdsd.server.metrics import XdsMetrics
 
@@ -357,7 +365,7 @@ class XdsServices:
                         system_version=resources.version,
                         type_url=type_url,
                         nonce=nonce,
-                        resource_fields=[r.delta_field for r in dreply.resources],
+                        resource_fields=delta_chunks(dreply.resources),
                         removed=list(dreply.removed),
                         control_plane=self._control_plane,
                     )
@@ -369,7 +377,7 @@ class XdsServices:
                         version=sreply.version,
                         type_url=type_url,
                         nonce=nonce,
-                        resource_fields=[r.sotw_field for r in sreply.resources],
+                        resource_fields=sotw_chunks(sreply.resources),
                         control_plane=self._control_plane,
                     )
                     sent_names = {r.name for r in sreply.resources}

@@ -6,6 +6,7 @@ pilot/pkg/networking/util); each constant says what it mirrors.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -121,19 +122,21 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
     )
 
 
-def is_ip(value: str) -> bool:
+@functools.lru_cache(maxsize=1 << 16)
+def ip_version(value: str) -> int:
+    """4 or 6 for an IP address, 0 otherwise. Cached: every proxy context asks again."""
     try:
-        ipaddress.ip_address(value)
+        return ipaddress.ip_address(value).version
     except ValueError:
-        return False
-    return True
+        return 0
+
+
+def is_ip(value: str) -> bool:
+    return ip_version(value) != 0
 
 
 def is_ipv6(value: str) -> bool:
-    try:
-        return ipaddress.ip_address(value).version == 6
-    except ValueError:
-        return False
+    return ip_version(value) == 6
 
 
 def outbound_cluster_name(port: int, hostname: str, subset: str = "") -> str:
