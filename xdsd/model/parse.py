@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -26,6 +27,7 @@ from typing import Any
 
 from xdsd.model import fields as f
 from xdsd.model.fields import Issues
+from xdsd.model.istio.registry import PARSERS
 from xdsd.model.objects import (
     EndpointAddress,
     EndpointPort,
@@ -831,7 +833,13 @@ def _istio_config(
     if spec is None:
         return None
     group, version = _api(doc)
-    return _config(ref, meta, group, version, spec)
+    typed = None
+    parser = PARSERS.get(ref.kind)
+    if parser is not None and group in ("networking.istio.io", "security.istio.io"):
+        typed = parser(iss, spec, f.join(base, "spec"), ref)
+        if iss.failed:
+            return None
+    return dataclasses.replace(_config(ref, meta, group, version, spec), typed=typed)
 
 
 def _secret(

@@ -7,15 +7,17 @@ never the store, so one push sees one consistent world.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, TypeVar, cast
 
 from xdsd.model.types import ConfigError, ConfigObject, Endpoint, Service, Workload
 
 # (hostname, namespace): Istio lets several namespaces define the same host
 # (ServiceEntries); Kubernetes hostnames are unique by construction.
 ServiceKey = tuple[str, str]
+T = TypeVar("T")
 
 
 def _empty() -> Mapping[object, object]:
@@ -44,6 +46,21 @@ class MeshSnapshot:
     # Root namespace of the mesh (mesh-wide Sidecar, DestinationRule defaults).
     root_namespace: str = "istio-system"
     domain_suffix: str = "cluster.local"
+
+    # Per-snapshot memo for indexes later stages derive (see `derived`).
+    _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def derived(self, key: str, build: Callable[[MeshSnapshot], T]) -> T:
+        """`build(self)`, computed once per snapshot (e.g. a host -> VirtualService index).
+
+        Snapshots are immutable, so anything computed from one can be kept
+        with it; `key` names the index (use the building module's name).
+        """
+        try:
+            return cast(T, self._memo[key])
+        except KeyError:
+            value = self._memo[key] = build(self)
+            return value
 
     def endpoints_for(self, service: Service, port: int) -> tuple[Endpoint, ...]:
         return self.endpoints.get(((service.hostname, service.namespace), port), ())

@@ -185,6 +185,9 @@ class ConfigObject:
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     annotations: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     generation: int = 0
+    # The typed, validated form (xdsd.model.istio.*) for kinds that have one.
+    # Derived from spec, so it takes no part in equality.
+    typed: Any = field(default=None, compare=False)
 
     @property
     def kind(self) -> str:

@@ -1,0 +1,13 @@
+"""Kind -> typed parser. One line per kind, so modules can be added independently."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from xdsd.model.fields import Issues
+from xdsd.model.types import ObjectRef
+
+TypedParser = Callable[[Issues, Mapping[str, Any], str, ObjectRef], object | None]
+
+PARSERS: dict[str, TypedParser] = {}
