@@ -51,6 +51,12 @@ class FakeWatch:
     def resources(self, type_url: str) -> ResourceSet:
         return self.provider.sets.get(type_url, ResourceSet.of(type_url, ()))
 
+    def query_types(self) -> frozenset[str]:
+        return frozenset()
+
+    def query(self, type_url: str, names: tuple[str, ...]) -> list[Resource]:
+        return []
+
     def close(self) -> None:
         self.closed = True
 

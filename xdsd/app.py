@@ -19,12 +19,13 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from envoy.service.status.v3 import csds_pb2
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from xdsd.admin.http import AdminServer
-from xdsd.cache.dump import dump_resources
+from xdsd.cache.dump import dump_messages, dump_resources
 from xdsd.cache.groups import GroupCache
-from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, ResourceSet, short_type
+from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
 from xdsd.model.build import build_snapshot
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot
@@ -32,7 +33,7 @@ from xdsd.model.store import ConfigStore
 from xdsd.model.types import ConfigError
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
-from xdsd.server.ads import NodeRejected, XdsServices
+from xdsd.server.ads import Connection, NodeRejected, XdsServices
 from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
@@ -40,6 +41,18 @@ from xdsd.sources.folder import FolderSource
 from xdsd.translate.generate import GENERATORS, ProxyContext, group_key, proxy_context
 
 log = logging.getLogger(__name__)
+
+# istioctl's debug queries over xDS (istiod's StatusGen): answered once per request.
+DEBUG_SYNCZ = "istio.io/debug/syncz"
+DEBUG_CONFIG_DUMP = "istio.io/debug/config_dump"
+DEBUG_TYPES = frozenset({DEBUG_SYNCZ, DEBUG_CONFIG_DUMP})
+_CLIENT_CONFIG = "type.googleapis.com/envoy.service.status.v3.ClientConfig"
+_STATUS = {
+    "SYNCED": csds_pb2.SYNCED,
+    "NOT_SENT": csds_pb2.NOT_SENT,
+    "STALE": csds_pb2.STALE,
+    "ERROR": csds_pb2.ERROR,
+}
 
 # Kinds whose changes only move endpoints (no cluster, listener or route changes).
 _ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints"})
@@ -85,6 +98,16 @@ class _Watch:
             return ResourceSet.of(type_url, ())
         ctx, key = self._context()
         return self.app.cache.get(key, type_url, lambda: generator(ctx))
+
+    def query_types(self) -> frozenset[str]:
+        return DEBUG_TYPES
+
+    def query(self, type_url: str, names: tuple[str, ...]) -> list[Resource]:
+        if type_url == DEBUG_SYNCZ:
+            return self.app.client_configs()
+        if type_url == DEBUG_CONFIG_DUMP and len(names) == 1:
+            return self.app.config_dump_resources(names[0])
+        return []
 
     def close(self) -> None:
         pass
@@ -291,6 +314,8 @@ class XdsdApp:
     def syncz(self) -> list[dict[str, Any]]:
         out = []
         for conn in sorted(self.services.connections.values(), key=lambda c: c.proxy_id):
+            if not _is_proxy(conn):
+                continue
             types = {}
             for type_url, st in conn.states.items():
                 types[short_type(type_url)] = {
@@ -337,13 +362,48 @@ class XdsdApp:
             for c in sorted(self.services.connections.values(), key=lambda c: c.proxy_id)
         ]
 
-    def config_dump(self, proxy_id: str) -> dict[str, Any] | None:
+    def _proxy_sets(self, proxy_id: str) -> dict[str, ResourceSet] | None:
         for conn in self.services.connections.values():
-            if conn.proxy_id == proxy_id and isinstance(conn.watch, _Watch):
-                return dump_resources(
-                    {t: conn.watch.resources(t) for t in PUSH_ORDER if t in GENERATORS}
-                )
+            if conn.proxy_id == proxy_id and isinstance(conn.watch, _Watch) and _is_proxy(conn):
+                watch = conn.watch
+                return {t: watch.resources(t) for t in PUSH_ORDER if t in GENERATORS}
         return None
+
+    def config_dump(self, proxy_id: str) -> dict[str, Any] | None:
+        sets = self._proxy_sets(proxy_id)
+        return None if sets is None else dump_resources(sets)
+
+    def config_dump_resources(self, proxy_id: str) -> list[Resource]:
+        """istio.io/debug/config_dump: the dump sections as unnamed resources."""
+        sets = self._proxy_sets(proxy_id)
+        if sets is None:
+            return []
+        out = []
+        for message in dump_messages(sets):
+            type_url = "type.googleapis.com/" + message.DESCRIPTOR.full_name
+            out.append(Resource.from_message("", type_url, message))
+        return out
+
+    def client_configs(self) -> list[Resource]:
+        """istio.io/debug/syncz: one envoy.service.status.v3.ClientConfig per proxy."""
+        out = []
+        for conn in sorted(self.services.connections.values(), key=lambda c: c.proxy_id):
+            if not _is_proxy(conn):
+                continue
+            cc = csds_pb2.ClientConfig()
+            cc.node.id = conn.proxy_id
+            for key in ("CLUSTER_ID", "NAMESPACE", "ISTIO_VERSION"):
+                value = conn.metadata.get(key)
+                if isinstance(value, str):
+                    cc.node.metadata[key] = value
+            for type_url, st in sorted(conn.states.items()):
+                g = cc.generic_xds_configs.add(type_url=type_url, version_info=st.version)
+                g.config_status = _STATUS[_sync_status(st)]
+                if st.nack is not None:
+                    g.error_state.details = st.nack.message
+                    g.error_state.version_info = st.nack.version
+            out.append(Resource.from_message(conn.proxy_id, _CLIENT_CONFIG, cc))
+        return out
 
     def configz(self) -> dict[str, Any]:
         snap = self.snapshot
@@ -391,6 +451,11 @@ class XdsdApp:
                 }
             )
         return out
+
+
+def _is_proxy(conn: Connection) -> bool:
+    """A proxy watches config; a debug client (istioctl) only asks debug queries."""
+    return any(t not in DEBUG_TYPES for t in conn.states)
 
 
 def _sync_status(st: Any) -> str:

@@ -13,6 +13,7 @@ keep their order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -30,6 +31,7 @@ from xdsd.cache.resources import (
     CLUSTER,
     ENDPOINT,
     PUSH_ORDER,
+    Resource,
     ResourceSet,
     delta_chunks,
     short_type,
@@ -88,6 +90,14 @@ class ProxyWatch(Protocol):
 
     def resources(self, type_url: str) -> ResourceSet:
         """Current resources of a type for this proxy (empty for unknown types)."""
+        ...
+
+    def query_types(self) -> frozenset[str]:
+        """Types answered once per request (debug queries), not subscribed to."""
+        ...
+
+    def query(self, type_url: str, names: tuple[str, ...]) -> list[Resource]:
+        """The answer to a query type request."""
         ...
 
     def close(self) -> None: ...
@@ -326,7 +336,26 @@ class XdsServices:
             self.metrics.expired_nonce.labels(type=short).inc()
         if not decision.respond:
             return []
+        if not conn.delta and conn.watch is not None and type_url in conn.watch.query_types():
+            return [self._answer_query(conn, type_url, tuple(msg.resource_names))]
         return self._send_types(conn, [type_url], force={type_url: decision.force})
+
+    def _answer_query(self, conn: Connection, type_url: str, names: tuple[str, ...]) -> bytes:
+        """A one-shot answer (debug types): not a subscription, never pushed again."""
+        assert conn.watch is not None
+        resources = conn.watch.query(type_url, names)
+        nonce = conn.next_nonce()
+        version = str(int(time.time() * 1000))
+        conn.states[type_url] = dataclasses.replace(
+            conn.states[type_url], nonce=nonce, version=version, responded=True
+        )
+        return wire.sotw_response(
+            version=version,
+            type_url=type_url,
+            nonce=nonce,
+            resource_fields=sotw_chunks(resources),
+            control_plane=self._control_plane,
+        )
 
     def _push(self, conn: Connection) -> list[bytes]:
         dirty = conn.dirty
@@ -334,8 +363,9 @@ class XdsServices:
         conn.push_queued = False
         if conn.watch is None:
             return []
+        queries = conn.watch.query_types()
         watched = [t for t in PUSH_ORDER if t in conn.states] + sorted(
-            t for t in conn.states if t not in PUSH_ORDER
+            t for t in conn.states if t not in PUSH_ORDER and t not in queries
         )
         if dirty is not None:
             watched = [t for t in watched if t in dirty or (t == ENDPOINT and CLUSTER in dirty)]
