@@ -392,10 +392,11 @@ class XdsdApp:
                 continue
             cc = csds_pb2.ClientConfig()
             cc.node.id = conn.proxy_id
-            for key in ("CLUSTER_ID", "NAMESPACE", "ISTIO_VERSION"):
-                value = conn.metadata.get(key)
-                if isinstance(value, str):
-                    cc.node.metadata[key] = value
+            if isinstance(conn.watch, _Watch):
+                proxy = conn.watch.proxy
+                cc.node.metadata["CLUSTER_ID"] = proxy.cluster_id
+                cc.node.metadata["NAMESPACE"] = proxy.namespace
+                cc.node.metadata["ISTIO_VERSION"] = proxy.istio_version
             for type_url, st in sorted(conn.states.items()):
                 g = cc.generic_xds_configs.add(type_url=type_url, version_info=st.version)
                 g.config_status = _STATUS[_sync_status(st)]

@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,27 @@ def _add_log_level(p: argparse.ArgumentParser) -> None:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (default: info)",
     )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line for log collectors",
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message (and the exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
 
 
 def _metadata(text: str | None) -> dict[str, Any]:
@@ -66,10 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--output", type=Path, help="write to this file instead of stdout")
 
     tr = sub.add_parser("translate", help="print the resources a proxy would get, no server")
-    tr.add_argument("--config-dir", type=Path, required=True)
+    tr.add_argument("--config-dir", type=Path, help="config folder (not with --diff)")
     tr.add_argument("--node-id", required=True)
     tr.add_argument("--metadata", help="node metadata as a JSON object")
     _add_log_level(tr)
+
+    tr.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("OLD_DIR", "NEW_DIR"),
+        type=Path,
+        help="show which resources change for the proxy between two config folders",
+    )
+
+    val = sub.add_parser("validate", help="check config files/folders; exit 1 on errors")
+    val.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
+    val.add_argument("--quiet", action="store_true", help="print errors only, not warnings")
+
+    st = sub.add_parser("status", help="sync status of every proxy (like istioctl proxy-status)")
+    st.add_argument("--xds-address", default="127.0.0.1:15010", help="HOST:PORT of xdsd")
+    st.add_argument("--timeout", type=float, default=10.0)
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     demo = sub.add_parser("demo", help="xdsd + backends + a real Envoy, on loopback")
     demo.add_argument("--config-dir", type=Path, help="config to serve (default: bundled example)")
@@ -79,12 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -155,6 +197,12 @@ def _bootstrap(args: argparse.Namespace) -> int:
 def _translate(args: argparse.Namespace) -> int:
     from xdsd.offline import translate_dir
 
+    if args.diff:
+        return _translate_diff(args)
+    if args.config_dir is None:
+        print("xdsd: translate needs --config-dir DIR or --diff OLD_DIR NEW_DIR", file=sys.stderr)
+        return 2
+
     try:
         dump, errors = translate_dir(args.config_dir, args.node_id, _metadata(args.metadata))
     except ValueError as e:
@@ -166,10 +214,67 @@ def _translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _translate_diff(args: argparse.Namespace) -> int:
+    from xdsd.client import diff_dirs
+
+    old, new = args.diff
+    for d in (old, new):
+        if not d.is_dir():
+            print(f"xdsd: {d} is not a directory", file=sys.stderr)
+            return 2
+    try:
+        lines = asyncio.run(diff_dirs(old, new, args.node_id, _metadata(args.metadata)))
+    except ValueError as e:
+        print(f"xdsd: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write("\n".join(lines) + "\n" if lines else "no changes for this proxy\n")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from xdsd.client import validate_paths
+
+    problems = asyncio.run(validate_paths(args.paths))
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        if p.severity == "error" or not args.quiet:
+            print(f"{p.severity}: {p}")
+    print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from xdsd.client import fetch_status, status_table
+
+    try:
+        rows = asyncio.run(fetch_status(args.xds_address, args.timeout))
+    except (grpc.aio.AioRpcError, TimeoutError, ConnectionError, OSError) as e:
+        detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e) or type(e).__name__
+        print(f"xdsd: cannot get status from {args.xds_address}: {detail}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        doc = [
+            {
+                "proxy": r.proxy,
+                "cluster": r.cluster,
+                "version": r.version,
+                "types": dict(r.types),
+                "errors": dict(r.errors),
+            }
+            for r in rows
+        ]
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(status_table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if hasattr(args, "log_level"):
-        _setup_logging(args.log_level)
+        _setup_logging(args.log_level, args.log_format)
     if args.command == "serve":
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_serve(args))
@@ -178,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         return _bootstrap(args)
     if args.command == "translate":
         return _translate(args)
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "status":
+        return _status(args)
     if args.command == "demo":
         from xdsd.demo import run_demo
 

@@ -1,0 +1,184 @@
+"""Operator-side tools: an xDS debug client (`xdsd status`), validation and diffs.
+
+`status` asks a running control plane (xdsd, or istiod) for `istio.io/debug/syncz`
+over plain ADS, the way `istioctl proxy-status --xds-address` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.status.v3 import csds_pb2
+from google.protobuf import any_pb2, json_format
+
+from xdsd.cache.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet, short_type
+from xdsd.model.store import ConfigStore
+from xdsd.model.types import ConfigError
+from xdsd.offline import load_snapshot, translate_snapshot
+from xdsd.sources.folder import FolderSource
+
+SYNCZ = "istio.io/debug/syncz"
+# istioctl's own node id for debug clients: four parts, so any Istio control plane accepts it.
+DEBUG_NODE_ID = "sidecar~127.0.0.1~xdsd-status.default~default.svc.cluster.local"
+_COLUMNS = ((CLUSTER, "CDS"), (LISTENER, "LDS"), (ENDPOINT, "EDS"), (ROUTE, "RDS"), (SECRET, "SDS"))
+
+
+@dataclass(frozen=True)
+class ProxyStatus:
+    proxy: str
+    cluster: str
+    version: str
+    types: Mapping[str, str]  # type URL -> SYNCED / STALE / NOT_SENT / ERROR
+    errors: Mapping[str, str]  # type URL -> last NACK detail
+
+
+async def fetch_status(address: str, timeout: float = 10) -> list[ProxyStatus]:
+    """One syncz query over ADS; raises grpc.aio.AioRpcError or TimeoutError."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        call = stub.StreamAggregatedResources()
+        request = discovery_pb2.DiscoveryRequest(type_url=SYNCZ)
+        request.node.id = DEBUG_NODE_ID
+        request.node.metadata["NAMESPACE"] = "default"
+        request.node.metadata["GENERATOR"] = "event"
+        await call.write(request)
+        response = await asyncio.wait_for(call.read(), timeout)
+        call.cancel()
+    if response is grpc.aio.EOF:
+        raise ConnectionError(f"{address} closed the stream without answering")
+    return [_status(any_msg) for any_msg in response.resources]
+
+
+def _status(any_msg: any_pb2.Any) -> ProxyStatus:
+    cc = csds_pb2.ClientConfig()
+    any_msg.Unpack(cc)
+    meta = json_format.MessageToDict(cc.node.metadata)
+    types = {}
+    errors = {}
+    for g in cc.generic_xds_configs:
+        types[g.type_url] = csds_pb2.ConfigStatus.Name(g.config_status)
+        if g.error_state.details:
+            errors[g.type_url] = g.error_state.details
+    return ProxyStatus(
+        proxy=cc.node.id,
+        cluster=str(meta.get("CLUSTER_ID", "")),
+        version=str(meta.get("ISTIO_VERSION", "")),
+        types=types,
+        errors=errors,
+    )
+
+
+def status_table(rows: Sequence[ProxyStatus]) -> str:
+    header = ["NAME", "CLUSTER", *(name for _, name in _COLUMNS), "VERSION"]
+    body = [
+        [
+            r.proxy,
+            r.cluster or "-",
+            *(r.types.get(t, "IGNORED") for t, _ in _COLUMNS),
+            r.version or "-",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    lines = [fmt(header), *(fmt(row) for row in body)]
+    for r in rows:
+        for type_url, detail in sorted(r.errors.items()):
+            lines.append(f"{r.proxy}: {short_type(type_url)} rejected: {detail}")
+    return "\n".join(lines) + "\n"
+
+
+# -- validate --------------------------------------------------------------------------
+
+
+async def validate_paths(paths: Iterable[Path]) -> list[ConfigError]:
+    """Every problem in the given files/folders, as the folder source would see them.
+
+    Each file is checked on its own; objects defined in two files are reported
+    as warnings (the samples of one folder are often alternatives).
+    """
+    problems: list[ConfigError] = []
+    combined = ConfigStore()
+    for path in paths:
+        if not path.exists():
+            problems.append(ConfigError(str(path), "", "", "no such file or directory"))
+            continue
+        source = FolderSource(path if path.is_dir() else path.parent)
+        change = await source.poll()
+        if change is None:
+            continue
+        files = (
+            change.files
+            if path.is_dir()
+            else tuple(c for c in change.files if Path(c.source).name == path.name)
+        )
+        for content in files:
+            if content.result is not None:
+                problems.extend(content.result.errors)
+        combined.apply(type(change)(files, change.kinds, synced=True))
+    per_file = set(problems)
+    for err in combined.errors():
+        if err not in per_file:
+            problems.append(
+                ConfigError(err.source, err.object, err.path, err.message, severity="warning")
+            )
+    return problems
+
+
+# -- diff ------------------------------------------------------------------------------
+
+
+def _json(type_url: str, payload: bytes) -> list[str]:
+    body = json_format.MessageToDict(
+        any_pb2.Any(type_url=type_url, value=payload), preserving_proto_field_name=True
+    )
+    return json.dumps(body, indent=2, sort_keys=True).splitlines()
+
+
+def diff_sets(old: Mapping[str, ResourceSet], new: Mapping[str, ResourceSet]) -> list[str]:
+    """A readable diff of two proxies' resources: added, removed and changed, per type."""
+    lines: list[str] = []
+    for type_url in dict.fromkeys([*old, *new]):
+        a = old.get(type_url) or ResourceSet.of(type_url, ())
+        b = new.get(type_url) or ResourceSet.of(type_url, ())
+        short = short_type(type_url).upper()
+        for name in sorted(a.items.keys() - b.items.keys()):
+            lines.append(f"- {short} {name}")
+        for name in sorted(b.items.keys() - a.items.keys()):
+            lines.append(f"+ {short} {name}")
+        for name in sorted(a.items.keys() & b.items.keys()):
+            ra, rb = a.items[name], b.items[name]
+            if ra.version == rb.version:
+                continue
+            lines.append(f"~ {short} {name}")
+            lines.extend(
+                "    " + d
+                for d in difflib.unified_diff(
+                    _json(ra.type_url, ra.payload),
+                    _json(rb.type_url, rb.payload),
+                    "old",
+                    "new",
+                    n=2,
+                    lineterm="",
+                )
+            )
+    return lines
+
+
+async def diff_dirs(
+    old_dir: Path, new_dir: Path, node_id: str, metadata: Mapping[str, Any]
+) -> list[str]:
+    old = translate_snapshot(await load_snapshot(old_dir), node_id, metadata)
+    new = translate_snapshot(await load_snapshot(new_dir), node_id, metadata)
+    return diff_sets(old, new)
