@@ -118,10 +118,12 @@ async def test_bad_objects_are_reported_and_the_rest_keeps_serving(config_dir: P
         assert app.snapshot.generation > good
 
         _, configz = await fetch(port, "/debug/configz")
-        errors = [e for e in configz["errors"] if e["severity"] == "error"]
-        assert any(
-            e["path"] == "spec.ports[0].port" and "broken.yaml#0" in e["source"] for e in errors
-        ), errors
+        rejected = {r["object"]: r["problems"] for r in configz["rejected"]}
+        assert [
+            (p["path"], p["source"].rsplit("/", 1)[1]) for p in rejected["Service shop/bad"]
+        ] == [("spec.ports[0].port", "broken.yaml#0")]
+        statuses = {o["object"]: o["status"] for o in configz["objects"]}
+        assert statuses["Service shop/extra"] == "accepted"
         assert all(s["name"] != "bad" for s in (await fetch(port, "/debug/registryz"))[1])
 
         # Break a good object in place: its last good version stays served.
@@ -133,6 +135,13 @@ async def test_bad_objects_are_reported_and_the_rest_keeps_serving(config_dir: P
 
         await poll(reported, timeout=10, what="last-good report")
         assert any(s.name == "frontend" for s in app.snapshot.services)
+        _, configz = await fetch(port, "/debug/configz")
+        statuses = {o["object"]: o["status"] for o in configz["objects"]}
+        assert statuses["Service shop/frontend"] == "serving last good version"
+
+        # Debug output is for loopback clients unless enabled.
+        _, push = await fetch(port, "/debug/push_status")
+        assert push["ready"] and push["pushes"] >= 1 and push["last_push"]["reason"]
 
 
 async def test_ready_is_503_until_the_first_load() -> None:
@@ -224,3 +233,11 @@ def test_demo_runs_the_bundled_example_through_envoy() -> None:
     lines = [line for line in result.stdout.splitlines() if line.strip().startswith("GET ")]
     assert len(lines) == 6 and all("-> 200 " in line for line in lines), result.stdout
     assert "TCP stock-db.shop.svc.cluster.local:9306 -> 'stock-db" in result.stdout
+
+
+def test_debug_is_for_loopback_clients_only() -> None:
+    from xdsd.admin.http import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("127.8.0.3")
+    assert not _loopback("10.0.0.7") and not _loopback("") and not _loopback(None)
+    assert not _loopback("not-an-ip")

@@ -27,6 +27,7 @@ from xdsd.cache.dump import dump_messages, dump_resources
 from xdsd.cache.groups import GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
 from xdsd.model.build import build_snapshot
+from xdsd.model.objects import key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.store import ConfigStore
@@ -64,6 +65,8 @@ class AppSettings:
     xds: GrpcSettings = field(default_factory=GrpcSettings)
     admin_host: str = "127.0.0.1"
     admin_port: int = 15014  # 0 picks a free port; -1 turns the admin server off
+    # Serve /debug/* to non-loopback clients too (off: debug output names everything).
+    remote_debug: bool = False
     debounce: DebounceSettings = field(default_factory=DebounceSettings)
     poll_interval: float = 0.5
     domain_suffix: str = "cluster.local"
@@ -133,6 +136,8 @@ class XdsdApp:
         self._generation = 0
         self._build_errors: tuple[ConfigError, ...] = ()
         self._logged_errors: set[str] = set()
+        self._last_push: dict[str, Any] | None = None
+        self._pushes = 0
         self._init_metrics()
 
     def _init_metrics(self) -> None:
@@ -167,7 +172,10 @@ class XdsdApp:
         try:
             if self.settings.admin_port >= 0:
                 self._admin = await AdminServer(
-                    self, self.settings.admin_host, self.settings.admin_port
+                    self,
+                    self.settings.admin_host,
+                    self.settings.admin_port,
+                    remote_debug=self.settings.remote_debug,
                 ).__aenter__()
             self._tasks.append(asyncio.create_task(self._watch_source(), name="config-source"))
             self._tasks.append(asyncio.create_task(self.debouncer.run(), name="debounce"))
@@ -228,7 +236,9 @@ class XdsdApp:
                 )
                 continue
             if self.store.generation != before:
-                self.debouncer.request(PushRequest(kinds=change.kinds, reason="config"))
+                self.debouncer.request(
+                    PushRequest(kinds=change.kinds, reason="config", started=time.monotonic())
+                )
             elif change.files:
                 # Nothing served changed (e.g. a broken edit of an object whose last
                 # good version stays), but what we report about the config did.
@@ -279,10 +289,23 @@ class XdsdApp:
 
     async def _push(self, req: PushRequest, waited: float) -> None:
         self.m_debounce.observe(waited)
+        start = time.perf_counter()
         self._rebuild(req)
         endpoints_only = bool(req.kinds) and req.kinds <= _ENDPOINT_KINDS
         types = frozenset({ENDPOINT}) if endpoints_only else None
-        woken = self.services.notify(types)
+        woken = self.services.notify(types, since=req.started)
+        self._last_push = {
+            "generation": self._generation,
+            "at": time.time(),
+            "reason": req.reason,
+            "kinds": sorted(req.kinds),
+            "changes_merged": req.events,
+            "debounce_seconds": round(waited, 4),
+            "rebuild_seconds": round(time.perf_counter() - start, 4),
+            "types": "eds" if types is not None else "all",
+            "streams_woken": woken,
+        }
+        self._pushes += 1
         log.info(
             "push %d (%s, %d changes): %d streams",
             self._generation,
@@ -406,24 +429,65 @@ class XdsdApp:
             out.append(Resource.from_message(conn.proxy_id, _CLIENT_CONFIG, cc))
         return out
 
-    def configz(self) -> dict[str, Any]:
+    def push_status(self) -> dict[str, Any]:
         snap = self.snapshot
         return {
+            "ready": self.ready.is_set(),
             "generation": snap.generation,
-            "errors": [
-                {
-                    "source": e.source,
-                    "object": e.object,
-                    "path": e.path,
-                    "message": e.message,
-                    "severity": e.severity,
-                }
-                for e in snap.errors
-            ],
-            "configs": {
-                kind: [f"{c.namespace}/{c.name}" for c in objs]
-                for kind, objs in snap.configs.items()
+            "pushes": self._pushes,
+            "last_push": self._last_push,
+            "pending": None
+            if self.debouncer.pending is None
+            else {
+                "kinds": sorted(self.debouncer.pending.kinds),
+                "changes": self.debouncer.pending.events,
             },
+            "services": len(snap.services),
+            "proxies": sum(1 for c in self.services.connections.values() if _is_proxy(c)),
+            "groups_cached": len(self.cache.sets()),
+        }
+
+    def configz(self) -> dict[str, Any]:
+        """Every config object with its validation status, and problems of objects not served."""
+        snap = self.snapshot
+        by_object: dict[str, list[ConfigError]] = {}
+        for e in snap.errors:
+            by_object.setdefault(e.object, []).append(e)
+        objects = []
+        served = set()
+        for obj in self.store.objects():
+            label = object_label(key_of(obj.ref))
+            served.add(label)
+            problems = by_object.get(label, [])
+            status = "accepted"
+            if any(e.severity == "error" for e in problems):
+                status = "serving last good version"
+            elif problems:
+                status = "accepted with warnings"
+            objects.append(
+                {
+                    "object": label,
+                    "source": obj.ref.source,
+                    "status": status,
+                    "problems": [_problem(e) for e in problems],
+                }
+            )
+        rejected = [
+            {"object": label or None, "status": "rejected", "problems": [_problem(e) for e in errs]}
+            for label, errs in sorted(by_object.items())
+            if label not in served and any(e.severity == "error" for e in errs)
+        ]
+        ignored = [
+            _problem(e)
+            for label, errs in sorted(by_object.items())
+            if label not in served and not any(x.severity == "error" for x in errs)
+            for e in errs
+        ]
+        return {
+            "generation": snap.generation,
+            "objects": objects,
+            "rejected": rejected,
+            "skipped": ignored,
         }
 
     def registryz(self) -> list[dict[str, Any]]:
@@ -452,6 +516,10 @@ class XdsdApp:
                 }
             )
         return out
+
+
+def _problem(e: ConfigError) -> dict[str, str]:
+    return {"source": e.source, "path": e.path, "message": e.message, "severity": e.severity}
 
 
 def _is_proxy(conn: Connection) -> bool:

@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--admin-port", type=int, default=15014, help="admin HTTP port (15014; -1: off)"
     )
+    serve.add_argument(
+        "--remote-debug",
+        action="store_true",
+        help="serve /debug/* to non-loopback clients (it lists every proxy and service)",
+    )
     serve.add_argument("--poll-interval", type=float, default=0.5, help="config dir poll (s)")
     serve.add_argument("--debounce-quiet", type=float, default=0.1, help="quiet period (s)")
     serve.add_argument("--debounce-max", type=float, default=10.0, help="max push delay (s)")
@@ -143,6 +148,7 @@ async def _serve(args: argparse.Namespace) -> int:
             xds=GrpcSettings(host=args.xds_host, port=args.xds_port),
             admin_host=args.admin_host,
             admin_port=args.admin_port,
+            remote_debug=args.remote_debug,
             poll_interval=args.poll_interval,
             debounce=DebounceSettings(quiet=args.debounce_quiet, max_delay=args.debounce_max),
         )

@@ -7,6 +7,7 @@ because debug output names every proxy and service in the mesh.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from types import TracebackType
@@ -31,6 +32,8 @@ class DebugView(Protocol):
 
     def registryz(self) -> list[dict[str, Any]]: ...
 
+    def push_status(self) -> dict[str, Any]: ...
+
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
@@ -40,7 +43,24 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def build_app(view: DebugView) -> web.Application:
+def _loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def build_app(view: DebugView, *, remote_debug: bool = False) -> web.Application:
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        # Debug output names every proxy and service: loopback only unless enabled.
+        if request.path.startswith("/debug") and not remote_debug and not _loopback(request.remote):
+            return _json({"error": "debug endpoints are only served to loopback clients"}, 403)
+        response: web.StreamResponse = await handler(request)
+        return response
+
     async def ready(_: web.Request) -> web.Response:
         if view.is_ready():
             return web.Response(text="ready\n")
@@ -82,11 +102,12 @@ def build_app(view: DebugView) -> web.Application:
                     "/debug/config_dump?proxyID=POD.NAMESPACE",
                     "/debug/configz",
                     "/debug/registryz",
+                    "/debug/push_status",
                 ]
             }
         )
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard])
     app.router.add_get("/ready", ready)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -96,14 +117,22 @@ def build_app(view: DebugView) -> web.Application:
     app.router.add_get("/debug/configz", listing(view.configz))
     app.router.add_get("/debug/registryz", listing(view.registryz))
     app.router.add_get("/debug/config_dump", config_dump)
+    app.router.add_get("/debug/push_status", listing(view.push_status))
     return app
 
 
 class AdminServer:
     """`async with AdminServer(view, host, port):` serves until the block exits."""
 
-    def __init__(self, view: DebugView, host: str = "127.0.0.1", port: int = 15014) -> None:
-        self._app = build_app(view)
+    def __init__(
+        self,
+        view: DebugView,
+        host: str = "127.0.0.1",
+        port: int = 15014,
+        *,
+        remote_debug: bool = False,
+    ) -> None:
+        self._app = build_app(view, remote_debug=remote_debug)
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None

@@ -131,6 +131,10 @@ class Connection:
     pushes: int = 0
     # Types to look at on the next push; None means all.
     dirty: set[str] | None = field(default_factory=set)
+    # When the oldest change not yet pushed to this stream began (monotonic).
+    change_started: float | None = None
+    # type URL -> (nonce of a pushed response, when its change began): ACK => converged.
+    converging: dict[str, tuple[str, float]] = field(default_factory=dict)
     # Requests and at most one push token, consumed by the stream's task.
     inbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     push_queued: bool = False
@@ -225,11 +229,20 @@ class XdsServices:
         self,
         types: frozenset[str] | None = None,
         only: Callable[[Connection], bool] | None = None,
+        *,
+        since: float | None = None,
     ) -> int:
-        """Tell streams that resources may have changed; returns how many were woken."""
+        """Tell streams that resources may have changed; returns how many were woken.
+
+        `since` (time.monotonic()) is when the change began; the time until each
+        proxy ACKs what the push sent is pilot_proxy_convergence_time.
+        """
         woken = 0
+        started = time.monotonic() if since is None else since
         for conn in self.connections.values():
             if conn.watch is not None and (only is None or only(conn)):
+                if conn.change_started is None:
+                    conn.change_started = started
                 conn.mark_dirty(types)
                 woken += 1
         return woken
@@ -334,6 +347,12 @@ class XdsServices:
             )
         elif decision.verdict is p.Verdict.STALE:
             self.metrics.expired_nonce.labels(type=short).inc()
+        if decision.verdict is not p.Verdict.STALE and msg.response_nonce:
+            pending = conn.converging.get(type_url)
+            if pending is not None and pending[0] == msg.response_nonce:
+                del conn.converging[type_url]
+                if decision.verdict is not p.Verdict.NACK:
+                    self.metrics.convergence.observe(time.monotonic() - pending[1])
         if not decision.respond:
             return []
         if not conn.delta and conn.watch is not None and type_url in conn.watch.query_types():
@@ -361,6 +380,7 @@ class XdsServices:
         dirty = conn.dirty
         conn.dirty = set()
         conn.push_queued = False
+        started, conn.change_started = conn.change_started, None
         if conn.watch is None:
             return []
         queries = conn.watch.query_types()
@@ -369,7 +389,7 @@ class XdsServices:
         )
         if dirty is not None:
             watched = [t for t in watched if t in dirty or (t == ENDPOINT and CLUSTER in dirty)]
-        out = self._send_types(conn, watched, force={})
+        out = self._send_types(conn, watched, force={}, started=started)
         if out:
             conn.pushes += 1
         return out
@@ -379,10 +399,12 @@ class XdsServices:
         conn: Connection,
         types: list[str],
         force: Mapping[str, frozenset[str] | None],
+        started: float | None = None,
     ) -> list[bytes]:
         assert conn.watch is not None
         out: list[bytes] = []
         for type_url in types:
+            t0 = time.perf_counter()
             state = conn.states[type_url]
             resources = conn.watch.resources(type_url)
             nonce = conn.next_nonce()
@@ -416,6 +438,9 @@ class XdsServices:
                 continue
             out.append(data)
             short = short_type(type_url)
+            self.metrics.push_time.labels(type=short).observe(time.perf_counter() - t0)
+            if started is not None:
+                conn.converging[type_url] = (nonce, started)
             self.metrics.pushes.labels(type=short).inc()
             self.metrics.config_size.labels(type=short).observe(len(data))
             if type_url == CLUSTER and sent_names and ENDPOINT in conn.states:

@@ -45,6 +45,19 @@ class XdsMetrics:
             buckets=_SIZE_BUCKETS,
             registry=registry,
         )
+        self.convergence = Histogram(
+            "pilot_proxy_convergence_time",
+            "Time from a config change to a proxy's ACK of the push it caused, in seconds.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 3, 5, 10, 20, 30),
+            registry=registry,
+        )
+        self.push_time = Histogram(
+            "pilot_xds_push_time",
+            "Time to build and encode one pushed response, in seconds.",
+            ["type"],
+            buckets=(0.0001, 0.001, 0.01, 0.1, 1, 3, 5, 10),
+            registry=registry,
+        )
         self.send_errors = Counter(
             "xdsd_xds_send_errors",
             "Streams that failed while sending a response.",
