@@ -170,6 +170,11 @@ async def test_routes_by_host_and_follows_config_edits(
         assert await get(mesh.port, reviews) in {(200, "reviews-v1"), (200, "reviews-v2")}
 
         assert await envoy.rejected_updates() == 0, envoy.log()
+        # The edits converged: each push was ACKed, and the time to it was measured.
+        converged = app.registry.get_sample_value("pilot_proxy_convergence_time_count")
+        assert converged is not None and converged >= 2
+        sent = app.registry.get_sample_value("pilot_xds_pushes_total", {"type": "eds"})
+        assert sent is not None and sent >= 2
         # xdsd saw every ACK: nothing is left unacknowledged or rejected.
         sync = app.syncz()
         assert len(sync) == 1
