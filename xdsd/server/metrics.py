@@ -58,11 +58,6 @@ class XdsMetrics:
             buckets=(0.0001, 0.001, 0.01, 0.1, 1, 3, 5, 10),
             registry=registry,
         )
-        self.send_errors = Counter(
-            "xdsd_xds_send_errors",
-            "Streams that failed while sending a response.",
-            registry=registry,
-        )
         self.refused_streams = Counter(
             "xdsd_xds_refused_streams",
             "Streams refused before any config was sent, by reason.",
