@@ -88,3 +88,36 @@ def write_docs(path: Path, docs: Iterable[Mapping[str, Any]]) -> Path:
     tmp.write_text(yaml.safe_dump_all(list(docs), sort_keys=False))
     tmp.replace(path)
     return path
+
+
+def istio_config(
+    kind: str,
+    name: str,
+    ns: str,
+    spec: Mapping[str, Any],
+    *,
+    api_version: str = "networking.istio.io/v1",
+) -> dict[str, Any]:
+    """An Istio config object (VirtualService, DestinationRule, Gateway, Sidecar, ...)."""
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": dict(spec),
+    }
+
+
+def tls_secret(name: str, ns: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    """A kubernetes.io/tls Secret (what a Gateway's credentialName names)."""
+    import base64
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": base64.b64encode(cert_pem).decode(),
+            "tls.key": base64.b64encode(key_pem).decode(),
+        },
+    }

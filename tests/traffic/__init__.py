@@ -1,0 +1,1 @@
+"""Traffic conformance suite: Istio's traffic-management tasks through real Envoy."""

@@ -1,0 +1,73 @@
+"""Istio tasks "Accessing External Services" and "Egress": with the mesh-wide
+outboundTrafficPolicy REGISTRY_ONLY (a root-namespace Sidecar), an unknown host
+is blocked, and a ServiceEntry (MESH_EXTERNAL) opens one: STATIC endpoints on
+loopback or DNS resolution."""
+
+from __future__ import annotations
+
+from tests.traffic.harness import GATEWAY_NS, Traffic
+
+NS = "bookinfo"
+API = "api.external.example"
+
+
+def registry_only(traffic: Traffic) -> None:
+    traffic.istio("mesh-sidecar.yaml", "Sidecar", "default", GATEWAY_NS, {
+        "egress": [{"hosts": ["*/*"]}],
+        "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
+    })  # fmt: skip
+
+
+def static_entry(port: int, ip: str) -> dict[str, object]:
+    return {
+        "hosts": [API],
+        "location": "MESH_EXTERNAL",
+        "ports": [{"number": port, "name": "http", "protocol": "HTTP"}],
+        "resolution": "STATIC",
+        "endpoints": [{"address": ip}],
+    }
+
+
+async def test_service_entry_opens_an_external_host(traffic: Traffic) -> None:
+    port = traffic.port()
+    await traffic.workloads("reviews", NS, port, ("v1",))  # something in the registry
+    external = await traffic.backend("external-api", port)
+    registry_only(traffic)
+    await traffic.sidecar(NS, {"app": "sleep"}, name="sleep")
+
+    # Not in the registry: REGISTRY_ONLY answers 502 (BlackHole), nothing leaves.
+    blocked = await traffic.get(port, API)
+    assert blocked.status == 502
+    assert external.count == 0
+    # The in-mesh service still works.
+    assert (await traffic.get(port, f"reviews.{NS}")).backend == "reviews-v1"
+
+    traffic.istio("se.yaml", "ServiceEntry", "external-api", NS, static_entry(port, external.ip))
+    ok = await traffic.until_answers(
+        port, API, lambda r: r.status == 200, "ServiceEntry host reachable"
+    )
+    assert ok.backend == "external-api"
+    assert external.requests[-1].host == API
+    # Still blocked: another unknown host on the same port.
+    assert (await traffic.get(port, "other.external.example")).status == 502
+    await traffic.no_rejections()
+
+
+async def test_service_entry_dns_resolution(traffic: Traffic) -> None:
+    port, target = traffic.port(), traffic.port()
+    # DNS resolution of "localhost" (from /etc/hosts) to 127.0.0.1 at the endpoint port.
+    external = await traffic.backend("dns-api", target, ip="127.0.0.1")
+    traffic.istio("se.yaml", "ServiceEntry", "dns-api", NS, {
+        "hosts": ["dns.external.example"],
+        "location": "MESH_EXTERNAL",
+        "ports": [{"number": port, "name": "http", "protocol": "HTTP"}],
+        "resolution": "DNS",
+        "endpoints": [{"address": "localhost", "ports": {"http": target}}],
+    })  # fmt: skip
+    await traffic.sidecar(NS, {"app": "sleep"}, name="sleep")
+    ok = await traffic.until_answers(
+        port, "dns.external.example", lambda r: r.status == 200, "DNS ServiceEntry reachable"
+    )
+    assert ok.backend == "dns-api"
+    assert external.count >= 1
+    await traffic.no_rejections()
