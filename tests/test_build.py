@@ -295,7 +295,7 @@ def test_services_sorted_configs_grouped_errors_carried() -> None:
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": "b", "namespace": "shop"},
-        "spec": {},
+        "spec": {"hosts": ["x"], "http": [{"route": [{"destination": {"host": "x"}}]}]},
     }
     vs2 = {**vs, "metadata": {"name": "a", "namespace": "shop"}}
     dr = {**vs, "kind": "DestinationRule"}

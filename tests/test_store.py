@@ -21,7 +21,7 @@ def vs(name: str, host: str = "a") -> dict[str, Any]:
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": name, "namespace": "shop"},
-        "spec": {"hosts": [host]},
+        "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host}}]}]},
     }
 
 

@@ -113,7 +113,11 @@ def test_outbound_http_listener_redirect() -> None:
     assert m.rds.config_source.HasField("ads")
     assert m.use_remote_address.value is False and m.HasField("use_remote_address")
     assert m.normalize_path.value
-    assert [f.name for f in m.http_filters] == ["envoy.filters.http.router"]
+    assert [f.name for f in m.http_filters] == [
+        "envoy.filters.http.fault",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.router",
+    ]
     # Non-HTTP traffic to the port passes through.
     assert ls.default_filter_chain.name == "PassthroughFilterChain"
     assert tcp(ls.default_filter_chain).cluster == "PassthroughCluster"

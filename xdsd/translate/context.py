@@ -16,6 +16,7 @@ from xdsd.model.proxy import InterceptionMode, Proxy, ProxyType
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import Endpoint, Protocol, Resolution, Service, ServicePort, Workload
 from xdsd.translate import _common as c
+from xdsd.translate import vs_index
 
 
 class OutboundPolicy(enum.Enum):
@@ -471,6 +472,7 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
         listeners, routes = _listeners(services, proxy.interception_mode, ip_family, conflicts)
     else:
         listeners, routes = (), ()
+    conflicts.extend(vs_index.index(snapshot).problems)  # VirtualService delegates, hosts
     return ProxyContext(
         snapshot=snapshot,
         proxy=proxy,
@@ -502,4 +504,5 @@ def group_key(ctx: ProxyContext) -> Hashable:
         ctx.ip_family,
         ctx.outbound_policy.value,
         ctx.inbound,
+        vs_index.group_key(ctx.snapshot, ctx.proxy),  # VirtualService sourceLabels
     )

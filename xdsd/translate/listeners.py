@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
@@ -35,6 +37,8 @@ HCM = hcm_pb2.HttpConnectionManager
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 ROUTER_FILTER = "envoy.filters.http.router"
+FAULT_FILTER = "envoy.filters.http.fault"
+CORS_FILTER = "envoy.filters.http.cors"
 ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
 TLS_INSPECTOR_FILTER = "envoy.filters.listener.tls_inspector"
 HTTP_INSPECTOR_FILTER = "envoy.filters.listener.http_inspector"
@@ -57,7 +61,10 @@ def _hcm(
         upgrade_configs=[HCM.UpgradeConfig(upgrade_type="websocket")],
         stream_idle_timeout=c.seconds(0),
         http_filters=[
-            hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=c.pack(router_pb2.Router()))
+            # istiod: empty fault and CORS filters, configured per route (VirtualService).
+            hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=c.pack(fault_pb2.HTTPFault())),
+            hcm_pb2.HttpFilter(name=CORS_FILTER, typed_config=c.pack(cors_pb2.Cors())),
+            hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=c.pack(router_pb2.Router())),
         ],
     )
     if rds is not None:

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from xdsd.model.types import Protocol, Service, ServicePort
 from xdsd.translate import _common as c
+from xdsd.translate import vs_http
 from xdsd.translate.context import OutboundPolicy, ProxyContext, RoutePlan
 
 RouteConfiguration = route_pb2.RouteConfiguration
@@ -156,16 +157,27 @@ def route_configuration(ctx: ProxyContext, plan: RoutePlan) -> route_pb2.RouteCo
         ),
         ignore_port_in_host_matching=True,
     )
+    # VirtualServices bound to the mesh replace the default virtual hosts of their hosts.
+    port = plan.hosts[0][1].port if plan.hosts else 0
+    vs = vs_http.sidecar_virtual_hosts(
+        ctx, plan.hosts, port, lambda s: virtual_host_domains(ctx, s)
+    )
     if plan.sniffed:
         svc, sp = plan.hosts[0]
+        own = [v for v in vs.vhosts if v.name == f"{svc.hostname}:{port}"]
+        if own:
+            del own[0].domains[:]
+            own[0].domains.append("*")
+            rc.virtual_hosts.append(own[0])
+            return rc
         rc.virtual_hosts.append(_service_vhost(ctx, svc, sp, ["*"]))
         return rc
-    taken: set[str] = set()
-    names: set[str] = set()
-    vhosts: list[route_components_pb2.VirtualHost] = []
+    taken: set[str] = {d.lower() for v in vs.vhosts for d in v.domains}
+    names: set[str] = {v.name for v in vs.vhosts}
+    vhosts: list[route_components_pb2.VirtualHost] = list(vs.vhosts)
     for svc, sp in plan.hosts:
         name = f"{svc.hostname}:{sp.port}"
-        if name in names:
+        if name in names or svc.hostname in vs.covered:
             continue  # same host from another namespace: the first (snapshot order) wins
         domains = []
         for d in virtual_host_domains(ctx, svc):

@@ -6,8 +6,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from xdsd.model.fields import Issues
+from xdsd.model.istio import virtualservice
 from xdsd.model.types import ObjectRef
 
 TypedParser = Callable[[Issues, Mapping[str, Any], str, ObjectRef], object | None]
 
-PARSERS: dict[str, TypedParser] = {}
+PARSERS: dict[str, TypedParser] = {
+    "VirtualService": virtualservice.parse,
+}
