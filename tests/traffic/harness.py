@@ -20,6 +20,7 @@ import datetime
 import itertools
 import json
 import math
+import re
 import socket
 import ssl
 import time
@@ -470,6 +471,25 @@ class Traffic:
     async def no_rejections(self) -> None:
         for envoy in self.envoys:
             assert await envoy.rejected_updates() == 0, self.envoy_logs()
+
+    @staticmethod
+    async def active_config(envoy: EnvoyProcess) -> str:
+        """Envoy's active clusters, listeners and route configurations, as JSON text
+        (without listeners still draining after a removal)."""
+        clusters = await envoy.config_dump("dynamic_active_clusters")
+        listeners = await envoy.config_dump("dynamic_listeners")
+        routes = await envoy.config_dump("dynamic_route_configs")
+        active = [
+            entry.get("active_state")
+            for entry in listeners.get("configs", [])
+            if entry.get("active_state")
+        ]
+        # Route configurations of draining listeners stay subscribed: leave them out.
+        used = set(re.findall(r'"route_config_name": "([^"]*)"', json.dumps(active)))
+        active_routes = [
+            r for r in routes.get("configs", []) if r.get("route_config", {}).get("name") in used
+        ]
+        return json.dumps([clusters, active, active_routes])
 
     async def cluster_stats(self, envoy: EnvoyProcess, cluster_substring: str) -> dict[str, int]:
         """Counters of every cluster whose name contains `cluster_substring`, summed by

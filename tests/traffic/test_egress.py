@@ -1,7 +1,7 @@
 """Istio tasks "Accessing External Services" and "Egress": with the mesh-wide
 outboundTrafficPolicy REGISTRY_ONLY (a root-namespace Sidecar), an unknown host
 is blocked, and a ServiceEntry (MESH_EXTERNAL) opens one: STATIC endpoints on
-loopback or DNS resolution."""
+loopback or DNS resolution. A VirtualService timeout applies to it too."""
 
 from __future__ import annotations
 
@@ -70,4 +70,21 @@ async def test_service_entry_dns_resolution(traffic: Traffic) -> None:
     )
     assert ok.backend == "dns-api"
     assert external.count >= 1
+    await traffic.no_rejections()
+
+
+async def test_timeout_on_external_host(traffic: Traffic) -> None:
+    port = traffic.port()
+    external = await traffic.backend("external-api", port)
+    traffic.istio("se.yaml", "ServiceEntry", "external-api", NS, static_entry(port, external.ip))
+    traffic.istio("vs.yaml", "VirtualService", "external-api", NS, {
+        "hosts": [API],
+        "http": [{"timeout": "0.3s", "route": [{"destination": {"host": API}, "weight": 100}]}],
+    })  # fmt: skip
+    await traffic.sidecar(NS, {"app": "sleep"}, name="sleep")
+    fast = await traffic.get(port, API)
+    assert (fast.status, fast.backend) == (200, "external-api")
+    slow = await traffic.get(port, API, headers={"x-delay": "1.0"})
+    assert slow.status == 504
+    assert slow.body == "upstream request timeout"
     await traffic.no_rejections()
