@@ -646,6 +646,8 @@ def test_istio_config_kinds(api: str, kind: str) -> None:
         "metadata": {"name": "cfg.v1", "namespace": "shop", "generation": 4},
         "spec": {"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}}]}]},
     }
+    if kind == "Sidecar":
+        doc["spec"] = {"egress": [{"hosts": ["./*"]}], **doc["spec"]}  # extra: warnings
     c = one(parse_document(doc, "x#0"))
     assert isinstance(c, ConfigObject)
     assert (c.kind, c.namespace, c.name, c.group, c.version, c.generation) == (

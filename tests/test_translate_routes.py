@@ -102,16 +102,19 @@ def test_catch_all_follows_outbound_policy() -> None:
 def test_registry_only_from_sidecar_resource() -> None:
     from types import MappingProxyType
 
+    from xdsd.model.fields import Issues
+    from xdsd.model.istio import sidecar as sidecar_kind
     from xdsd.model.types import ConfigObject, ObjectRef
 
     snap = sample_mesh()
+    ref = ObjectRef("Sidecar", "istio-system", "default")
+    spec = MappingProxyType({"outboundTrafficPolicy": MappingProxyType({"mode": "REGISTRY_ONLY"})})
     sc = ConfigObject(
-        ref=ObjectRef("Sidecar", "istio-system", "default"),
+        ref=ref,
         group="networking.istio.io",
         version="v1",
-        spec=MappingProxyType(
-            {"outboundTrafficPolicy": MappingProxyType({"mode": "REGISTRY_ONLY"})}
-        ),
+        spec=spec,
+        typed=sidecar_kind.parse(Issues("x"), spec, "spec", ref),
     )
     snap = dataclasses.replace(snap, configs=MappingProxyType({"Sidecar": (sc,)}))
     assert proxy_context(snap, sidecar()).outbound_policy is OutboundPolicy.REGISTRY_ONLY

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from xdsd.model.proxy import InterceptionMode, Proxy, ProxyType
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import Endpoint, Protocol, Resolution, Service, ServicePort, Workload
 from xdsd.translate import _common as c
+from xdsd.translate import sidecar_scope as scoping
 from xdsd.translate import vs_index
+from xdsd.translate.sidecar_scope import IngressPlan, SidecarScope
 
 
 class OutboundPolicy(enum.Enum):
@@ -95,6 +97,9 @@ class ProxyContext:
     routes: tuple[RoutePlan, ...]
     # Things left out (name clashes, port conflicts), for status/debug output.
     conflicts: tuple[str, ...]
+    # The Sidecar scope (sidecars only; None for gateways) and its ingress listeners.
+    sidecar: SidecarScope | None = None
+    ingress: tuple[IngressPlan, ...] = ()
 
     @property
     def is_sidecar(self) -> bool:
@@ -135,24 +140,6 @@ def _ip_family(addresses: tuple[str, ...]) -> str:
     if versions == {4, 6}:
         return "dual"
     return "v4"
-
-
-def _outbound_policy(snapshot: MeshSnapshot, namespace: str) -> OutboundPolicy:
-    """From a Sidecar without workloadSelector in the proxy's namespace, else the root one."""
-    by_ns: dict[str, Mapping[str, object]] = {}
-    for cfg in snapshot.configs_of("Sidecar"):
-        if cfg.spec.get("workloadSelector"):
-            continue
-        by_ns.setdefault(cfg.namespace, cfg.spec)
-    for ns in (namespace, snapshot.root_namespace):
-        spec = by_ns.get(ns)
-        if spec is None:
-            continue
-        policy = spec.get("outboundTrafficPolicy")
-        if isinstance(policy, Mapping) and policy.get("mode") == "REGISTRY_ONLY":
-            return OutboundPolicy.REGISTRY_ONLY
-        return OutboundPolicy.ALLOW_ANY
-    return OutboundPolicy.ALLOW_ANY
 
 
 def _own_workloads(snapshot: MeshSnapshot, proxy: Proxy) -> tuple[Workload, ...]:
@@ -285,10 +272,17 @@ def _listeners(
     mode: InterceptionMode,
     ip_family: str,
     conflicts: list[str],
+    *,
+    bind: str = "",
+    bind_to_port: bool = False,
 ) -> tuple[tuple[ListenerPlan, ...], tuple[RoutePlan, ...]]:
-    none_mode = mode is InterceptionMode.NONE
+    # A Sidecar egress listener with a bind address or captureMode NONE gets one listener
+    # per port at that address (bound when captureMode NONE), like NONE-mode proxies
+    # (istiod buildSidecarOutboundListeners).
+    bound = mode is InterceptionMode.NONE or bind_to_port
+    none_mode = bound or bool(bind)
     wildcard = c.WILDCARD_V6 if ip_family == "v6" else c.WILDCARD_V4
-    localhost = c.LOCALHOST_V6 if ip_family == "v6" else c.LOCALHOST_V4
+    localhost = bind or (c.LOCALHOST_V6 if ip_family == "v6" else c.LOCALHOST_V4)
     by_port: dict[int, list[tuple[Service, ServicePort]]] = {}
     for svc in services:
         for sp in svc.ports:
@@ -330,7 +324,7 @@ def _listeners(
                 name=c.listener_name(bind, port),
                 address=bind,
                 port=port,
-                bind_to_port=none_mode,
+                bind_to_port=bound,
                 tcp_cluster=tcp_cluster,
                 sni=tuple(sorted(sni.items())),
                 passthrough_default=bool(sni) and tcp_cluster is None and not none_mode,
@@ -353,7 +347,7 @@ def _listeners(
                         name=c.listener_name(localhost, port),
                         address=localhost,
                         port=port,
-                        bind_to_port=True,
+                        bind_to_port=bound,
                         http_route=str(port),
                     ),
                     http[0][0],
@@ -456,6 +450,39 @@ def _listeners(
     return ordered, tuple(sorted(uniq, key=lambda r: r.name))
 
 
+def _egress_listeners(
+    scope: SidecarScope, mode: InterceptionMode, ip_family: str, conflicts: list[str]
+) -> tuple[tuple[ListenerPlan, ...], tuple[RoutePlan, ...]]:
+    """Listeners of every Sidecar egress listener, in order (istiod: a port-specific
+    listener locks its address and port; the catch-all only fills what is left; a route
+    name is served from the first egress listener that has it, GetEgressListenerForRDS)."""
+    listeners: dict[str, ListenerPlan] = {}
+    routes: dict[str, RoutePlan] = {}
+    for egress in scope.egress:
+        if egress.unix:
+            conflicts.append(
+                f"egress listener {egress.bind}: unix domain sockets not supported yet"
+            )
+            continue
+        plans, rplans = _listeners(
+            scoping.listener_services(egress),
+            mode,
+            ip_family,
+            conflicts,
+            bind=egress.bind,
+            bind_to_port=egress.capture_mode == "NONE",
+        )
+        for plan in plans:
+            listeners.setdefault(plan.name, plan)
+        for rp in rplans:
+            routes.setdefault(rp.name, rp)
+    names = {lp.http_route for lp in listeners.values()}
+    return (
+        tuple(listeners[n] for n in sorted(listeners)),
+        tuple(routes[n] for n in sorted(routes) if n in names),
+    )
+
+
 def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
     namespace = proxy.namespace
     dns_domain = proxy.dns_domain
@@ -463,13 +490,28 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
         dns_domain = f"{namespace}.svc.{snapshot.domain_suffix}"
     ip_family = _ip_family(proxy.ip_addresses)
     conflicts: list[str] = []
-    services = tuple(s for s in snapshot.services if is_visible(s, namespace))
     is_sidecar = proxy.type is ProxyType.SIDECAR
+    scope = scoping.scope_for(snapshot, proxy) if is_sidecar else None
+    if scope is not None:
+        services = scope.services  # Sidecar egress imports (istiod SidecarScope)
+        conflicts.extend(scope.conflicts)
+    else:
+        services = tuple(s for s in snapshot.services if is_visible(s, namespace))
     workloads = _own_workloads(snapshot, proxy) if is_sidecar else ()
     inbound = _inbound_ports(snapshot, namespace, workloads) if is_sidecar else ()
+    ingress: tuple[IngressPlan, ...] = ()
+    if scope is not None and scope.ingress:
+        # A Sidecar with ingress listeners replaces the service-derived inbound ports.
+        ingress = scoping.ingress_plans(scope, proxy, ip_family, conflicts)
+        inbound = tuple(
+            InboundPort(i.port, i.protocol, i.port, (f"{scope.name}.{scope.namespace}",), namespace)
+            for i in ingress
+            if not i.bind_to_port
+        )
     clusters = _outbound_clusters(snapshot, services, proxy.type, conflicts)
     if is_sidecar:
-        listeners, routes = _listeners(services, proxy.interception_mode, ip_family, conflicts)
+        assert scope is not None
+        listeners, routes = _egress_listeners(scope, proxy.interception_mode, ip_family, conflicts)
     else:
         listeners, routes = (), ()
     conflicts.extend(vs_index.index(snapshot).problems)  # VirtualService delegates, hosts
@@ -480,7 +522,9 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
         dns_domain=dns_domain,
         mode=proxy.interception_mode,
         ip_family=ip_family,
-        outbound_policy=_outbound_policy(snapshot, namespace),
+        outbound_policy=OutboundPolicy(
+            scope.outbound_mode if scope is not None else scoping.MESH_DEFAULT_OUTBOUND
+        ),
         services=services,
         workloads=workloads,
         inbound=inbound,
@@ -488,6 +532,8 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
         listeners=listeners,
         routes=routes,
         conflicts=tuple(conflicts),
+        sidecar=scope,
+        ingress=ingress,
     )
 
 
@@ -504,5 +550,7 @@ def group_key(ctx: ProxyContext) -> Hashable:
         ctx.ip_family,
         ctx.outbound_policy.value,
         ctx.inbound,
+        ctx.sidecar.key if ctx.sidecar is not None else None,  # the applied Sidecar
+        ctx.ingress,
         vs_index.group_key(ctx.snapshot, ctx.proxy),  # VirtualService sourceLabels
     )

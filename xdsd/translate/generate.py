@@ -29,6 +29,7 @@ from xdsd.translate.context import ProxyContext, group_key, proxy_context
 from xdsd.translate.endpoints import generate_endpoints
 from xdsd.translate.listeners import generate_listeners
 from xdsd.translate.routes import generate_routes
+from xdsd.translate.sidecar_ingress import with_ingress_clusters, with_ingress_listeners
 
 Generator = Callable[[ProxyContext], list[tuple[str, Message]]]
 
@@ -39,9 +40,9 @@ def _no_secrets(ctx: ProxyContext) -> list[tuple[str, Message]]:
 
 GENERATORS: Mapping[str, Generator] = MappingProxyType(
     {
-        CLUSTER_TYPE: generate_clusters,
+        CLUSTER_TYPE: with_ingress_clusters(generate_clusters),  # + Sidecar ingress
         ENDPOINT_TYPE: generate_endpoints,
-        LISTENER_TYPE: generate_listeners,
+        LISTENER_TYPE: with_ingress_listeners(generate_listeners),
         ROUTE_TYPE: generate_routes,
         SECRET_TYPE: _no_secrets,
     }

@@ -6,11 +6,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from xdsd.model.fields import Issues
-from xdsd.model.istio import virtualservice
+from xdsd.model.istio import sidecar, virtualservice
 from xdsd.model.types import ObjectRef
 
 TypedParser = Callable[[Issues, Mapping[str, Any], str, ObjectRef], object | None]
 
 PARSERS: dict[str, TypedParser] = {
+    "Sidecar": sidecar.parse,
     "VirtualService": virtualservice.parse,
 }
