@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from multidict import CIMultiDict
 
 from tests.meshgen import istio_config, pod, service, write_docs
 from xdsd.app import AppSettings, XdsdApp
@@ -94,7 +95,7 @@ class Backend:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(
-            Seen(request.method, request.path_qs, request.host, dict(request.headers))
+            Seen(request.method, request.path_qs, request.host, CIMultiDict(request.headers))
         )
         if len(self.requests) <= self.fail_first:
             return web.Response(status=self.fail_status, text=f"{self.name} failing\n")
@@ -397,10 +398,12 @@ class Traffic:
                 s.get(url, **kwargs) as r,
             ):
                 body = await r.text()
-                return Reply(r.status, body.strip(), dict(r.headers), time.monotonic() - start)
+                return Reply(
+                    r.status, body.strip(), CIMultiDict(r.headers), time.monotonic() - start
+                )
         async with self.session.get(url, **kwargs) as r:
             body = await r.text()
-            return Reply(r.status, body.strip(), dict(r.headers), time.monotonic() - start)
+            return Reply(r.status, body.strip(), CIMultiDict(r.headers), time.monotonic() - start)
 
     async def get_many(
         self, n: int, port: int, host: str, path: str = "/", **kw: Any
