@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from tests.envoy_static import sample_mesh, sidecar
+from tests.envoy_static import envoy_binary, envoy_validate, sample_mesh, sidecar, static_bootstrap
 from xdsd.model.parse import parse_documents
-from xdsd.model.proxy import ProxyType
+from xdsd.model.proxy import InterceptionMode, ProxyType
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigObject
 from xdsd.translate import vs_http
 from xdsd.translate.context import group_key, proxy_context
-from xdsd.translate.generate import GENERATORS, ROUTE_TYPE
+from xdsd.translate.generate import GENERATORS, LISTENER_TYPE, ROUTE_TYPE, generate_all
 
 REVIEWS = "reviews.default.svc.cluster.local"
 RATINGS = "ratings.other.svc.cluster.local"
@@ -545,3 +548,197 @@ def test_gateway_virtual_hosts_bind_by_gateway_and_host() -> None:
         ctx, gateways=frozenset({"istio-system/other"}), server_hosts=("*/*",), port=80
     )
     assert none == []
+
+
+FULL_FEATURES = [
+    vs(
+        "reviews",
+        {
+            "hosts": ["reviews", "*.example.com", "bookinfo.com"],
+            "http": [
+                {
+                    "name": "all-matches",
+                    "match": [
+                        {
+                            "name": "m1",
+                            "uri": {"regex": "/api/v[0-9]+"},
+                            "headers": {"end-user": {"exact": "jason"}, "x-p": {"prefix": "a"}},
+                            "withoutHeaders": {"x-no": {"regex": "b.*"}, "x-absent": {}},
+                            "queryParams": {"q": {"exact": "1"}, "any": {"regex": "*"}},
+                            "method": {"exact": "GET"},
+                            "authority": {"prefix": "reviews"},
+                            "scheme": {"exact": "http"},
+                            "port": 9080,
+                            "ignoreUriCase": True,
+                            "statPrefix": "api",
+                        }
+                    ],
+                    "route": [
+                        {
+                            "destination": {"host": "reviews", "subset": "v1"},
+                            "weight": 60,
+                            "headers": {"request": {"set": {"x-w": "1", "host": "h1"}}},
+                        },
+                        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 40},
+                    ],
+                    "timeout": "3s",
+                    "retries": {
+                        "attempts": 3,
+                        "perTryTimeout": "1s",
+                        "retryOn": "5xx,gateway-error,503",
+                        "retryRemoteLocalities": True,
+                        "retryIgnorePreviousHosts": False,
+                        "backoff": "25ms",
+                    },
+                    "fault": {
+                        "delay": {"fixedDelay": "2s", "percentage": {"value": 0.5}},
+                        "abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 1}},
+                    },
+                    "mirrors": [
+                        {"destination": {"host": RATINGS}, "percentage": {"value": 5}},
+                        {"destination": {"host": RATINGS, "port": {"number": 8081}}},
+                    ],
+                    "corsPolicy": {
+                        "allowOrigins": [{"exact": "https://a"}, {"regex": "https://.*\\.b"}],
+                        "allowMethods": ["GET"],
+                        "allowHeaders": ["x-a"],
+                        "exposeHeaders": ["x-b"],
+                        "maxAge": "10s",
+                        "allowCredentials": True,
+                        "unmatchedPreflights": "IGNORE",
+                    },
+                    "headers": {
+                        "request": {"set": {"x-a": "1"}, "add": {"x-b": "2"}, "remove": ["x-c"]},
+                        "response": {"set": {"x-d": "3"}, "add": {"x-e": "4"}, "remove": ["x-f"]},
+                    },
+                    "rewrite": {"uriRegexRewrite": {"match": "^/api/(.*)", "rewrite": "/\\1"}},
+                },
+                {
+                    "match": [{"uri": {"prefix": "/p"}}],
+                    "route": [{"destination": {"host": "reviews"}}],
+                    "rewrite": {"uri": "/q", "authority": "x"},
+                    "mirror": {"host": RATINGS},
+                    "mirrorPercentage": {"value": 50},
+                    "fault": {"delay": {"fixedDelay": "1s"}, "abort": {"httpStatus": 503}},
+                },
+                {
+                    "match": [{"uri": {"exact": "/r"}}],
+                    "redirect": {
+                        "uri": "/s",
+                        "authority": "t",
+                        "port": 8080,
+                        "scheme": "https",
+                        "redirectCode": 308,
+                    },
+                },
+                {
+                    "match": [{"uri": {"prefix": "/pr"}}],
+                    "redirect": {"prefixRewrite": "/x", "derivePort": "FROM_REQUEST_PORT"},
+                },
+                {
+                    "match": [{"uri": {"exact": "/d"}}],
+                    "directResponse": {"status": 404, "body": {"string": "no"}},
+                },
+                {"route": [{"destination": {"host": "reviews"}}], "retries": {"attempts": 0}},
+            ],
+        },
+    ),
+]
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary")
+@pytest.mark.parametrize("mode", [InterceptionMode.REDIRECT, InterceptionMode.NONE])
+def test_envoy_accepts_every_feature(mode: InterceptionMode, tmp_path: Path) -> None:
+    snap = with_configs(sample_mesh(), FULL_FEATURES)
+    proxy = sidecar(mode=mode)
+    resources = generate_all(snap, proxy)
+    rc = dict(resources[ROUTE_TYPE])["9080"]
+    assert len(vhost(rc, f"{REVIEWS}:9080").routes) == 6  # type: ignore[arg-type]
+    result = envoy_validate(static_bootstrap(resources, proxy.node_id), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+TCP_TLS = [
+    vs(
+        "mysql",
+        {
+            "hosts": ["mysql"],
+            "tcp": [
+                {
+                    "match": [{"port": 3306, "destinationSubnets": ["10.20.0.0/16"]}],
+                    "route": [{"destination": {"host": "mysql", "subset": "replica"}}],
+                },
+                {
+                    "match": [{"port": 3306}],
+                    "route": [
+                        {"destination": {"host": "mysql", "subset": "v1"}, "weight": 70},
+                        {"destination": {"host": "mysql", "subset": "v2"}, "weight": 30},
+                    ],
+                },
+            ],
+        },
+    ),
+    vs(
+        "api-tls",
+        {
+            "hosts": ["api.example.com"],
+            "tls": [
+                {
+                    "match": [{"sniHosts": ["api.example.com"], "port": 443}],
+                    "route": [
+                        {"destination": {"host": "rr.example.com", "port": {"number": 8443}}}
+                    ],
+                }
+            ],
+        },
+    ),
+]
+
+
+def _tcp_proxy(chain: Any) -> tcp_proxy_pb2.TcpProxy:
+    tp = tcp_proxy_pb2.TcpProxy()
+    chain.filters[0].typed_config.Unpack(tp)
+    return tp
+
+
+def test_tcp_routes_weighted_and_destination_subnets() -> None:
+    snap = with_configs(sample_mesh(), TCP_TLS)
+    ls = dict(GENERATORS[LISTENER_TYPE](proxy_context(snap, sidecar())))["10.96.0.13_3306"]
+    by_match = {
+        tuple(r.address_prefix for r in ch.filter_chain_match.prefix_ranges): _tcp_proxy(ch)
+        for ch in ls.filter_chains  # type: ignore[attr-defined]
+    }
+    weighted = by_match[()]
+    assert weighted.stat_prefix == "mysql.default"
+    assert [(w.name, w.weight) for w in weighted.weighted_clusters.clusters] == [
+        ("outbound|3306|v1|mysql.default.svc.cluster.local", 70),
+        ("outbound|3306|v2|mysql.default.svc.cluster.local", 30),
+    ]
+    assert (
+        by_match[("10.20.0.0",)].cluster == "outbound|3306|replica|mysql.default.svc.cluster.local"
+    )
+
+
+def test_tls_routes_match_sni() -> None:
+    snap = with_configs(sample_mesh(), TCP_TLS)
+    ls = dict(GENERATORS[LISTENER_TYPE](proxy_context(snap, sidecar())))["0.0.0.0_443"]
+    chains = [
+        (list(ch.filter_chain_match.server_names), _tcp_proxy(ch).cluster)
+        for ch in ls.filter_chains  # type: ignore[attr-defined]
+    ]
+    assert chains == [(["api.example.com"], "outbound|8443||rr.example.com")]
+    assert "envoy.filters.listener.tls_inspector" in [
+        f.name
+        for f in ls.listener_filters  # type: ignore[attr-defined]
+    ]
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(envoy_binary() is None, reason="no envoy binary")
+@pytest.mark.parametrize("mode", [InterceptionMode.REDIRECT, InterceptionMode.NONE])
+def test_envoy_accepts_tcp_and_tls_routes(mode: InterceptionMode, tmp_path: Path) -> None:
+    snap = with_configs(sample_mesh(), [*TCP_TLS, *FULL_FEATURES])
+    proxy = sidecar(mode=mode)
+    result = envoy_validate(static_bootstrap(generate_all(snap, proxy), proxy.node_id), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from xdsd.model.proxy import InterceptionMode
 from xdsd.model.types import Protocol
 from xdsd.translate import _common as c
+from xdsd.translate import vs_tcp
 from xdsd.translate.context import ListenerPlan, OutboundPolicy, ProxyContext
 from xdsd.translate.routes import inbound_route_configuration
 
@@ -140,12 +141,31 @@ def outbound_listener(ctx: ProxyContext, plan: ListenerPlan) -> listener_pb2.Lis
             ls.filter_chains.append(http_chain)
         return ls
     for server_name, cluster in plan.sni:
+        routed = vs_tcp.tls_chains(ctx, cluster)  # VirtualService tls routes replace it
+        if routed:
+            ls.filter_chains.extend(routed)
+            continue
         ls.filter_chains.append(
             FilterChain(
                 filter_chain_match=FilterChainMatch(server_names=[server_name]),
                 filters=[_tcp_proxy(cluster)],
             )
         )
+    if tcp_chain is not None and plan.tcp_cluster:
+        # VirtualService tcp routes (or tls routes of a TLS service on its own VIP).
+        routed = vs_tcp.tls_chains(ctx, plan.tcp_cluster)
+        if routed:
+            ls.filter_chains.extend(routed)
+            tcp_chain = None
+            if not plan.sni:
+                ls.listener_filters.append(
+                    _listener_filter(TLS_INSPECTOR_FILTER, tls_inspector_pb2.TlsInspector())
+                )
+        else:
+            replacement, subnets = vs_tcp.tcp_chains(ctx, plan.tcp_cluster)
+            if replacement is not None:
+                tcp_chain = FilterChain(filters=[replacement])
+            ls.filter_chains.extend(subnets)
     if tcp_chain is not None:
         if plan.sni:
             ls.default_filter_chain.CopyFrom(tcp_chain)
