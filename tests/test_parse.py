@@ -640,20 +640,24 @@ def test_workload_entry() -> None:
     ],
 )
 def test_istio_config_kinds(api: str, kind: str) -> None:
+    name = "cfg-v1" if kind == "Gateway" else "cfg.v1"  # istiod: Gateway names are DNS labels
     doc = {
         "apiVersion": api,
         "kind": kind,
-        "metadata": {"name": "cfg.v1", "namespace": "shop", "generation": 4},
+        "metadata": {"name": name, "namespace": "shop", "generation": 4},
         "spec": {"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}}]}]},
     }
     if kind == "Sidecar":
         doc["spec"] = {"egress": [{"hosts": ["./*"]}], **doc["spec"]}  # extra: warnings
+    if kind == "Gateway":
+        server = {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}
+        doc["spec"] = {"servers": [server], **doc["spec"]}  # extra: warnings
     c = one(parse_document(doc, "x#0"))
     assert isinstance(c, ConfigObject)
     assert (c.kind, c.namespace, c.name, c.group, c.version, c.generation) == (
         kind,
         "shop",
-        "cfg.v1",
+        name,
         api.split("/")[0],
         api.split("/")[1],
         4,

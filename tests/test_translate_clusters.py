@@ -202,10 +202,15 @@ def test_eds_cluster_names_match_eds_clusters() -> None:
     assert eds_cluster_names(ctx) == sorted(eds)
 
 
-def test_router_proxies_get_nothing_yet() -> None:
+def test_router_proxies_get_outbound_clusters_and_blackhole_only() -> None:
+    # istiod buildClusters (gateways): no PassthroughCluster, no inbound clusters.
     ctx = proxy_context(sample_mesh(), sidecar(ptype=ProxyType.ROUTER))
-    assert GENERATORS[CLUSTER_TYPE](ctx) == []
-    assert eds_cluster_names(ctx) == []
+    names = [n for n, _ in GENERATORS[CLUSTER_TYPE](ctx)]
+    assert names == sorted([oc.name for oc in ctx.clusters] + ["BlackHoleCluster"])
+    assert "PassthroughCluster" not in names and "InboundPassthroughCluster" not in names
+    assert eds_cluster_names(ctx) == sorted(
+        oc.name for oc in ctx.clusters if oc.name in set(names) and oc.kind.value == "EDS"
+    )
 
 
 def test_grpc_web_counts_as_http2_as_in_istio() -> None:

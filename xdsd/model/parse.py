@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from xdsd.model import fields as f
+from xdsd.model.credentials import pem_problems
 from xdsd.model.fields import Issues
 from xdsd.model.istio.registry import PARSERS
 from xdsd.model.objects import (
@@ -857,6 +858,9 @@ def _secret(
         data[key] = base64.b64encode(value.encode()).decode("ascii")
     secret_type = f.get_str(iss, doc, "type", base) or "Opaque"
     spec = MappingProxyType({"type": secret_type, "data": SecretData(data)})
+    # Gateway credentials: certificate/key entries must be PEM (SDS skips the Secret otherwise).
+    for key, problem in pem_problems(SecretData(data)):
+        iss.warn(f.join(f.join(base, "data"), key), f"{problem}: not served over SDS")
     return _config(ref, meta, "", "v1", spec)
 
 

@@ -192,9 +192,13 @@ def inbound_passthrough_cluster(ctx: ProxyContext) -> cluster_pb2.Cluster:
 
 
 def generate_clusters(ctx: ProxyContext) -> list[tuple[str, Message]]:
-    if not ctx.is_sidecar:
-        return []  # gateways: a later issue
     out: dict[str, Message] = {}
+    if not ctx.is_sidecar:
+        # Gateways: outbound clusters and BlackHoleCluster only (istiod buildClusters).
+        for oc in ctx.clusters:
+            out[oc.name] = outbound_cluster(ctx, oc)
+        out[c.BLACKHOLE_CLUSTER] = blackhole_cluster()
+        return sorted(out.items())
     for oc in ctx.clusters:
         out[oc.name] = outbound_cluster(ctx, oc)
     out[c.BLACKHOLE_CLUSTER] = blackhole_cluster()
@@ -210,6 +214,4 @@ def generate_clusters(ctx: ProxyContext) -> list[tuple[str, Message]]:
 
 
 def eds_cluster_names(ctx: ProxyContext) -> list[str]:
-    if not ctx.is_sidecar:
-        return []
     return sorted(oc.name for oc in ctx.clusters if oc.kind is ClusterKind.EDS)

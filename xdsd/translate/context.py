@@ -18,6 +18,8 @@ from xdsd.model.types import Endpoint, Protocol, Resolution, Service, ServicePor
 from xdsd.translate import _common as c
 from xdsd.translate import sidecar_scope as scoping
 from xdsd.translate import vs_index
+from xdsd.translate.gateway_plan import MergedGateway, merge_gateways
+from xdsd.translate.gateway_plan import port_map as gateway_port_map
 from xdsd.translate.sidecar_scope import IngressPlan, SidecarScope
 
 
@@ -100,6 +102,8 @@ class ProxyContext:
     # The Sidecar scope (sidecars only; None for gateways) and its ingress listeners.
     sidecar: SidecarScope | None = None
     ingress: tuple[IngressPlan, ...] = ()
+    # Router proxies: the Gateways selecting it, merged (xdsd.translate.gateway_plan).
+    gateway: MergedGateway | None = None
 
     @property
     def is_sidecar(self) -> bool:
@@ -515,6 +519,11 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
     else:
         listeners, routes = (), ()
     conflicts.extend(vs_index.index(snapshot).problems)  # VirtualService delegates, hosts
+    gateway = None
+    if not is_sidecar:
+        wildcard = c.WILDCARD_V6 if ip_family == "v6" else c.WILDCARD_V4
+        gateway = merge_gateways(snapshot, proxy, wildcard, gateway_port_map(snapshot, proxy))
+        conflicts.extend(gateway.problems)
     return ProxyContext(
         snapshot=snapshot,
         proxy=proxy,
@@ -534,6 +543,7 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
         conflicts=tuple(conflicts),
         sidecar=scope,
         ingress=ingress,
+        gateway=gateway,
     )
 
 
@@ -553,4 +563,5 @@ def group_key(ctx: ProxyContext) -> Hashable:
         ctx.sidecar.key if ctx.sidecar is not None else None,  # the applied Sidecar
         ctx.ingress,
         vs_index.group_key(ctx.snapshot, ctx.proxy),  # VirtualService sourceLabels
+        ctx.gateway,  # router proxies: selected Gateways, merged (labels, resolved ports)
     )

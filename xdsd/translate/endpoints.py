@@ -78,8 +78,6 @@ def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.Cl
 
 
 def generate_endpoints(ctx: ProxyContext) -> list[tuple[str, Message]]:
-    if not ctx.is_sidecar:
-        return []
     out: list[tuple[str, Message]] = []
     for oc in ctx.clusters:
         if oc.kind is not ClusterKind.EDS:

@@ -27,6 +27,12 @@ from xdsd.translate._common import (
 from xdsd.translate.clusters import eds_cluster_names, generate_clusters
 from xdsd.translate.context import ProxyContext, group_key, proxy_context
 from xdsd.translate.endpoints import generate_endpoints
+from xdsd.translate.gateway import (
+    for_routers,
+    generate_gateway_listeners,
+    generate_gateway_routes,
+    generate_secrets,
+)
 from xdsd.translate.listeners import generate_listeners
 from xdsd.translate.routes import generate_routes
 from xdsd.translate.sidecar_ingress import with_ingress_clusters, with_ingress_listeners
@@ -34,17 +40,15 @@ from xdsd.translate.sidecar_ingress import with_ingress_clusters, with_ingress_l
 Generator = Callable[[ProxyContext], list[tuple[str, Message]]]
 
 
-def _no_secrets(ctx: ProxyContext) -> list[tuple[str, Message]]:
-    return []  # SDS: a later issue (workload certs come from the local agent)
-
-
 GENERATORS: Mapping[str, Generator] = MappingProxyType(
     {
         CLUSTER_TYPE: with_ingress_clusters(generate_clusters),  # + Sidecar ingress
         ENDPOINT_TYPE: generate_endpoints,
-        LISTENER_TYPE: with_ingress_listeners(generate_listeners),
-        ROUTE_TYPE: generate_routes,
-        SECRET_TYPE: _no_secrets,
+        LISTENER_TYPE: for_routers(
+            with_ingress_listeners(generate_listeners), generate_gateway_listeners
+        ),
+        ROUTE_TYPE: for_routers(generate_routes, generate_gateway_routes),
+        SECRET_TYPE: generate_secrets,  # gateway credentialName secrets (sidecars: none)
     }
 )
 
