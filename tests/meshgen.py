@@ -107,17 +107,20 @@ def istio_config(
     }
 
 
-def tls_secret(name: str, ns: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
-    """A kubernetes.io/tls Secret (what a Gateway's credentialName names)."""
+def tls_secret(
+    name: str, ns: str, cert_pem: bytes, key_pem: bytes, ca_pem: bytes | None = None
+) -> dict[str, Any]:
+    """A kubernetes.io/tls Secret (what a Gateway's credentialName names); `ca_pem`
+    adds ca.crt, the client CA of a MUTUAL server."""
     import base64
 
+    data = {"tls.crt": cert_pem, "tls.key": key_pem}
+    if ca_pem is not None:
+        data["ca.crt"] = ca_pem
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": ns},
         "type": "kubernetes.io/tls",
-        "data": {
-            "tls.crt": base64.b64encode(cert_pem).decode(),
-            "tls.key": base64.b64encode(key_pem).decode(),
-        },
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
     }

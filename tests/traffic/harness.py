@@ -23,6 +23,7 @@ import math
 import re
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -133,34 +134,57 @@ class Reply:
 @dataclass(frozen=True)
 class TlsMaterial:
     ca_pem: bytes
-    cert_pem: bytes  # leaf, signed by the CA
+    cert_pem: bytes  # server certificate, signed by the CA
     key_pem: bytes
+    client_cert_pem: bytes  # client certificate (for mutual TLS), signed by the CA
+    client_key_pem: bytes
 
-    def client_context(self) -> ssl.SSLContext:
+    def client_context(self, *, present_cert: bool = False) -> ssl.SSLContext:
+        """Trusts only this CA; `present_cert`: offers the client certificate."""
         ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
+        if present_cert:
+            with tempfile.TemporaryDirectory() as d:
+                cert, key = Path(d) / "c.pem", Path(d) / "k.pem"
+                cert.write_bytes(self.client_cert_pem)
+                key.write_bytes(self.client_key_pem)
+                ctx.load_cert_chain(cert, key)
         return ctx
 
 
 def make_tls(hosts: Sequence[str]) -> TlsMaterial:
-    """A throwaway CA and a server certificate for `hosts` (SAN DNS names)."""
+    """A throwaway CA, a server certificate for `hosts` (SAN DNS names) and a client
+    certificate, all ECDSA P-256."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = datetime.datetime.now(datetime.UTC)
+
+    def builder(subject: str, issuer: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "xdsd traffic test CA")])
     ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        builder("xdsd traffic test CA", ca_name, ca_key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -178,31 +202,28 @@ def make_tls(hosts: Sequence[str]) -> TlsMaterial:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        builder(hosts[0], ca_name, server_key.public_key())
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False
         )
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = (
+        builder("client.example.com", ca_name, client_key.public_key())
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
     return TlsMaterial(
-        ca_pem=ca.public_bytes(serialization.Encoding.PEM),
-        cert_pem=leaf.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+        ca_pem=ca.public_bytes(pem),
+        cert_pem=server.public_bytes(pem),
+        key_pem=pem_key(server_key),
+        client_cert_pem=client.public_bytes(pem),
+        client_key_pem=pem_key(client_key),
     )
 
 
@@ -295,6 +316,28 @@ class Traffic:
         self.backends[name] = b
         return b
 
+    async def tcp_backend(self, name: str, port: int, ip: str = "") -> Backend:
+        """A TCP server answering each connection's first read with `NAME: DATA`."""
+        b = Backend(name, ip or self.ip(), port)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                data = await reader.read(65536)
+                b.requests.append(Seen("TCP", "", "", CIMultiDict()))
+                writer.write(f"{name}: ".encode() + data)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, b.ip, b.port, reuse_address=True)
+
+        async def stop() -> None:
+            server.close()
+            await server.wait_closed()
+
+        self._stack.push_async_callback(stop)
+        self.backends[name] = b
+        return b
+
     async def workloads(
         self,
         app: str,
@@ -306,11 +349,15 @@ class Traffic:
         **knobs: Any,
     ) -> dict[str, Backend]:
         """A Kubernetes Service `app` (selector app=APP) on `port`, one Pod and one
-        backend per version (labels app, version); backends are named APP-VERSION."""
+        backend per version (labels app, version); backends are named APP-VERSION.
+        A port name starting with "tcp" gets TCP echo backends."""
         out: dict[str, Backend] = {}
         pods = []
         for v in versions:
-            b = await self.backend(f"{app}-{v}", port, **knobs)
+            if port_name.startswith("tcp"):
+                b = await self.tcp_backend(f"{app}-{v}", port)
+            else:
+                b = await self.backend(f"{app}-{v}", port, **knobs)
             out[v] = b
             pods.append(pod(f"{app}-{v}", ns, b.ip, {"app": app, "version": v}))
         self.write(
@@ -405,6 +452,16 @@ class Traffic:
             body = await r.text()
             return Reply(r.status, body.strip(), CIMultiDict(r.headers), time.monotonic() - start)
 
+    async def tcp(self, port: int, payload: bytes = b"ping") -> str:
+        """One TCP connection to 127.0.0.1:`port`: send, read the answer, close."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(payload)
+            await writer.drain()
+            return (await asyncio.wait_for(reader.read(65536), 5)).decode()
+        finally:
+            writer.close()
+
     async def get_many(
         self, n: int, port: int, host: str, path: str = "/", **kw: Any
     ) -> list[Reply]:
@@ -498,12 +555,16 @@ class Traffic:
         ]
         return json.dumps([clusters, active, active_routes])
 
-    async def cluster_stats(self, envoy: EnvoyProcess, cluster_substring: str) -> dict[str, int]:
-        """Counters of every cluster whose name contains `cluster_substring`, summed by
-        stat suffix (e.g. 'upstream_rq_retry')."""
-        stats = await envoy.stats("upstream_|circuit_breakers")
+    async def cluster_stats(
+        self, envoy: EnvoyProcess, cluster_substring: str, only: str = "upstream_"
+    ) -> dict[str, int]:
+        """Counters and gauges (names matching regex `only`) of every cluster whose name
+        contains `cluster_substring`, summed by last name part (e.g. 'upstream_rq_retry')."""
+        stats = await envoy.stats(only)
         out: dict[str, int] = {}
         for name, value in stats.items():
+            if not name.startswith("cluster."):
+                continue
             cluster_and_stat = name[len("cluster.") :]
             cluster, _, stat = cluster_and_stat.rpartition(".")
             if cluster_substring in cluster:
