@@ -538,10 +538,8 @@ def test_gateway_virtual_hosts_bind_by_gateway_and_host() -> None:
         ("bookinfo.example.com:80", ["bookinfo.example.com"]),
     ]
     routes = got[1].routes  # type: ignore[attr-defined]
-    # A destination service with one port: that port (GetDestinationCluster).
-    assert routes[0].route.cluster == f"outbound|9080||{REVIEWS}" or routes[
-        0
-    ].route.cluster.startswith("outbound|")
+    # reviews has several ports and no port is given: the server port (GetDestinationCluster).
+    assert routes[0].route.cluster == f"outbound|80||{REVIEWS}"
     assert routes[1].route.cluster.endswith(RATINGS)
     assert got[0].routes[0].match.prefix == "/reviews"  # type: ignore[attr-defined]
     none = vs_http.gateway_virtual_hosts(
@@ -742,3 +740,29 @@ def test_envoy_accepts_tcp_and_tls_routes(mode: InterceptionMode, tmp_path: Path
     proxy = sidecar(mode=mode)
     result = envoy_validate(static_bootstrap(generate_all(snap, proxy), proxy.node_id), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_destination_port_defaults_as_istiod() -> None:
+    """Sidecars: the listener port; gateways: the only port of a single-port service."""
+    mysql = "mysql.default.svc.cluster.local"  # one port, 3306
+    docs = [
+        vs(
+            "x",
+            {
+                "hosts": ["reviews", "db.example.com"],
+                "gateways": ["mesh", "istio-system/gw"],
+                "http": [{"route": [{"destination": {"host": mysql}}]}],
+            },
+        )
+    ]
+    snap = with_configs(sample_mesh(), docs)
+    (r,) = vhost(rds(snap)["9080"], f"{REVIEWS}:9080").routes
+    assert r.route.cluster == f"outbound|9080||{mysql}"
+    gw = dataclasses.replace(sidecar(ns="istio-system", pod="gw"), type=ProxyType.ROUTER)
+    (vh,) = vs_http.gateway_virtual_hosts(
+        proxy_context(snap, gw),
+        gateways=frozenset({"istio-system/gw"}),
+        server_hosts=("*/db.example.com",),
+        port=80,
+    )
+    assert vh.routes[0].route.cluster == f"outbound|3306||{mysql}"  # type: ignore[attr-defined]

@@ -83,6 +83,9 @@ class _Lookup:
 
     ctx: ProxyContext
     by_host: dict[str, Service]
+    # Sidecars: istiod looks destinations up among the services of the listener port
+    # only (reduced to that port), so a destination without a port gets the listener port.
+    sidecar: bool = False
 
     def service(self, host: str) -> Service | None:
         return self.by_host.get(host)
@@ -91,7 +94,7 @@ class _Lookup:
         svc = self.service(dest.host)
         if dest.port is not None:
             port = dest.port
-        elif svc is not None and len(svc.ports) == 1:
+        elif svc is not None and len(svc.ports) == 1 and not self.sidecar:
             port = svc.ports[0].port
         else:
             port = listen_port
@@ -357,7 +360,7 @@ def _hash_for(lk: _Lookup, dest: Destination, listen_port: int) -> list[Message]
     svc = lk.service(dest.host)
     if svc is None:
         return []
-    port = dest.port or (svc.ports[0].port if len(svc.ports) == 1 else listen_port)
+    port = int(lk.cluster(dest, listen_port).split("|")[1])
     return route_hash_policy(lk.ctx, svc, port, dest.subset)
 
 
@@ -647,7 +650,7 @@ def sidecar_virtual_hosts(
         registry.setdefault(svc.hostname.lower(), svc)
     # Destinations anywhere in the mesh (visible to the proxy) resolve ports.
     visible = {s.hostname: s for s in reversed(ctx.services)}
-    lk = _Lookup(ctx, visible)
+    lk = _Lookup(ctx, visible, sidecar=True)
     wildcard_owner = _most_specific_wildcard(vses, registry)
     names: set[str] = set()
     taken: set[str] = set()
