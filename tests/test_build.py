@@ -298,7 +298,7 @@ def test_services_sorted_configs_grouped_errors_carried() -> None:
         "spec": {"hosts": ["x"], "http": [{"route": [{"destination": {"host": "x"}}]}]},
     }
     vs2 = {**vs, "metadata": {"name": "a", "namespace": "shop"}}
-    dr = {**vs, "kind": "DestinationRule"}
+    dr = {**vs, "kind": "DestinationRule", "spec": {"host": "zeta.a.svc.cluster.local"}}
     s = snap(
         [service("zeta", "a", [("http", 80)]), service("alpha", "b", [("http", 80)]), vs, vs2, dr],
         [[1, 2]],

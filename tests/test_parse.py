@@ -647,6 +647,8 @@ def test_istio_config_kinds(api: str, kind: str) -> None:
         "metadata": {"name": name, "namespace": "shop", "generation": 4},
         "spec": {"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}}]}]},
     }
+    if kind == "DestinationRule":
+        doc["spec"] = {"host": "a", **doc["spec"]}  # extra fields: warnings only
     if kind == "Sidecar":
         doc["spec"] = {"egress": [{"hosts": ["./*"]}], **doc["spec"]}  # extra: warnings
     if kind == "Gateway":

@@ -13,6 +13,7 @@ from xdsd.model.proxy import InterceptionMode
 from xdsd.model.types import Protocol
 from xdsd.translate import _common as c
 from xdsd.translate.context import ClusterKind, InboundPort, OutboundCluster, ProxyContext
+from xdsd.translate.destination_rule import apply_cluster_policy
 
 Cluster = cluster_pb2.Cluster
 HttpProtocolOptions = http_protocol_options_pb2.HttpProtocolOptions
@@ -117,6 +118,7 @@ def outbound_cluster(ctx: ProxyContext, oc: OutboundCluster) -> cluster_pb2.Clus
             )
         )
     _protocol_options(cl, oc.port.protocol)
+    apply_cluster_policy(ctx, oc, cl)  # DestinationRule traffic policy, if any
     return cl
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from xdsd.model.proxy import InterceptionMode, Proxy, ProxyType
 from xdsd.model.snapshot import MeshSnapshot
@@ -45,6 +46,10 @@ class OutboundCluster:
     kind: ClusterKind
     # DNS clusters: (host, port) pairs to resolve, sorted.
     dns_targets: tuple[tuple[str, int], ...] = ()
+    # DestinationRule subset ("" for the service's default cluster) and the rule that
+    # applies to the host for this proxy (xdsd.translate.dr_lookup.AppliedRule).
+    subset: str = ""
+    rule: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ class ProxyContext:
     routes: tuple[RoutePlan, ...]
     # Things left out (name clashes, port conflicts), for status/debug output.
     conflicts: tuple[str, ...]
+    # What DestinationRule output depends on beyond the namespace (selector matches,
+    # locality, failoverPriority labels): part of group_key.
+    dr_key: tuple[object, ...] = ()
     # The Sidecar scope (sidecars only; None for gateways) and its ingress listeners.
     sidecar: SidecarScope | None = None
     ingress: tuple[IngressPlan, ...] = ()
@@ -513,6 +521,9 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
             if not i.bind_to_port
         )
     clusters = _outbound_clusters(snapshot, services, proxy.type, conflicts)
+    from xdsd.translate.destination_rule import plan_clusters  # it imports this module
+
+    clusters, dr_key = plan_clusters(snapshot, proxy, workloads, clusters, conflicts)
     if is_sidecar:
         assert scope is not None
         listeners, routes = _egress_listeners(scope, proxy.interception_mode, ip_family, conflicts)
@@ -541,6 +552,7 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
         listeners=listeners,
         routes=routes,
         conflicts=tuple(conflicts),
+        dr_key=dr_key,
         sidecar=scope,
         ingress=ingress,
         gateway=gateway,
@@ -560,6 +572,7 @@ def group_key(ctx: ProxyContext) -> Hashable:
         ctx.ip_family,
         ctx.outbound_policy.value,
         ctx.inbound,
+        ctx.dr_key,
         ctx.sidecar.key if ctx.sidecar is not None else None,  # the applied Sidecar
         ctx.ingress,
         vs_index.group_key(ctx.snapshot, ctx.proxy),  # VirtualService sourceLabels

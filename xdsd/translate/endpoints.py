@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from xdsd.model.types import Endpoint, Locality
 from xdsd.translate import _common as c
 from xdsd.translate.context import ClusterKind, ProxyContext
+from xdsd.translate.destination_rule import apply_endpoint_policy, subset_endpoints
 
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 
@@ -82,6 +83,9 @@ def generate_endpoints(ctx: ProxyContext) -> list[tuple[str, Message]]:
     for oc in ctx.clusters:
         if oc.kind is not ClusterKind.EDS:
             continue
-        eps = ctx.snapshot.endpoints_for(oc.service, oc.port.port)
-        out.append((oc.name, load_assignment(oc.name, eps)))
+        # DestinationRule subsets filter by labels; locality policies set weights/priorities.
+        eps = subset_endpoints(oc, ctx.snapshot.endpoints_for(oc.service, oc.port.port))
+        cla = load_assignment(oc.name, eps)
+        apply_endpoint_policy(ctx, oc, cla, eps)
+        out.append((oc.name, cla))
     return sorted(out, key=lambda item: item[0])

@@ -15,6 +15,7 @@ from xdsd.model.types import Protocol, Service, ServicePort
 from xdsd.translate import _common as c
 from xdsd.translate import vs_http
 from xdsd.translate.context import OutboundPolicy, ProxyContext, RoutePlan
+from xdsd.translate.destination_rule import route_hash_policy
 
 RouteConfiguration = route_pb2.RouteConfiguration
 VirtualHost = route_components_pb2.VirtualHost
@@ -137,15 +138,12 @@ def catch_all_virtual_host(policy: OutboundPolicy) -> route_components_pb2.Virtu
 def _service_vhost(
     ctx: ProxyContext, service: Service, port: ServicePort, domains: list[str]
 ) -> route_components_pb2.VirtualHost:
-    return VirtualHost(
-        name=f"{service.hostname}:{port.port}",
-        domains=domains,
-        routes=[
-            default_route(
-                c.outbound_cluster_name(port.port, service.hostname), service.hostname, port.port
-            )
-        ],
+    route = default_route(
+        c.outbound_cluster_name(port.port, service.hostname), service.hostname, port.port
     )
+    # istiod buildSidecarVirtualHostForService: the DestinationRule's consistentHash.
+    route.route.hash_policy.extend(route_hash_policy(ctx, service, port.port))
+    return VirtualHost(name=f"{service.hostname}:{port.port}", domains=domains, routes=[route])
 
 
 def route_configuration(ctx: ProxyContext, plan: RoutePlan) -> route_pb2.RouteConfiguration:

@@ -6,12 +6,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from xdsd.model.fields import Issues
-from xdsd.model.istio import gateway, sidecar, virtualservice
+from xdsd.model.istio import destinationrule, gateway, sidecar, virtualservice
 from xdsd.model.types import ObjectRef
 
 TypedParser = Callable[[Issues, Mapping[str, Any], str, ObjectRef], object | None]
 
 PARSERS: dict[str, TypedParser] = {
+    "DestinationRule": destinationrule.parse,
     "Gateway": gateway.parse,
     "Sidecar": sidecar.parse,
     "VirtualService": virtualservice.parse,
