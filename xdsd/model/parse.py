@@ -729,6 +729,11 @@ def _service_entry(
         name = f.get_str(iss, p, "name", where) or ""
         if name and name in names:
             iss.error(f.join(where, "name"), f"duplicate port name {name!r}")
+        elif name and not f.is_dns1123_label(name):
+            iss.error(f.join(where, "name"), f"invalid port name: {name}")
+        elif not name:
+            # istiod rejects unnamed ServiceEntry ports; we accept them to stay lenient.
+            iss.warn(f.join(where, "name"), "is required by istiod (invalid port name)")
         names.add(name)
         if number is not None and number in numbers:
             iss.error(f.join(where, "number"), f"duplicate port number {number}")
@@ -761,6 +766,36 @@ def _service_entry(
         endpoints.append(w)
     ws = f.get_map(iss, spec, "workloadSelector", sp)
     selector = f.get_str_map(iss, ws, "labels", f.join(sp, "workloadSelector")) if ws else {}
+    # istiod ValidateServiceEntry: resolution-specific rules.
+    if resolution is Resolution.NONE and endpoints:
+        iss.error(ep_path, "no endpoints should be provided for resolution type NONE")
+    if resolution is Resolution.NONE and ws is not None:
+        iss.warn(f.join(sp, "workloadSelector"), "should not be set when resolution mode is NONE")
+    if resolution not in (Resolution.NONE, Resolution.STATIC):
+        for i, a in enumerate(addresses):
+            if "/" in a:
+                iss.error(
+                    f"{f.join(sp, 'addresses')}[{i}]",
+                    "CIDR addresses are allowed only for NONE/STATIC resolution types",
+                )
+    multi_host_l4 = any(
+        not (p.protocol.is_http or p.protocol in (Protocol.HTTPS, Protocol.TLS)) for p in ports
+    )
+    if resolution is not Resolution.NONE and len(hosts) > 1 and multi_host_l4:
+        iss.error(f.join(sp, "hosts"), "multiple hosts provided with non-HTTP, non-TLS ports")
+    for i, w in enumerate(endpoints):
+        where = f"{ep_path}[{i}]"
+        for port_name in w.port_overrides:
+            if port_name not in names:
+                iss.error(
+                    f.join(f.join(where, "ports"), port_name),
+                    "endpoint port is not defined by the service entry",
+                )
+        if w.address.startswith("unix://") and (w.port_overrides or len(ports) != 1):
+            iss.error(
+                f.join(where, "address"),
+                "a unix endpoint must not include ports and needs exactly 1 service port",
+            )
     if ws is not None and endpoints:
         iss.error(f.join(sp, "workloadSelector"), "cannot be used together with endpoints")
     if resolution in (Resolution.DNS, Resolution.DNS_ROUND_ROBIN) and not endpoints and not ws:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
@@ -47,9 +47,16 @@ def _metadata(ep: Endpoint) -> base_pb2.Metadata | None:
     return md
 
 
+def _address(ep: Endpoint) -> address_pb2.Address:
+    """ServiceEntry endpoints may be unix domain sockets (`unix:///path`): a pipe address."""
+    if ep.address.startswith("unix://"):
+        return address_pb2.Address(pipe=address_pb2.Pipe(path=ep.address[len("unix://") :]))
+    return c.socket_address(ep.address, ep.port)
+
+
 def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
     lb = endpoint_components_pb2.LbEndpoint(
-        endpoint=endpoint_components_pb2.Endpoint(address=c.socket_address(ep.address, ep.port)),
+        endpoint=endpoint_components_pb2.Endpoint(address=_address(ep)),
         health_status=health_check_pb2.HEALTHY if ep.healthy else health_check_pb2.UNHEALTHY,
         load_balancing_weight=c.uint32(max(1, ep.weight)),
     )
