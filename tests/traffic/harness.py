@@ -89,6 +89,7 @@ class Backend:
     requests: list[Seen] = field(default_factory=list)
     inflight: int = 0
     max_inflight: int = 0
+    sni: list[str] = field(default_factory=list)  # TLS backends: server names asked for
 
     @property
     def count(self) -> int:
@@ -305,14 +306,32 @@ class Traffic:
         """Write one Istio object to file `name` (replacing what was there)."""
         self.write(name, [istio_config(kind, obj, ns, spec)])
 
-    async def backend(self, name: str, port: int, ip: str = "", **knobs: Any) -> Backend:
+    async def backend(
+        self, name: str, port: int, ip: str = "", tls: TlsMaterial | None = None, **knobs: Any
+    ) -> Backend:
+        """An HTTP backend; with `tls`, HTTPS with the server certificate (the SNI
+        names clients asked for are recorded in `Backend.sni`)."""
         b = Backend(name, ip or self.ip(), port, **knobs)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", b.handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, b.ip, b.port, reuse_address=True).start()
+        server_ctx = None
+        if tls is not None:
+            server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            with tempfile.TemporaryDirectory() as d:
+                cert, key = Path(d) / "c.pem", Path(d) / "k.pem"
+                cert.write_bytes(tls.cert_pem)
+                key.write_bytes(tls.key_pem)
+                server_ctx.load_cert_chain(cert, key)
+
+            def record_sni(_sock: Any, server_name: str | None, _ctx: Any) -> None:
+                b.sni.append(server_name or "")
+
+            server_ctx.sni_callback = record_sni
+        site = web.TCPSite(runner, b.ip, b.port, reuse_address=True, ssl_context=server_ctx)
+        await site.start()
         self.backends[name] = b
         return b
 
