@@ -201,3 +201,43 @@ def _with_cert(ctx: ssl.SSLContext, material: TlsMaterial) -> ssl.SSLContext:
         key.write_bytes(material.client_key_pem)
         ctx.load_cert_chain(cert, key)
     return ctx
+
+
+async def test_tls_passthrough_by_sni(traffic: Traffic) -> None:
+    """Istio task "Ingress Gateway without TLS Termination": the gateway routes TLS by
+    SNI to a backend that terminates TLS itself."""
+    port, gw_port = traffic.port(), traffic.port()
+    nginx_host = "nginx.example.com"
+    material = make_tls([nginx_host])
+    nginx = (
+        await traffic.workloads("my-nginx", NS, port, ("v1",), port_name="https", tls=material)
+    )["v1"]
+    traffic.istio("gw.yaml", "Gateway", "mygateway", NS, gateway_spec({
+        "port": {"number": gw_port, "name": "https", "protocol": "HTTPS"},
+        "hosts": [nginx_host],
+        "tls": {"mode": "PASSTHROUGH"},
+    }))  # fmt: skip
+    traffic.istio("vs.yaml", "VirtualService", "nginx", NS, {
+        "hosts": [nginx_host],
+        "gateways": ["mygateway"],
+        "tls": [{
+            "match": [{"port": gw_port, "sniHosts": [nginx_host]}],
+            "route": [{"destination": {"host": "my-nginx", "port": {"number": port}}}],
+        }],
+    })  # fmt: skip
+    await traffic.gateway()
+    # The backend's own certificate (its CA) is what the client verifies.
+    ok = await traffic.until_answers(
+        gw_port, nginx_host, lambda r: r.status == 200, "TLS passed through by SNI",
+        tls=material.client_context(),
+    )  # fmt: skip
+    assert ok.backend == "my-nginx-v1"
+    assert set(nginx.sni) == {nginx_host}
+    # Another SNI: no route, the connection is closed (the client would accept the
+    # backend's certificate for any name, so only the gateway can refuse).
+    lenient = material.client_context()
+    lenient.check_hostname = False
+    with pytest.raises(aiohttp.ClientError):
+        await traffic.get(gw_port, "other.example.com", tls=lenient)
+    assert set(nginx.sni) == {nginx_host}
+    await traffic.no_rejections()
