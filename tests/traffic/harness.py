@@ -415,14 +415,16 @@ class Traffic:
         }
         return await self._envoy(f"sidecar~127.0.0.1~{name}-0.{ns}~{ns}.{DOMAIN}", meta)
 
-    async def gateway(self) -> EnvoyProcess:
-        """An ingress gateway (router) in istio-system labelled istio=ingressgateway."""
+    async def gateway(
+        self, name: str = "istio-ingressgateway", labels: Mapping[str, str] | None = None
+    ) -> EnvoyProcess:
+        """A gateway (router) in istio-system, by default labelled istio=ingressgateway."""
         meta = {
             "NAMESPACE": GATEWAY_NS,
             "ISTIO_VERSION": ISTIO_VERSION,
-            "LABELS": dict(GATEWAY_LABELS),
+            "LABELS": dict(labels or GATEWAY_LABELS),
         }
-        node = f"router~127.0.0.1~istio-ingressgateway-0.{GATEWAY_NS}~{GATEWAY_NS}.{DOMAIN}"
+        node = f"router~127.0.0.1~{name}-0.{GATEWAY_NS}~{GATEWAY_NS}.{DOMAIN}"
         return await self._envoy(node, meta)
 
     # ---- client

@@ -5,7 +5,8 @@ loopback or DNS resolution. A VirtualService timeout applies to it too."""
 
 from __future__ import annotations
 
-from tests.traffic.harness import GATEWAY_NS, Traffic, make_tls
+from tests.meshgen import pod, service
+from tests.traffic.harness import GATEWAY_NS, Traffic, fqdn, make_tls
 
 NS = "bookinfo"
 API = "api.external.example"
@@ -114,4 +115,54 @@ async def test_tls_origination_by_destination_rule(traffic: Traffic) -> None:
     assert (reply.status, reply.backend) == (200, "secure-api")
     assert external.sni and set(external.sni) == {host}
     assert external.requests[-1].path == "/get"
+    await traffic.no_rejections()
+
+
+async def test_egress_gateway(traffic: Traffic) -> None:
+    """Istio task "Egress Gateways": mesh traffic to the external host goes to the
+    egress gateway (VirtualService bound to `mesh`), which sends it out (bound to
+    the Gateway)."""
+    ext_port, gw_port, gw_target = traffic.port(), traffic.port(), traffic.port()
+    external = await traffic.backend("edition", ext_port)
+    host = "edition.external.example"
+    egress = fqdn("istio-egressgateway", GATEWAY_NS)
+    traffic.istio("se.yaml", "ServiceEntry", "edition", NS, static_entry(ext_port, external.ip) | {
+        "hosts": [host],
+    })  # fmt: skip
+    # The egress gateway's Service: port gw_port -> its pod (this machine) at gw_target,
+    # so the gateway binds 0.0.0.0:gw_target and the sidecar 127.0.0.1:gw_port.
+    traffic.write("egressgateway.yaml", [
+        service("istio-egressgateway", GATEWAY_NS, [("http", gw_port, gw_target)],
+                selector={"istio": "egressgateway"}),
+        pod("istio-egressgateway-0", GATEWAY_NS, "127.0.0.1", {"istio": "egressgateway"}),
+    ])  # fmt: skip
+    traffic.istio("gw.yaml", "Gateway", "istio-egressgateway", NS, {
+        "selector": {"istio": "egressgateway"},
+        "servers": [{"port": {"number": gw_port, "name": "http", "protocol": "HTTP"},
+                     "hosts": [host]}],
+    })  # fmt: skip
+    traffic.istio("vs.yaml", "VirtualService", "direct-through-egress-gateway", NS, {
+        "hosts": [host],
+        "gateways": ["istio-egressgateway", "mesh"],
+        "http": [
+            {"match": [{"gateways": ["mesh"], "port": ext_port}],
+             "route": [{"destination": {"host": egress, "port": {"number": gw_port}}}]},
+            {"match": [{"gateways": ["istio-egressgateway"], "port": gw_port}],
+             "route": [{"destination": {"host": host, "port": {"number": ext_port}}}]},
+        ],
+    })  # fmt: skip
+    gateway = await traffic.gateway("istio-egressgateway", {"istio": "egressgateway"})
+    sidecar = await traffic.sidecar(NS, {"app": "curl"}, name="curl")
+
+    ok = await traffic.until_answers(
+        ext_port, host, lambda r: r.status == 200, "external host through the egress gateway"
+    )
+    assert ok.backend == "edition"
+    assert external.requests[-1].host == host
+    through_gateway = await traffic.cluster_stats(gateway, f"|{ext_port}||{host}")
+    from_sidecar = await traffic.cluster_stats(sidecar, f"|{gw_port}||{egress}")
+    direct = await traffic.cluster_stats(sidecar, f"|{ext_port}||{host}")
+    assert through_gateway.get("upstream_rq_total", 0) == external.count
+    assert from_sidecar.get("upstream_rq_total", 0) == external.count
+    assert direct.get("upstream_rq_total", 0) == 0
     await traffic.no_rejections()
