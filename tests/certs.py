@@ -92,3 +92,31 @@ class TestCA:
             .sign(self.key, hashes.SHA256())
         )
         return Issued(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
+
+    def issue_workload(self, spiffe_id: str) -> Issued:
+        """A workload certificate as Istio's CA signs it: empty subject, the SPIFFE ID as
+        the only (critical) URI SAN, usable as TLS server and client."""
+        key = _key()
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        return Issued(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))

@@ -9,7 +9,9 @@ Two parts:
   `default`, in INTERCEPTION_MODE NONE (outbound listeners bind 127.0.0.1 at
   each service port) and REDIRECT (virtualOutbound/virtualInbound bind
   0.0.0.0:15001/15006), over SotW and Delta: Envoy gets ready, rejects nothing,
-  holds exactly what xdsd generated, and xdsd sees every type ACKed.
+  holds exactly what xdsd generated, and xdsd sees every type ACKed. A stand-in
+  for pilot-agent's SDS (tests/agent_sds.py) serves the workload certificate and
+  trust bundles that ISTIO_MUTUAL clusters need, as the agent does in a pod.
 
 The Envoy cases run one at a time (they bind fixed ports). A case whose ports are
 taken by something else is skipped with the port named, before Envoy starts or,
@@ -32,6 +34,7 @@ from typing import Any
 import pytest
 from envoy.config.listener.v3 import listener_pb2
 
+from tests.agent_sds import AgentSds
 from xdsd.app import AppSettings, XdsdApp
 from xdsd.cache.dump import dump_resources
 from xdsd.cache.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet
@@ -222,7 +225,14 @@ async def test_envoy_accepts_corpus(tmp_path: Path, folder: str, mode: str, delt
         if taken:
             pytest.skip(f"{mode}: ports Envoy must bind are in use: {', '.join(taken)}")
 
-        async with EnvoyProcess(NODE, meta, xds_port=app.xds_port, delta=delta) as envoy:
+        # pilot-agent's SDS (cluster sds-grpc): ISTIO_MUTUAL clusters (bookinfo's
+        # destination-rule-all-mtls.yaml) and file-root:system warm only with it.
+        async with (
+            AgentSds(tmp_path / "agent.sock") as agent,
+            EnvoyProcess(
+                NODE, meta, xds_port=app.xds_port, delta=delta, sds_socket=agent.socket
+            ) as envoy,
+        ):
             await envoy.wait_ready(timeout=20)
 
             async def settled() -> bool:
@@ -277,3 +287,12 @@ async def test_envoy_accepts_corpus(tmp_path: Path, folder: str, mode: str, delt
                 expected[ROUTE].items
             )
             assert await envoy.rejected_updates() == 0, envoy.log()
+            # The mTLS clusters took the workload cert and trust bundle from the agent
+            # (polled: Envoy ACKs after it applied them).
+            if folder == "bookinfo":
+
+                async def mesh_certs_acked() -> bool:
+                    return {"default", "ROOTCA"} <= agent.acked()
+
+                await poll(mesh_certs_acked, timeout=10, what="default and ROOTCA ACKed")
+            assert agent.nacks() == []

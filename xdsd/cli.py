@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xdsd import __version__
+from xdsd.translate.bootstrap import ISTIO_SDS_SOCKET
 
 
 def _add_log_level(p: argparse.ArgumentParser) -> None:
@@ -90,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--xds-address", default="127.0.0.1:15010", help="HOST:PORT of xdsd")
     boot.add_argument("--delta", action="store_true", help="use Delta ADS (istio-proxy default)")
     boot.add_argument("--admin-port", type=int, default=15000, help="Envoy admin port (15000)")
+    boot.add_argument(
+        "--sds-socket",
+        default=ISTIO_SDS_SOCKET,
+        metavar="PATH",
+        help="unix socket of the local agent's SDS (cluster sds-grpc, for ISTIO_MUTUAL); "
+        "default Istio's path, relative to Envoy's working directory; '' leaves it out",
+    )
     boot.add_argument("--output", type=Path, help="write to this file instead of stdout")
 
     tr = sub.add_parser("translate", help="print the resources a proxy would get, no server")
@@ -190,6 +198,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_port=port,
             delta=args.delta,
             admin_port=args.admin_port,
+            sds_socket=args.sds_socket or None,
         )
     )
     text = json.dumps(doc, indent=2) + "\n"

@@ -85,10 +85,12 @@ class EnvoyProcess:
         bootstrap: Mapping[str, Any] | None = None,
         command_prefix: Sequence[str] = (),
         file_owner: tuple[int, int] | None = None,
+        sds_socket: str | None = None,
     ) -> None:
         """`command_prefix` runs Envoy through a wrapper (e.g. `ip netns exec NS setpriv
         ...`); `file_owner` (uid, gid) owns the bootstrap/log directory, for a wrapper
-        that drops privileges."""
+        that drops privileges; `sds_socket` is the unix socket of an SDS server standing
+        in for pilot-agent (bootstrap cluster sds-grpc), None for no such cluster."""
         self.admin_port = admin_port or free_port()
         self.bootstrap = dict(
             bootstrap
@@ -99,6 +101,7 @@ class EnvoyProcess:
                     xds_port=xds_port,
                     delta=delta,
                     admin_port=self.admin_port,
+                    sds_socket=sds_socket,
                 )
             )
         )

@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 XDS_CLUSTER = "xds-grpc"
+# pilot-agent's SDS server (workload cert "default", trust bundle "ROOTCA", file-root:/
+# file-cert: resources), which ISTIO_MUTUAL and file-based DestinationRule TLS reach over
+# the bootstrap cluster "sds-grpc". The path is Istio's, relative to Envoy's working dir.
+SDS_CLUSTER = "sds-grpc"
+ISTIO_SDS_SOCKET = "./var/run/secrets/workload-spiffe-uds/socket"
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,8 @@ class BootstrapOptions:
     tls_server_name: str | None = None
     tls_ca_file: str | None = None
     initial_fetch_timeout_s: float = 0  # 0: wait for the control plane for ever
+    # Unix socket of the local agent's SDS (cluster sds-grpc); None: no such cluster.
+    sds_socket: str | None = ISTIO_SDS_SOCKET
 
 
 def split_address(address: str, default_port: int = 15010) -> tuple[str, int]:
@@ -51,6 +58,29 @@ def _config_source(opts: BootstrapOptions) -> dict[str, Any]:
         "ads": {},
         "initial_fetch_timeout": f"{opts.initial_fetch_timeout_s}s",
         "resource_api_version": "V3",
+    }
+
+
+def sds_cluster(socket_path: str) -> dict[str, Any]:
+    """Istio's bootstrap cluster sds-grpc: HTTP/2 to the agent's SDS over a unix socket."""
+    return {
+        "name": SDS_CLUSTER,
+        "alt_stat_name": SDS_CLUSTER + ";",
+        "type": "STATIC",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket_path}}}}]}
+            ],
+        },
     }
 
 
@@ -128,7 +158,10 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             "cds_config": _config_source(opts),
             "lds_config": _config_source(opts),
         },
-        "static_resources": {"clusters": [xds_cluster]},
+        "static_resources": {
+            "clusters": [xds_cluster]
+            + ([sds_cluster(opts.sds_socket)] if opts.sds_socket is not None else [])
+        },
         "layered_runtime": {
             "layers": [
                 {
