@@ -24,6 +24,7 @@ import pytest
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from tests.agent_sds import AgentSds
 from tests.test_corpus_envoy import (
     FOLDERS,
     ISTIO,
@@ -92,7 +93,14 @@ async def test_gateway_envoy_accepts_corpus(tmp_path: Path, folder: str, delta: 
         if taken:
             pytest.skip(f"ports the gateway must bind are in use: {', '.join(taken)}")
 
-        async with EnvoyProcess(NODE, META, xds_port=app.xds_port, delta=delta) as envoy:
+        # Gateways run pilot-agent too: its SDS (sds-grpc) serves the certificates
+        # that bookinfo's ISTIO_MUTUAL DestinationRules ask for.
+        async with (
+            AgentSds(tmp_path / "agent.sock") as agent,
+            EnvoyProcess(
+                NODE, META, xds_port=app.xds_port, delta=delta, sds_socket=agent.socket
+            ) as envoy,
+        ):
             await envoy.wait_ready(timeout=20)
 
             async def settled() -> bool:
