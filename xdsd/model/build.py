@@ -8,6 +8,12 @@ works. WorkloadEntries matching a Service's selector are added too (istiod
 does this by default). ServiceEntry endpoints are its inline endpoints, else
 the WorkloadEntries and Pods its workloadSelector picks in its namespace, else
 (DNS resolution) its hosts.
+
+Several Kubernetes clusters (one store each): Istio config comes from the
+config cluster; Services merge by hostname; each endpoint carries its
+cluster's id, its network (Pod label, else its Namespace's, else the root
+namespace's) and its locality (Pod labels, else its Node's topology labels,
+else the slice's zone). A Pod resolves Nodes of its own cluster only.
 """
 
 from __future__ import annotations
@@ -15,9 +21,18 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
-from xdsd.model.objects import EndpointAddress, EndpointSet, EndpointSubset, ServiceEntryConfig
+from xdsd.model.objects import (
+    EndpointAddress,
+    EndpointSet,
+    EndpointSubset,
+    NodeInfo,
+    ServiceEntryConfig,
+)
+from xdsd.model.parse import DEFAULT_CLUSTER_ID, NETWORK_LABEL
 from xdsd.model.snapshot import MeshSnapshot, ServiceKey
 from xdsd.model.store import ConfigStore
 from xdsd.model.types import (
@@ -32,6 +47,34 @@ from xdsd.model.types import (
 )
 
 _EndpointMap = dict[tuple[ServiceKey, int], list[Endpoint]]
+_NO_LOCALITY = Locality()
+
+
+@dataclass
+class _Cluster:
+    """The Kubernetes objects of one cluster's store, indexed for the build."""
+
+    cluster_id: str
+    services: list[Service] = field(default_factory=list)
+    pods: list[Workload] = field(default_factory=list)
+    slices: dict[tuple[str, str], list[EndpointSet]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    legacy: dict[tuple[str, str], list[EndpointSet]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    nodes: dict[str, Locality] = field(default_factory=dict)
+    pods_by_name: dict[tuple[str, str], Workload] = field(default_factory=dict)
+    pods_by_ip: dict[str, list[Workload]] = field(default_factory=lambda: defaultdict(list))
+
+
+@dataclass
+class _Config:
+    """What only the config cluster provides: Istio config."""
+
+    entries: list[ServiceEntryConfig] = field(default_factory=list)
+    workload_entries: list[Workload] = field(default_factory=list)
+    configs: dict[str, list[ConfigObject]] = field(default_factory=lambda: defaultdict(list))
 
 
 def build_snapshot(
@@ -40,39 +83,46 @@ def build_snapshot(
     generation: int,
     root_namespace: str = "istio-system",
     domain_suffix: str = "cluster.local",
+    remotes: Mapping[str, ConfigStore] = MappingProxyType({}),
+    config_cluster_id: str = DEFAULT_CLUSTER_ID,
+    stale: frozenset[str] = frozenset(),
 ) -> MeshSnapshot:
-    objects = store.objects()
-    kube_services: list[Service] = []
-    entries: list[ServiceEntryConfig] = []
-    pods: list[Workload] = []
-    workload_entries: list[Workload] = []
-    slices: dict[tuple[str, str], list[EndpointSet]] = defaultdict(list)
-    legacy: dict[tuple[str, str], list[EndpointSet]] = defaultdict(list)
-    configs: dict[str, list[ConfigObject]] = defaultdict(list)
-    for obj in objects:
-        if isinstance(obj, Service):
-            kube_services.append(_with_suffix(obj, domain_suffix))
-        elif isinstance(obj, ServiceEntryConfig):
-            entries.append(obj)
-        elif isinstance(obj, Workload):
-            (pods if obj.ref.kind == "Pod" else workload_entries).append(obj)
-        elif isinstance(obj, EndpointSet):
-            index = slices if obj.ref.kind == "EndpointSlice" else legacy
-            index[(obj.ref.namespace, obj.service_name)].append(obj)
-        else:
-            configs[obj.kind].append(obj)
+    """The snapshot of the config cluster's `store` plus the `remotes` stores by cluster id.
 
-    pods_by_name = {(p.namespace, p.name): p for p in pods}
-    pods_by_ip: dict[str, list[Workload]] = defaultdict(list)
-    for p in pods:
-        if p.address:
-            pods_by_ip[p.address].append(p)
+    Istio kinds come from `store` only; Kubernetes Services, Pods, EndpointSlices
+    and Nodes come from every cluster. A Service defined in several clusters is
+    one service (ports unioned, the config cluster's definition first); its
+    endpoints come from each cluster that has it, carrying that cluster's id,
+    their network and their Node's locality. `stale` names clusters whose last
+    known state is served while they are unreachable (recorded in the snapshot).
+    """
+    config = _Config()
+    clusters = [_collect(store, config_cluster_id, domain_suffix, root_namespace, config)]
+    for cluster_id in sorted(remotes):
+        if cluster_id != config_cluster_id:
+            clusters.append(
+                _collect(remotes[cluster_id], cluster_id, domain_suffix, root_namespace, None)
+            )
     errors: list[ConfigError] = []
+
+    # One service per hostname across clusters (config cluster first, then by id).
+    kube: dict[ServiceKey, Service] = {}
+    members: dict[ServiceKey, list[tuple[_Cluster, Service]]] = defaultdict(list)
+    for cl in clusters:
+        for svc in cl.services:
+            key = (svc.hostname, svc.namespace)
+            members[key].append((cl, svc))
+            have = kube.get(key)
+            kube[key] = svc if have is None else _merge(have, members[key][0][0], svc, cl, errors)
+
+    pods = [p for cl in clusters for p in cl.pods]
+    workload_entries = config.workload_entries
     # Kubernetes Services first, then ServiceEntry hosts: on a (host, namespace)
     # clash the first wins and the other is reported and left out entirely.
-    entry_of = {e.ref: e for e in entries}
-    candidates = kube_services + sorted(
-        (s for e in entries for s in e.services), key=lambda s: (s.namespace, s.name, s.hostname)
+    entry_of = {e.ref: e for e in config.entries}
+    candidates = list(kube.values()) + sorted(
+        (s for e in config.entries for s in e.services),
+        key=lambda s: (s.namespace, s.name, s.hostname),
     )
     services: dict[ServiceKey, Service] = {}
     for svc in candidates:
@@ -95,30 +145,17 @@ def build_snapshot(
             _entry_endpoints(svc, entry, workload_entries, pods, endpoints)
             continue
         key = (svc.hostname, svc.namespace)
-        ns_name = (svc.namespace, svc.name)
-        sets = slices.get(ns_name) or legacy.get(ns_name)
-        if svc.external_name:
-            for port in svc.ports:
-                endpoints[(key, port.port)].append(
-                    Endpoint(svc.external_name, port.port, port.port, namespace=svc.namespace)
-                )
-            continue
-        if sets:
-            for eps in sets:
-                for subset in eps.subsets:
-                    _from_subset(svc, subset, pods_by_name, pods_by_ip, endpoints)
-        elif svc.selector:
-            for pod in _selected(pods, svc.namespace, svc.selector):
-                for port in svc.ports:
-                    number = _pod_port(pod, port)
-                    if number is not None and pod.ready:
-                        endpoints[(key, port.port)].append(_endpoint(pod, number, port.port))
+        for cl, own in members.get(key, ()):
+            _cluster_endpoints(own, cl, endpoints)
         for we in _selected(workload_entries, svc.namespace, svc.selector or {}):
             for port in svc.ports:
                 number = _entry_port(we, port)
                 if number is not None and svc.selector:
                     endpoints[(key, port.port)].append(_endpoint(we, number, port.port))
 
+    store_errors = store.errors() + tuple(
+        e for cl in clusters[1:] for e in remotes[cl.cluster_id].errors()
+    )
     return MeshSnapshot(
         generation=generation,
         services=tuple(services[k] for k in sorted(services)),
@@ -128,19 +165,137 @@ def build_snapshot(
         workloads=tuple(
             sorted(
                 (w for w in pods + workload_entries if w.address),
-                key=lambda w: (w.namespace, w.name, w.ref.kind),
+                key=lambda w: (w.namespace, w.name, w.ref.kind, w.cluster_id),
             )
         ),
         configs=MappingProxyType(
             {
                 kind: tuple(sorted(objs, key=lambda c: (c.namespace, c.name)))
-                for kind, objs in sorted(configs.items())
+                for kind, objs in sorted(config.configs.items())
             }
         ),
-        errors=store.errors() + tuple(errors),
+        errors=store_errors + tuple(errors),
         root_namespace=root_namespace,
         domain_suffix=domain_suffix,
+        stale_clusters=stale,
     )
+
+
+def _collect(
+    store: ConfigStore,
+    cluster_id: str,
+    domain_suffix: str,
+    root_namespace: str,
+    config: _Config | None,
+) -> _Cluster:
+    """Index one cluster's objects; Istio kinds go to `config` (None: not the config cluster)."""
+    cl = _Cluster(cluster_id)
+    raw_pods: list[Workload] = []
+    networks: dict[str, str] = {}
+    for obj in store.objects():
+        if isinstance(obj, Service):
+            cl.services.append(_with_suffix(obj, domain_suffix))
+        elif isinstance(obj, Workload):
+            if obj.ref.kind == "Pod":
+                raw_pods.append(obj)
+            elif config is not None:
+                config.workload_entries.append(obj)
+        elif isinstance(obj, EndpointSet):
+            index = cl.slices if obj.ref.kind == "EndpointSlice" else cl.legacy
+            index[(obj.ref.namespace, obj.service_name)].append(obj)
+        elif isinstance(obj, NodeInfo):
+            cl.nodes[obj.ref.name] = obj.locality
+        elif isinstance(obj, ServiceEntryConfig):
+            if config is not None:
+                config.entries.append(obj)
+        else:
+            if obj.kind == "Namespace" and obj.labels.get(NETWORK_LABEL):
+                networks[obj.name] = obj.labels[NETWORK_LABEL]
+            if config is not None:
+                config.configs[obj.kind].append(obj)
+    default_network = networks.get(root_namespace, "")
+    for raw in raw_pods:
+        pod = _resolve(raw, cl, networks.get(raw.namespace, default_network))
+        cl.pods.append(pod)
+        cl.pods_by_name[(pod.namespace, pod.name)] = pod
+        if pod.address:
+            cl.pods_by_ip[pod.address].append(pod)
+    return cl
+
+
+def _resolve(pod: Workload, cl: _Cluster, network: str) -> Workload:
+    """A Pod as the mesh sees it: its cluster, its network, its Node's locality."""
+    changes: dict[str, Any] = {}
+    if pod.cluster_id != cl.cluster_id:
+        changes["cluster_id"] = cl.cluster_id
+    if not pod.network and network:
+        changes["network"] = network
+    if pod.locality == _NO_LOCALITY and pod.node_name:
+        locality = cl.nodes.get(pod.node_name, _NO_LOCALITY)
+        if locality != _NO_LOCALITY:
+            changes["locality"] = locality
+    return dataclasses.replace(pod, **changes) if changes else pod
+
+
+def _merge(
+    have: Service, first: _Cluster, svc: Service, cl: _Cluster, errors: list[ConfigError]
+) -> Service:
+    """`svc` (from cluster `cl`) joins the service already known by its hostname."""
+    numbers = {p.port for p in have.ports}
+    names = {p.name for p in have.ports}
+    ports = list(have.ports)
+    for p in svc.ports:
+        if p.port in numbers:
+            continue
+        if p.name in names:
+            errors.append(
+                ConfigError(
+                    svc.ref.source,
+                    f"Service {svc.namespace}/{svc.name}",
+                    "spec.ports",
+                    f"port {p.name!r} ({p.port}) in cluster {cl.cluster_id} conflicts with "
+                    f"the same name on another port in {have.ref}; ignored",
+                    "warning",
+                )
+            )
+            continue
+        ports.append(p)
+        numbers.add(p.port)
+        names.add(p.name)
+    clusters = dict.fromkeys(have.clusters or (first.cluster_id,))
+    clusters.update(dict.fromkeys(svc.clusters or (cl.cluster_id,)))
+    return dataclasses.replace(
+        have, ports=tuple(sorted(ports, key=lambda p: p.port)), clusters=tuple(clusters)
+    )
+
+
+def _cluster_endpoints(svc: Service, cl: _Cluster, endpoints: _EndpointMap) -> None:
+    """Endpoints of a Kubernetes Service from one cluster (`svc` as that cluster defines it)."""
+    key = (svc.hostname, svc.namespace)
+    ns_name = (svc.namespace, svc.name)
+    sets = cl.slices.get(ns_name) or cl.legacy.get(ns_name)
+    if svc.external_name:
+        for port in svc.ports:
+            endpoints[(key, port.port)].append(
+                Endpoint(
+                    svc.external_name,
+                    port.port,
+                    port.port,
+                    namespace=svc.namespace,
+                    cluster_id=cl.cluster_id,
+                )
+            )
+        return
+    if sets:
+        for eps in sets:
+            for subset in eps.subsets:
+                _from_subset(svc, subset, cl, endpoints)
+    elif svc.selector:
+        for pod in _selected(cl.pods, svc.namespace, svc.selector):
+            for port in svc.ports:
+                number = _pod_port(pod, port)
+                if number is not None and pod.ready:
+                    endpoints[(key, port.port)].append(_endpoint(pod, number, port.port))
 
 
 def _with_suffix(svc: Service, domain_suffix: str) -> Service:
@@ -220,13 +375,7 @@ def _pod_for(
     return candidates[0] if candidates else None
 
 
-def _from_subset(
-    svc: Service,
-    subset: EndpointSubset,
-    by_name: Mapping[tuple[str, str], Workload],
-    by_ip: Mapping[str, Sequence[Workload]],
-    out: _EndpointMap,
-) -> None:
+def _from_subset(svc: Service, subset: EndpointSubset, cl: _Cluster, out: _EndpointMap) -> None:
     key = (svc.hostname, svc.namespace)
     for port in svc.ports:
         # The EndpointSlice controller names slice ports after the service ports.
@@ -234,21 +383,24 @@ def _from_subset(
         if target is None:
             continue
         for addr in subset.endpoints:
+            node = cl.nodes.get(addr.node_name, _NO_LOCALITY) if addr.node_name else _NO_LOCALITY
             for ip in addr.addresses:
-                pod = _pod_for(addr, ip, svc.namespace, by_name, by_ip)
+                pod = _pod_for(addr, ip, svc.namespace, cl.pods_by_name, cl.pods_by_ip)
                 if pod is not None:
                     ep = _endpoint(pod, target.port, port.port, healthy=addr.ready)
                     if ep.address != ip:
                         ep = dataclasses.replace(ep, address=ip)
-                    if ep.locality == Locality() and addr.zone:
-                        ep = dataclasses.replace(ep, locality=Locality(zone=addr.zone))
+                    if ep.locality == _NO_LOCALITY and (node != _NO_LOCALITY or addr.zone):
+                        locality = node if node != _NO_LOCALITY else Locality(zone=addr.zone)
+                        ep = dataclasses.replace(ep, locality=locality)
                 else:
                     ep = Endpoint(
                         address=ip,
                         port=target.port,
                         service_port=port.port,
                         namespace=svc.namespace,
-                        locality=Locality(zone=addr.zone),
+                        cluster_id=cl.cluster_id,
+                        locality=node if node != _NO_LOCALITY else Locality(zone=addr.zone),
                         healthy=addr.ready,
                     )
                 out[(key, port.port)].append(ep)

@@ -11,7 +11,7 @@ import base64
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from xdsd.model.types import ConfigObject, ObjectRef, Service, Workload
+from xdsd.model.types import ConfigObject, Locality, ObjectRef, Service, Workload
 
 # (kind, namespace, name); cluster-scoped kinds (Namespace) have namespace "".
 ObjectKey = tuple[str, str, str]
@@ -61,6 +61,8 @@ class EndpointSet:
     ref: ObjectRef
     service_name: str
     subsets: tuple[EndpointSubset, ...]
+    # The Kubernetes cluster the object was read from (parse option `cluster_id`).
+    cluster_id: str = "Kubernetes"
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,20 @@ class ServiceEntryConfig:
     endpoints: tuple[Workload, ...] = ()
 
 
-ParsedObject = Service | Workload | ConfigObject | EndpointSet | ServiceEntryConfig
+@dataclass(frozen=True)
+class NodeInfo:
+    """A Kubernetes Node, kept only for what endpoints need: its topology labels.
+
+    Nodes change often (status, heartbeats); keeping just the locality means
+    those updates compare equal in the store and cause no push.
+    """
+
+    ref: ObjectRef
+    locality: Locality
+    cluster_id: str = "Kubernetes"
+
+
+ParsedObject = Service | Workload | ConfigObject | EndpointSet | ServiceEntryConfig | NodeInfo
 
 
 class SecretData(Mapping[str, str]):

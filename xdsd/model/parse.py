@@ -8,7 +8,8 @@ the last good version of that object.
 
 Kinds:
 - v1 Service -> `Service`; v1 Pod -> `Workload`; discovery.k8s.io/v1
-  EndpointSlice and v1 Endpoints -> `EndpointSet`;
+  EndpointSlice and v1 Endpoints -> `EndpointSet`; v1 Node -> `NodeInfo`
+  (its topology labels only);
 - networking.istio.io ServiceEntry -> `ServiceEntryConfig`, WorkloadEntry ->
   `Workload`;
 - other Istio kinds and v1 Secret / ConfigMap / Namespace -> `ConfigObject`;
@@ -34,6 +35,7 @@ from xdsd.model.objects import (
     EndpointPort,
     EndpointSet,
     EndpointSubset,
+    NodeInfo,
     ObjectKey,
     ParsedObject,
     SecretData,
@@ -57,6 +59,7 @@ from xdsd.model.types import (
 )
 
 DEFAULT_NAMESPACE = "default"
+DEFAULT_CLUSTER_ID = "Kubernetes"  # istiod's default cluster id
 DEFAULT_DOMAIN_SUFFIX = "cluster.local"
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -128,6 +131,9 @@ class ParseResult:
 class _Options:
     default_namespace: str
     domain_suffix: str
+    # The Kubernetes cluster the documents come from: tags Services, Pods,
+    # EndpointSlices/Endpoints, WorkloadEntries and Nodes. None keeps the defaults.
+    cluster_id: str | None = None
 
 
 @dataclass
@@ -156,9 +162,13 @@ def parse_documents(
     default_namespace: str = DEFAULT_NAMESPACE,
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX,
     complete: bool = True,
+    cluster_id: str | None = None,
 ) -> ParseResult:
-    """Parse the documents of one file; document i is named `source#i`."""
-    opts = _Options(default_namespace, domain_suffix)
+    """Parse the documents of one file; document i is named `source#i`.
+
+    `cluster_id` names the Kubernetes cluster the documents were read from.
+    """
+    opts = _Options(default_namespace, domain_suffix, cluster_id)
     out = _Out([], [], set())
     for i, doc in enumerate(documents):
         _parse_one(doc, f"{source}#{i}", "", opts, out)
@@ -171,10 +181,12 @@ def parse_document(
     *,
     default_namespace: str = DEFAULT_NAMESPACE,
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX,
+    cluster_id: str | None = None,
 ) -> ParseResult:
     """Parse one document; `source` names it in refs and errors (e.g. `a.yaml#0`)."""
     out = _Out([], [], set())
-    _parse_one(document, source, "", _Options(default_namespace, domain_suffix), out)
+    opts = _Options(default_namespace, domain_suffix, cluster_id)
+    _parse_one(document, source, "", opts, out)
     return _result(out, True)
 
 
@@ -239,6 +251,7 @@ def _lookup(group: str, version: str, kind: str) -> tuple[_Parser, bool, str] | 
             "Secret": (_secret, True, "subdomain"),
             "ConfigMap": (_config_map, True, "subdomain"),
             "Namespace": (_namespace, False, "label"),
+            "Node": (_node, False, "subdomain"),
         }
         return core.get(kind)
     if group == "discovery.k8s.io" and version == "v1" and kind == "EndpointSlice":
@@ -433,6 +446,7 @@ def _service(
         selector=frozen_map(selector) if selector else None,
         external_name=external_name,
         headless=headless,
+        clusters=() if opts.cluster_id is None else (opts.cluster_id,),
     )
 
 
@@ -517,7 +531,27 @@ def _pod(
             labels.get(REGION_LABEL, ""), labels.get(ZONE_LABEL, ""), labels.get(SUBZONE_LABEL, "")
         ),
         workload_name=_workload_name(meta),
+        node_name=f.get_str(iss, spec, "nodeName", sp) or "",
+        cluster_id=_cluster(opts),
     )
+
+
+def _cluster(opts: _Options) -> str:
+    """The cluster id to tag objects with (the model's default when untagged)."""
+    return DEFAULT_CLUSTER_ID if opts.cluster_id is None else opts.cluster_id
+
+
+# -- Node -------------------------------------------------------------------------------
+
+
+def _node(
+    iss: Issues, doc: Mapping[Any, Any], meta: _Meta, ref: ObjectRef, opts: _Options, base: str
+) -> NodeInfo | None:
+    labels = meta.labels
+    locality = Locality(
+        labels.get(REGION_LABEL, ""), labels.get(ZONE_LABEL, ""), labels.get(SUBZONE_LABEL, "")
+    )
+    return NodeInfo(ref, locality, _cluster(opts))
 
 
 # -- EndpointSlice / Endpoints ----------------------------------------------------------
@@ -592,7 +626,8 @@ def _endpoint_slice(
                 hostname=f.get_str(iss, ep, "hostname", where) or "",
             )
         )
-    return EndpointSet(ref, service_name, (EndpointSubset(ports, tuple(endpoints)),))
+    subset = EndpointSubset(ports, tuple(endpoints))
+    return EndpointSet(ref, service_name, (subset,), _cluster(opts))
 
 
 def _endpoint_addresses(
@@ -627,7 +662,7 @@ def _endpoints(
         addresses = _endpoint_addresses(iss, s, "addresses", where, meta.namespace, True)
         addresses += _endpoint_addresses(iss, s, "notReadyAddresses", where, meta.namespace, False)
         subsets.append(EndpointSubset(ports, tuple(addresses)))
-    return EndpointSet(ref, meta.name, tuple(subsets))
+    return EndpointSet(ref, meta.name, tuple(subsets), _cluster(opts))
 
 
 # -- ServiceEntry / WorkloadEntry --------------------------------------------------------
@@ -651,6 +686,7 @@ def _workload_spec(
     namespace: str,
     ref: ObjectRef,
     allow_hostname: bool = True,
+    cluster_id: str = DEFAULT_CLUSTER_ID,
 ) -> Workload:
     """A WorkloadEntry spec, also the shape of a ServiceEntry inline endpoint."""
     address = f.get_str(iss, m, "address", where) or ""
@@ -675,6 +711,7 @@ def _workload_spec(
         network=f.get_str(iss, m, "network", where) or "",
         locality=_locality(f.get_str(iss, m, "locality", where) or ""),
         weight=weight,
+        cluster_id=cluster_id,
     )
 
 
@@ -685,7 +722,13 @@ def _workload_entry(
     if spec is None:
         return None
     return _workload_spec(
-        iss, spec, f.join(base, "spec"), name=meta.name, namespace=meta.namespace, ref=ref
+        iss,
+        spec,
+        f.join(base, "spec"),
+        name=meta.name,
+        namespace=meta.namespace,
+        ref=ref,
+        cluster_id=_cluster(opts),
     )
 
 
@@ -760,6 +803,7 @@ def _service_entry(
             namespace=meta.namespace,
             ref=ref,
             allow_hostname=resolution is not Resolution.STATIC,
+            cluster_id=_cluster(opts),
         )
         if not w.address:
             iss.error(f.join(where, "address"), "is required")

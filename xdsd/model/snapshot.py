@@ -46,6 +46,8 @@ class MeshSnapshot:
     # Root namespace of the mesh (mesh-wide Sidecar, DestinationRule defaults).
     root_namespace: str = "istio-system"
     domain_suffix: str = "cluster.local"
+    # Kubernetes clusters whose last known objects are served while unreachable.
+    stale_clusters: frozenset[str] = frozenset()
 
     # Per-snapshot memo for indexes later stages derive (see `derived`).
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

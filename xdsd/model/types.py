@@ -108,6 +108,9 @@ class Service:
     # Kubernetes Service of type ExternalName: its DNS target.
     external_name: str | None = None
     headless: bool = False
+    # Kubernetes clusters defining this Service (merged by hostname across clusters);
+    # empty for ServiceEntries and for config read from a folder.
+    clusters: tuple[str, ...] = ()
 
     def port_by_number(self, number: int) -> ServicePort | None:
         for p in self.ports:
@@ -168,6 +171,8 @@ class Workload:
     weight: int = 1
     # The owning workload (a Deployment's name for its pods); "" = same as name.
     workload_name: str = ""
+    # The Node a Pod runs on (spec.nodeName): its topology labels give the locality.
+    node_name: str = ""
 
 
 @dataclass(frozen=True)
