@@ -529,6 +529,7 @@ class _Watch:
     fields: FieldSelector
     bookmarks: bool
     queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def passes(self, obj: Mapping[str, Any] | None) -> bool:
         if obj is None:
@@ -595,7 +596,7 @@ class KubeApiServer:
         self._tokens: set[str] = {token} if token is not None else set()
         self._auth = token is not None
         self._token = token
-        self.bookmark_interval = bookmark_interval
+        self._bookmark_interval = bookmark_interval
         self.max_history = max_history
         self.api_audiences = tuple(api_audiences)
         self.list_items_type_meta = list_items_type_meta
@@ -678,19 +679,24 @@ class KubeApiServer:
             self._port = int(sock.getsockname()[1])
             return sock
 
-    async def _stop_listening(self) -> None:
+    async def _stop_listening(self, *, graceful: bool = False) -> None:
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        self.drop_watches()
-        await asyncio.sleep(0)  # let the watch handlers see the drop
+        self.drop_watches(graceful=graceful)
+        if self._watches:  # let the watch handlers end their streams
+            await asyncio.wait(
+                [asyncio.ensure_future(w.closed.wait()) for w in self._watches], timeout=1.0
+            )
         await runner.cleanup()
 
     async def pause(self) -> None:
-        """Become unreachable: close the listener and every connection.
+        """Become unreachable: close the listener and cut every connection.
 
-        Connections are refused until ``resume()``. The state stays, and
-        ``apply``/``delete`` keep working in-process meanwhile.
+        Watch streams are cut mid-stream; connections are refused until
+        ``resume()``. The state stays, and ``apply``/``delete`` keep working
+        in-process meanwhile (the changes are in the history for watches
+        resuming afterwards).
         """
         await self._stop_listening()
 
@@ -698,14 +704,16 @@ class KubeApiServer:
         """Listen again on the same port."""
         await self.start()
 
-    async def restart(self, *, keep_state: bool = True) -> None:
+    async def restart(self, *, keep_state: bool = True, graceful: bool = True) -> None:
         """Stop and listen again on the same port.
 
-        keep_state=False loses every object (as a fresh etcd): the version
-        counter moves on and all earlier versions expire, so a client resuming
-        a watch gets 410 and relists an empty cluster.
+        graceful: watch streams end cleanly first (as an API server shutting
+        down), else they are cut. keep_state=False loses every object (as a
+        fresh etcd): the version counter moves on and all earlier versions
+        expire, so a client resuming a watch gets 410 and relists an empty
+        cluster.
         """
-        await self._stop_listening()
+        await self._stop_listening(graceful=graceful)
         if not keep_state:
             self.reset()
         await self.start()
@@ -733,6 +741,17 @@ class KubeApiServer:
             rtype = ResourceType(known.group, versions, known.plural, known.kind, known.namespaced)
         self._types[rtype.key] = rtype
         self._objects.setdefault(rtype.key, {})
+
+    @property
+    def bookmark_interval(self) -> float:
+        """Seconds between periodic BOOKMARK events (settable; open watches follow)."""
+        return self._bookmark_interval
+
+    @bookmark_interval.setter
+    def bookmark_interval(self, seconds: float) -> None:
+        self._bookmark_interval = seconds
+        for w in self._watches:
+            w.queue.put_nowait(("wake", None))
 
     @property
     def resource_types(self) -> list[ResourceType]:
@@ -1469,6 +1488,10 @@ class KubeApiServer:
                 raise ApiError(400, "invalid timeoutSeconds") from None
         rv_text = query.get("resourceVersion", "")
         send_initial = _true(query.get("sendInitialEvents"))
+        if send_initial and query.get("resourceVersionMatch") != "NotOlderThan":
+            raise ApiError(422, "sendInitialEvents requires resourceVersionMatch=NotOlderThan")
+        if send_initial and not bookmarks:
+            raise ApiError(422, "sendInitialEvents requires allowWatchBookmarks=true")
         initial: list[tuple[str, Any]] = []
         error: JsonObj | None = None
         if self._fail_watches:
@@ -1517,10 +1540,11 @@ class KubeApiServer:
             await resp.prepare(request)
             if await self._stream(request, resp, w, initial, timeout):
                 await resp.write_eof()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the client went away
         finally:
             self._watches.discard(w)
+            w.closed.set()
         return resp
 
     async def _stream(
@@ -1534,7 +1558,7 @@ class KubeApiServer:
         """Stream events; True to end the response cleanly, False if it was dropped."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout is not None else None
-        next_bookmark = loop.time() + self.bookmark_interval
+        last_bookmark = loop.time()
 
         def line(kind: str, obj: Mapping[str, Any]) -> bytes:
             return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
@@ -1558,6 +1582,7 @@ class KubeApiServer:
                 item = pending.pop(0)
             else:
                 now = loop.time()
+                next_bookmark = last_bookmark + self.bookmark_interval
                 wait = next_bookmark - now if w.bookmarks else None
                 if deadline is not None:
                     wait = deadline - now if wait is None else min(wait, deadline - now)
@@ -1571,9 +1596,13 @@ class KubeApiServer:
                     now = loop.time()
                     if deadline is not None and now >= deadline:
                         return True
-                    if w.bookmarks and now >= next_bookmark and w.queue.empty():
+                    if (
+                        w.bookmarks
+                        and now >= last_bookmark + self.bookmark_interval
+                        and w.queue.empty()
+                    ):
                         await resp.write(bookmark(self._rv))
-                        next_bookmark = now + self.bookmark_interval
+                        last_bookmark = now
                     continue
             kind, payload = item
             if kind == "event":
@@ -1583,6 +1612,8 @@ class KubeApiServer:
                 await resp.write(bookmark(payload))
             elif kind == "initial-end":
                 await resp.write(bookmark(payload, initial_end=True))
+            elif kind == "wake":
+                continue
             elif kind == _END:
                 return True
             elif kind == _DROP:
