@@ -749,7 +749,7 @@ async def test_pause_and_restart(api: KubeApiServer, kube: client.ApiClient) -> 
 async def test_several_instances() -> None:
     async with (
         KubeApiServer(token="one") as one,
-        KubeApiServer(token="two") as two,
+        KubeApiServer(token="two", first_resource_version=1000) as two,
     ):
         assert one.port != two.port
         one.apply(svc("from-one"))
@@ -761,7 +761,18 @@ async def test_several_instances() -> None:
             l2 = await client.CoreV1Api(c2).list_service_for_all_namespaces()
             assert [s.metadata.name for s in l1.items] == ["from-one"]
             assert [s.metadata.name for s in l2.items] == ["again", "from-two"]
-            assert l1.metadata.resource_version == "2" and l2.metadata.resource_version == "3"
+            assert l1.metadata.resource_version == "2" and l2.metadata.resource_version == "1002"
+            # A version from another cluster, newer than this one's: 504 Too large.
+            core1 = client.CoreV1Api(c1)
+            with pytest.raises(ApiException) as too_large:
+                await core1.list_service_for_all_namespaces(resource_version="1002")
+            assert too_large.value.status == 504 and reason(too_large.value) == "Timeout"
+            w = Events(
+                core1.list_service_for_all_namespaces, resource_version="1002", timeout_seconds=5
+            )
+            await w.ended()
+            assert isinstance(w.error, ApiException) and w.error.status == 504
+            await w.aclose()
         finally:
             await c1.close()
             await c2.close()

@@ -590,6 +590,7 @@ class KubeApiServer:
         resources: Iterable[ResourceType] = DEFAULT_RESOURCES,
         api_audiences: Sequence[str] = ("https://kubernetes.default.svc.cluster.local",),
         list_items_type_meta: bool = False,
+        first_resource_version: int = 1,
     ) -> None:
         self.host = host
         self._port = port
@@ -604,8 +605,10 @@ class KubeApiServer:
         self._objects: dict[tuple[str, str], dict[tuple[str, str], JsonObj]] = {}
         for rt in resources:
             self.register(rt)
-        self._rv = 1
-        self._oldest_valid = 1  # a watch/list from rv < this is expired (410)
+        if first_resource_version < 1:
+            raise ValueError("first_resource_version must be at least 1")
+        self._rv = first_resource_version
+        self._oldest_valid = first_resource_version  # a watch/list from rv < this: 410
         self._history: deque[_Event] = deque()
         self._watches: set[_Watch] = set()
         self._review_tokens: dict[str, TokenInfo] = {}
@@ -1430,7 +1433,9 @@ class KubeApiServer:
             if wanted < self._oldest_valid:
                 raise self._expired(wanted)
             if wanted > self._rv:
-                raise ApiError(504, "Too large resource version", "Timeout")
+                raise ApiError(
+                    504, f"Too large resource version: {wanted}, current: {self._rv}", "Timeout"
+                )
             if match == "Exact":
                 list_rv = wanted
                 state = self._state_at(rtype, wanted)
@@ -1519,6 +1524,10 @@ class KubeApiServer:
                     initial.append(("initial-end", self._rv))
             else:
                 wanted = self._parse_rv(rv_text)
+                if wanted > self._rv:
+                    raise ApiError(
+                        504, f"Too large resource version: {wanted}, current: {self._rv}", "Timeout"
+                    )
                 if wanted < self._oldest_valid:
                     error = self._expired(wanted).status
                 else:
