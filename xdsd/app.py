@@ -4,6 +4,11 @@
 MeshSnapshot, rebuilds it after a debounced change, resets the group cache and
 tells the xDS streams to push. It is also the server's ConfigProvider (proxy
 identity, current resources) and the admin server's DebugView.
+
+Config comes from a folder (`config_dir`) or from Kubernetes (`kubeconfig` or
+`in_cluster`): then `xdsd.multicluster.Clusters` keeps one store per cluster
+(the config cluster, and the remote clusters of `istio/multiCluster` Secrets or
+of a folder of kubeconfigs), and each snapshot merges them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.status.v3 import csds_pb2
@@ -31,7 +36,8 @@ from xdsd.model.objects import key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.store import ConfigStore
-from xdsd.model.types import ConfigError
+from xdsd.model.types import ConfigError, Endpoint
+from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
 from xdsd.server.ads import Connection, NodeRejected, XdsServices
@@ -40,6 +46,9 @@ from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
 from xdsd.sources.folder import FolderSource
 from xdsd.translate.generate import GENERATORS, ProxyContext, group_key, proxy_context
+
+if TYPE_CHECKING:  # kubernetes_asyncio is imported only in the Kubernetes mode
+    from xdsd.sources.kube import Backoff, ClusterSource, ClusterSpec
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +70,8 @@ _ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints"})
 
 @dataclass(frozen=True)
 class AppSettings:
-    config_dir: Path
+    # A folder of YAML, or (the Kubernetes mode) a kubeconfig / in-cluster credentials.
+    config_dir: Path | None = None
     xds: GrpcSettings = field(default_factory=GrpcSettings)
     admin_host: str = "127.0.0.1"
     admin_port: int = 15014  # 0 picks a free port; -1 turns the admin server off
@@ -71,6 +81,45 @@ class AppSettings:
     poll_interval: float = 0.5
     domain_suffix: str = "cluster.local"
     root_namespace: str = "istio-system"
+    # -- the Kubernetes mode ---------------------------------------------------------------
+    kubeconfig: Path | None = None  # the config cluster's kubeconfig file
+    in_cluster: bool = False  # the config cluster is the one xdsd runs in
+    namespaces: frozenset[str] | None = None  # watch only these namespaces (None: all)
+    own_namespace: str = "istio-system"  # where the istio/multiCluster Secrets are
+    remote_secrets_dir: Path | None = None  # kubeconfig files instead of Secrets
+    cluster_id: str = "Kubernetes"  # the config cluster's id
+    remote_sync_timeout: float = 30.0  # a slower remote cluster does not hold readiness
+    sync_progress_interval: float = 5.0  # log progress of a long initial sync
+    kube_backoff: Backoff | None = None  # reconnect delays after API errors (None: default)
+    kube_watch_timeout: int = 300  # seconds a watch request asks the server to last
+
+    def __post_init__(self) -> None:
+        sources = [self.config_dir is not None, self.kubeconfig is not None, self.in_cluster]
+        if sum(sources) != 1:
+            raise ValueError(
+                "give exactly one config source: a config dir, a kubeconfig or in-cluster"
+            )
+        if self.remote_sync_timeout < 0:
+            raise ValueError("remote_sync_timeout must not be negative")
+
+    @property
+    def kube(self) -> bool:
+        """Config comes from Kubernetes API servers."""
+        return self.config_dir is None
+
+
+def load_kubeconfig(path: Path) -> Mapping[str, Any]:
+    """A kubeconfig file's content; ValueError (naming the file, not the content) if unusable."""
+    from xdsd.sources.kube.remote import parse_kubeconfig
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read kubeconfig {path}: {e.strerror or e}") from None
+    doc, problem = parse_kubeconfig(data)
+    if doc is None:
+        raise ValueError(f"kubeconfig {path}: {problem}")
+    return doc
 
 
 class _Watch:
@@ -121,14 +170,18 @@ class XdsdApp:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = XdsMetrics(self.registry)
-        self.store = ConfigStore()
+        self.clusters: Clusters | None = None
+        if settings.kube:
+            self.clusters = self._new_clusters()
+            self.registry.register(ClusterMetrics(self.clusters))
+        self.store = self.clusters.config_store if self.clusters else ConfigStore()
         self.snapshot = MeshSnapshot(
             root_namespace=settings.root_namespace, domain_suffix=settings.domain_suffix
         )
         self.cache = GroupCache()
         self.services = XdsServices(self, self.metrics)
         self.debouncer = Debouncer(self._push, settings.debounce)
-        self.source = self._new_source()
+        self.source = None if settings.kube else self._new_source()
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: XdsServer | None = None
@@ -177,7 +230,11 @@ class XdsdApp:
                     self.settings.admin_port,
                     remote_debug=self.settings.remote_debug,
                 ).__aenter__()
-            self._tasks.append(asyncio.create_task(self._watch_source(), name="config-source"))
+            if self.clusters is not None:
+                await self.clusters.start()
+                self._tasks.append(asyncio.create_task(self._kube_ready(), name="kube-ready"))
+            else:
+                self._tasks.append(asyncio.create_task(self._watch_source(), name="config-source"))
             self._tasks.append(asyncio.create_task(self.debouncer.run(), name="debounce"))
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -194,6 +251,8 @@ class XdsdApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.clusters is not None:
+            await self.clusters.aclose()
         if self._server is not None:
             await self._server.__aexit__(None, None, None)
             self._server = None
@@ -221,6 +280,7 @@ class XdsdApp:
 
     async def _consume_source(self) -> None:
         """Feed folder changes into the store; the first full load opens the gate."""
+        assert self.source is not None
         async for change in self.source.changes():
             if change.synced and self.ready.is_set():
                 change = self._as_resync(change)
@@ -245,7 +305,88 @@ class XdsdApp:
                 self._refresh_errors()
 
     def _new_source(self) -> FolderSource:
+        assert self.settings.config_dir is not None
         return FolderSource(self.settings.config_dir, poll_interval=self.settings.poll_interval)
+
+    # -- the Kubernetes mode ------------------------------------------------------------------
+
+    def _new_clusters(self) -> Clusters:
+        from xdsd.sources.kube import ClusterSpec, RemoteSecrets
+        from xdsd.sources.kube.watch import DEFAULT_BACKOFF
+
+        s = self.settings
+        backoff = s.kube_backoff or DEFAULT_BACKOFF
+        kubeconfig = None if s.kubeconfig is None else load_kubeconfig(s.kubeconfig)
+        config = ClusterSpec(s.cluster_id, kubeconfig, "config", s.namespaces)
+        remotes: RemoteSource
+        if s.remote_secrets_dir is not None:
+            remotes = RemoteSecrets(
+                folder=s.remote_secrets_dir,
+                local_cluster_id=s.cluster_id,
+                namespaces=s.namespaces,
+                poll_interval=s.poll_interval,
+            )
+        else:
+            remotes = RemoteSecrets(
+                config,
+                namespace=s.own_namespace,
+                local_cluster_id=s.cluster_id,
+                namespaces=s.namespaces,
+                backoff=backoff,
+                watch_timeout=s.kube_watch_timeout,
+            )
+        return Clusters(
+            config,
+            source_factory=self._new_cluster_source,
+            on_change=self._cluster_changed,
+            on_errors=self._cluster_errors,
+            remotes=remotes,
+            remote_sync_timeout=s.remote_sync_timeout,
+            progress_interval=s.sync_progress_interval,
+        )
+
+    def _new_cluster_source(self, spec: ClusterSpec) -> ClusterSource:
+        from xdsd.sources.kube import ClusterSource
+        from xdsd.sources.kube.watch import DEFAULT_BACKOFF
+
+        return ClusterSource(
+            spec,
+            domain_suffix=self.settings.domain_suffix,
+            backoff=self.settings.kube_backoff or DEFAULT_BACKOFF,
+            watch_timeout=self.settings.kube_watch_timeout,
+        )
+
+    async def _kube_ready(self) -> None:
+        """The gate opens once the config cluster (and remotes, up to a timeout) synced."""
+        assert self.clusters is not None
+        await self.clusters.initial_sync.wait()
+        self._rebuild(PushRequest(reason="initial"))
+        self.ready.set()
+        log.info(
+            "initial config loaded from %d clusters: %d services, %d errors",
+            len(self.clusters.cluster_ids()),
+            len(self.snapshot.services),
+            len(self.snapshot.errors),
+        )
+
+    def _cluster_changed(self, cluster_id: str, kinds: frozenset[str]) -> None:
+        # Before the gate opens, the initial build takes everything in.
+        if self.ready.is_set():
+            self.debouncer.request(
+                PushRequest(kinds=kinds, reason=f"cluster {cluster_id}", started=time.monotonic())
+            )
+
+    def _cluster_errors(self) -> None:
+        if self.ready.is_set():
+            self._refresh_errors()
+
+    def _store_errors(self) -> tuple[ConfigError, ...]:
+        """Problems of every store, in the order build_snapshot reports them."""
+        errors = self.store.errors()
+        if self.clusters is not None:
+            for store in self.clusters.remote_stores().values():
+                errors += store.errors()
+        return errors
 
     def _as_resync(self, change: ConfigChange) -> ConfigChange:
         """A full load after a restart: files the store has but the scan lacks are gone."""
@@ -256,14 +397,18 @@ class XdsdApp:
     def _rebuild(self, req: PushRequest) -> None:
         start = time.perf_counter()
         self._generation += 1
+        clusters = self.clusters
         snapshot = build_snapshot(
             self.store,
             generation=self._generation,
             root_namespace=self.settings.root_namespace,
             domain_suffix=self.settings.domain_suffix,
+            remotes=clusters.remote_stores() if clusters else {},
+            config_cluster_id=self.settings.cluster_id,
+            stale=clusters.stale() if clusters else frozenset(),
         )
         self.snapshot = snapshot
-        self._build_errors = snapshot.errors[len(self.store.errors()) :]
+        self._build_errors = snapshot.errors[len(self._store_errors()) :]
         self.cache.reset(snapshot.generation)
         self.m_pushcontext.observe(time.perf_counter() - start)
         self.m_services.set(len(snapshot.services))
@@ -271,7 +416,7 @@ class XdsdApp:
         self._log_new_errors(snapshot.errors)
 
     def _refresh_errors(self) -> None:
-        errors = self.store.errors() + self._build_errors
+        errors = self._store_errors() + self._build_errors
         if errors != self.snapshot.errors:
             self.snapshot = dataclasses.replace(self.snapshot, errors=errors)
             self.m_invalid.set(sum(1 for e in errors if e.severity == "error"))
@@ -490,8 +635,21 @@ class XdsdApp:
             "skipped": ignored,
         }
 
+    def clusterz(self) -> dict[str, Any]:
+        """Every Kubernetes cluster connection and its state (folder mode: none)."""
+        if self.clusters is None:
+            return {"mode": "folder", "config_dir": str(self.settings.config_dir), "clusters": []}
+        return {
+            "mode": "kubernetes",
+            "config_cluster": self.settings.cluster_id,
+            "ready": self.ready.is_set(),
+            "clusters": self.clusters.status(),
+            "remote_secrets": self.clusters.remotes_status(),
+        }
+
     def registryz(self) -> list[dict[str, Any]]:
         snap = self.snapshot
+        stale = self.clusters.stale() if self.clusters else frozenset()
         out = []
         for svc in snap.services:
             out.append(
@@ -502,13 +660,14 @@ class XdsdApp:
                     "source": str(svc.ref),
                     "addresses": list(svc.addresses),
                     "resolution": svc.resolution.value,
+                    "clusters": list(svc.clusters),
                     "ports": [
                         {
                             "name": p.name,
                             "port": p.port,
                             "protocol": p.protocol.value,
                             "endpoints": [
-                                f"{e.address}:{e.port}" for e in snap.endpoints_for(svc, p.port)
+                                _endpoint_info(e, stale) for e in snap.endpoints_for(svc, p.port)
                             ],
                         }
                         for p in svc.ports
@@ -516,6 +675,18 @@ class XdsdApp:
                 }
             )
         return out
+
+
+def _endpoint_info(e: Endpoint, stale: frozenset[str]) -> dict[str, Any]:
+    loc = e.locality
+    return {
+        "address": f"{e.address}:{e.port}",
+        "cluster": e.cluster_id,
+        "network": e.network,
+        "locality": "/".join((loc.region, loc.zone, loc.subzone)).rstrip("/"),
+        "healthy": e.healthy,
+        "stale": e.cluster_id in stale,
+    }
 
 
 def _problem(e: ConfigError) -> dict[str, str]:

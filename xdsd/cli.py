@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -67,8 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xdsd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve xDS from a folder of YAML config")
-    serve.add_argument("--config-dir", type=Path, required=True, help="folder of *.yaml to serve")
+    serve = sub.add_parser(
+        "serve", help="serve xDS from a folder of YAML config or from Kubernetes clusters"
+    )
+    serve.add_argument("--config-dir", type=Path, help="folder of *.yaml to serve")
     serve.add_argument("--xds-host", default="127.0.0.1", help="xDS listen address")
     serve.add_argument("--xds-port", type=int, default=15010, help="xDS gRPC port (15010)")
     serve.add_argument("--admin-host", default="127.0.0.1", help="admin/debug listen address")
@@ -83,6 +86,44 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-interval", type=float, default=0.5, help="config dir poll (s)")
     serve.add_argument("--debounce-quiet", type=float, default=0.1, help="quiet period (s)")
     serve.add_argument("--debounce-max", type=float, default=10.0, help="max push delay (s)")
+    kube = serve.add_argument_group(
+        "Kubernetes", "read config from a config cluster instead of --config-dir"
+    )
+    kube.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="PATH",
+        help="the config cluster's kubeconfig (default: $KUBECONFIG without --config-dir)",
+    )
+    kube.add_argument(
+        "--in-cluster", action="store_true", help="the config cluster is the one xdsd runs in"
+    )
+    kube.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NS",
+        dest="namespaces",
+        help="watch only this namespace (repeatable; default: all)",
+    )
+    kube.add_argument(
+        "--own-namespace",
+        default="istio-system",
+        help="namespace of the istio/multiCluster=true remote secrets (istio-system)",
+    )
+    kube.add_argument(
+        "--remote-secrets-dir",
+        type=Path,
+        metavar="DIR",
+        help="remote clusters from kubeconfig files (name = cluster id) instead of Secrets",
+    )
+    kube.add_argument("--cluster-id", default="Kubernetes", help="the config cluster's id")
+    kube.add_argument(
+        "--remote-sync-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="readiness waits at most this long for a remote cluster's first sync (30)",
+    )
     _add_log_level(serve)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects to xdsd")
@@ -147,12 +188,29 @@ async def _serve(args: argparse.Namespace) -> int:
     from xdsd.push.debounce import DebounceSettings
     from xdsd.server.grpc_server import GrpcSettings
 
-    if not args.config_dir.is_dir():
+    kubeconfig = args.kubeconfig
+    if args.config_dir is None and kubeconfig is None and not args.in_cluster:
+        kubeconfig = _kubeconfig_from_env()
+        if kubeconfig is None:
+            print(
+                "xdsd: serve needs --config-dir DIR, --kubeconfig PATH (or $KUBECONFIG) "
+                "or --in-cluster",
+                file=sys.stderr,
+            )
+            return 2
+    if args.config_dir is not None and not args.config_dir.is_dir():
         print(f"xdsd: --config-dir {args.config_dir} is not a directory", file=sys.stderr)
         return 2
     try:
         settings = AppSettings(
             config_dir=args.config_dir,
+            kubeconfig=kubeconfig,
+            in_cluster=args.in_cluster,
+            namespaces=frozenset(args.namespaces) if args.namespaces else None,
+            own_namespace=args.own_namespace,
+            remote_secrets_dir=args.remote_secrets_dir,
+            cluster_id=args.cluster_id,
+            remote_sync_timeout=args.remote_sync_timeout,
             xds=GrpcSettings(host=args.xds_host, port=args.xds_port),
             admin_host=args.admin_host,
             admin_port=args.admin_port,
@@ -168,10 +226,16 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    async with XdsdApp(settings) as app:
+    try:
+        xdsd_app = XdsdApp(settings)
+    except ValueError as e:
+        print(f"xdsd: {e}", file=sys.stderr)
+        return 2
+    what = args.config_dir or f"Kubernetes cluster {settings.cluster_id}"
+    async with xdsd_app as app:
         logging.getLogger("xdsd").info(
             "serving %s: xDS on %s:%d, admin on http://%s:%d",
-            args.config_dir,
+            what,
             args.xds_host,
             app.xds_port,
             args.admin_host,
@@ -180,6 +244,15 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
         logging.getLogger("xdsd").info("shutting down")
     return 0
+
+
+def _kubeconfig_from_env() -> Path | None:
+    """$KUBECONFIG (a path list, as kubectl reads it): its first existing file."""
+    paths = [Path(p) for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    for path in paths:
+        if path.is_file():
+            return path
+    return paths[0] if paths else None
 
 
 def _bootstrap(args: argparse.Namespace) -> int:

@@ -32,6 +32,8 @@ class DebugView(Protocol):
 
     def registryz(self) -> list[dict[str, Any]]: ...
 
+    def clusterz(self) -> dict[str, Any]: ...
+
     def push_status(self) -> dict[str, Any]: ...
 
 
@@ -102,6 +104,7 @@ def build_app(view: DebugView, *, remote_debug: bool = False) -> web.Application
                     "/debug/config_dump?proxyID=POD.NAMESPACE",
                     "/debug/configz",
                     "/debug/registryz",
+                    "/debug/clusterz",
                     "/debug/push_status",
                 ]
             }
@@ -116,6 +119,7 @@ def build_app(view: DebugView, *, remote_debug: bool = False) -> web.Application
     app.router.add_get("/debug/adsz", listing(view.adsz))
     app.router.add_get("/debug/configz", listing(view.configz))
     app.router.add_get("/debug/registryz", listing(view.registryz))
+    app.router.add_get("/debug/clusterz", listing(view.clusterz))
     app.router.add_get("/debug/config_dump", config_dump)
     app.router.add_get("/debug/push_status", listing(view.push_status))
     return app
