@@ -303,6 +303,14 @@ async def test_http_writes(api: KubeApiServer, kube: client.ApiClient) -> None:
     )
     assert patched.data == {"b": "3"}
     assert api.get("ConfigMap", "ns1", "cm")["data"] == {"b": "3"}  # type: ignore[index]
+    before = api.resource_version
+    assert api.patch("ConfigMap", "ns1", "cm", {"data": {"c": "4"}})["data"] == {"b": "3", "c": "4"}
+    # Writes never touch stored versions: the state at `before` is intact.
+    exact = await core.list_namespaced_config_map(
+        "ns1", resource_version=before, resource_version_match="Exact"
+    )
+    assert exact.items[0].data == {"b": "3"}
+    assert exact.items[0].metadata.resource_version == before
     await core.delete_namespaced_config_map("cm", "ns1")
     with pytest.raises(ApiException) as missing:
         await core.read_namespaced_config_map("cm", "ns1")
@@ -477,6 +485,7 @@ async def test_expired_versions_answer_410(api: KubeApiServer, kube: client.ApiC
     with pytest.raises(ApiException) as gone:
         await core.list_namespaced_service("default", limit=1, _continue=page.metadata._continue)
     assert gone.value.status == 410
+    assert [r.status for r in api.requests if r.verb == "list"] == [200, 410, 410]
 
     # A watch from an expired version: one ERROR event (Status 410), then the end.
     body = await raw_json(

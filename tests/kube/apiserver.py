@@ -511,11 +511,14 @@ class RequestRecord:
     method: str
     path: str
     query: Mapping[str, str]
-    verb: str  # list, watch, get, create, update, patch, delete, tokenreview, discovery
-    resource: str  # plural (or "" for discovery/tokenreview)
-    status: int
+    # list, watch, get, create, update, patch, delete, tokenreview; "unauthorized"
+    # (401, before routing) and "error" (no such resource). Discovery is not logged.
+    verb: str
+    resource: str  # the plural ("" when unknown)
+    status: int  # the HTTP status (a watch: 200 when it starts, even for an ERROR event)
 
 
+_ROUTE = web.RequestKey("kube_route", tuple[str, str])  # (verb, plural) for the log
 _DROP = "drop"  # close the stream abruptly
 _END = "end"  # end the stream cleanly
 
@@ -651,9 +654,12 @@ class KubeApiServer:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(
-            app, handle_signals=False, handler_cancellation=True, access_log=None
+            app,
+            handle_signals=False,
+            handler_cancellation=True,  # a client going away ends its watch handler
+            access_log=None,
+            shutdown_timeout=1.0,  # watch streams are ended by _stop_listening first
         )
-        runner._shutdown_timeout = 1.0  # open streams are ended by us first
         await runner.setup()
         try:
             sock = await self._bind()
@@ -688,9 +694,10 @@ class KubeApiServer:
             return
         self.drop_watches(graceful=graceful)
         if self._watches:  # let the watch handlers end their streams
-            await asyncio.wait(
-                [asyncio.ensure_future(w.closed.wait()) for w in self._watches], timeout=1.0
-            )
+            waiters = [asyncio.ensure_future(w.closed.wait()) for w in self._watches]
+            _, pending = await asyncio.wait(waiters, timeout=1.0)
+            for waiter in pending:
+                waiter.cancel()
         await runner.cleanup()
 
     async def pause(self) -> None:
@@ -916,8 +923,9 @@ class KubeApiServer:
         current = self._objects[rtype.key].get(self._key(rtype, namespace, name))
         if current is None:
             raise KeyError(f"{rtype.resource} {namespace}/{name} not found")
-        body = merge_patch(current, patch)
-        body["metadata"].pop("resourceVersion", None)
+        body = merge_patch(copy.deepcopy(current), patch)  # stored objects are never mutated
+        body.setdefault("metadata", {}).pop("resourceVersion", None)
+        body["metadata"].update(name=name, namespace=namespace)
         stored, _ = self._write(rtype, body, "update")
         return copy.deepcopy(stored)
 
@@ -1187,7 +1195,8 @@ class KubeApiServer:
         try:
             return await self._dispatch(request)
         except ApiError as err:
-            self._log(request, "error", "", err.code)
+            verb, resource = request.get(_ROUTE, ("error", ""))
+            self._log(request, verb, resource, err.code)
             return web.json_response(err.status, status=err.code)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -1222,6 +1231,7 @@ class KubeApiServer:
                 return web.json_response(self._group(parts[1]))
             group, version, rest = parts[1], parts[2], parts[3:]
         if group == "authentication.k8s.io" and version == "v1" and rest == ["tokenreviews"]:
+            request[_ROUTE] = ("tokenreview", "tokenreviews")
             if request.method != "POST":
                 raise ApiError(405, "only POST is supported for tokenreviews")
             return await self._token_review(request)
@@ -1248,6 +1258,11 @@ class KubeApiServer:
             raise ApiError(404, "the server could not find the requested resource")
         method = request.method
         query = request.query
+        verbs = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch"}
+        verb = verbs.get(method, method.lower())
+        if name is None and method == "GET":
+            verb = "watch" if watch_path or _true(query.get("watch")) else "list"
+        request[_ROUTE] = (verb, rtype.plural)
         if name is None:
             if method == "GET":
                 if watch_path or _true(query.get("watch")):
@@ -1368,10 +1383,9 @@ class KubeApiServer:
         elif ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
             if not isinstance(patch, dict):
                 raise ApiError(400, "a merge patch must be an object")
-            body = merge_patch(current, patch)
-            if _meta(patch).get("resourceVersion") is None:
-                body["metadata"] = {**_meta(body)}
-                body["metadata"].pop("resourceVersion", None)
+            body = merge_patch(copy.deepcopy(current), patch)
+            if isinstance(body.get("metadata"), dict) and not _meta(patch).get("resourceVersion"):
+                body["metadata"].pop("resourceVersion", None)  # no precondition
         else:
             raise ApiError(415, f"the body of the request was in an unknown format: {ctype}")
         if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
