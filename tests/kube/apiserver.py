@@ -27,10 +27,18 @@ Semantics follow https://kubernetes.io/docs/reference/using-api/api-concepts/:
   matching as ADDED, as the watch cache does;
 - a DELETED event carries the object's last state at the deletion's version.
 
-Fault controls: ``drop_watches()``, ``pause()``/``resume()`` (the listener is
-really closed: connection refused), ``restart(keep_state=...)`` on the same
-port, ``expire_before(rv)``/``compact()``, ``fail_next_watches(n, status)``,
-``fail_next_lists(n, status)``.
+Not modelled: strategic merge patches merge lists by key (they are JSON merge
+patches here), graceful deletion/finalizers, namespace cascades, admission.
+
+Fault controls: ``drop_watches(graceful=False)`` (streams cut mid-stream, or
+ended cleanly), ``await pause()``/``await resume()`` (the listener and every
+connection are really closed: connection refused; in-process writes go on),
+``await restart(keep_state=True, graceful=True)`` on the same port,
+``expire_before(rv)``/``compact()`` (410 for older versions),
+``fail_next_watches(n, status=410)`` (an ERROR event), ``fail_next_lists(n,
+status=500)``, ``send_bookmarks()``, a settable ``bookmark_interval``.
+Inspection: ``watches(resource)``, ``await wait_watches(n, resource)``,
+``requests`` / ``count(verb, resource)``, ``resource_version``.
 
 Usage::
 
