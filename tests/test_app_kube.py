@@ -15,6 +15,7 @@ from aiohttp import ClientSession
 from tests.kube.apiserver import KubeApiServer
 from tests.kube_harness import (
     cluster_state,
+    endpoint_slice,
     endpoints_of,
     established_connections,
     kube_settings,
@@ -319,3 +320,40 @@ def test_cli_serve_needs_a_source(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     assert cli.main(["serve", "--admin-port", "-1"]) == 2
     assert "cannot read kubeconfig" in capsys.readouterr().err
+
+
+async def test_endpoint_slice_changes_push_endpoints_only(
+    tmp_path: Path, main: KubeApiServer, west: KubeApiServer
+) -> None:
+    main.apply(west.remote_secret("west"))
+    async with XdsdApp(kube_settings(tmp_path, main)) as app:
+        await ready(app)
+        pushes = app.push_status()["pushes"]
+        west.apply(
+            endpoint_slice(
+                "reviews-1",
+                NS,
+                "reviews",
+                "http",
+                9080,
+                [("127.0.0.12", "reviews-b", "w1"), ("127.0.0.14", "gone", "w1")],
+            )
+        )
+
+        async def pushed() -> bool:
+            return app.push_status()["pushes"] > pushes
+
+        await poll(pushed, timeout=10, what="a push")
+        last = app.push_status()["last_push"]
+        assert (last["kinds"], last["types"], last["reason"]) == (
+            ["EndpointSlice"],
+            "eds",
+            "cluster west",
+        )
+        # The address without a Pod still gets its Node's locality, in west.
+        (svc,) = [s for s in app.registryz() if s["hostname"] == HOST]
+        eps = {e["address"]: e for e in svc["ports"][0]["endpoints"]}
+        assert (eps["127.0.0.14:9080"]["cluster"], eps["127.0.0.14:9080"]["locality"]) == (
+            "west",
+            "us/us-2",
+        )
