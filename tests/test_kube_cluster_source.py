@@ -631,6 +631,26 @@ async def test_aclose_while_connecting() -> None:
         await until(lambda: not (asyncio.all_tasks() - baseline))
 
 
+async def test_changes_end_after_aclose() -> None:
+    async with KubeApiServer(token=TOKEN) as api:
+        src = source(api, kinds=("Service",))
+        seen: list[ConfigChange] = []
+
+        async def consume() -> None:
+            async for change in src.changes():
+                seen.append(change)
+
+        task = asyncio.create_task(consume())
+        await until(lambda: seen)
+        await src.aclose()
+        async with asyncio.timeout(5):
+            await task  # the loop ended by itself
+        await until(lambda: not api.watches())
+        closed = source(api)
+        await closed.aclose()
+        assert [c async for c in closed.changes()] == []
+
+
 def test_spec_hides_credentials_and_compares_by_content() -> None:
     kc: dict[str, Any] = {"users": [{"name": "u", "user": {"token": "abc"}}]}
     a = ClusterSpec("east", kc, "remote")

@@ -365,6 +365,23 @@ async def test_folder_that_appears_later(tmp_path: Path) -> None:
         assert ev.brief() == [("added", "east")]
 
 
+async def test_changes_end_after_aclose(tmp_path: Path) -> None:
+    write(tmp_path / "east.yaml", kubeconfig_yaml("https://e", "te"))
+    remotes = RemoteSecrets(folder=tmp_path, poll_interval=0.02)
+    seen: list[RemoteEvent] = []
+
+    async def consume() -> None:
+        async for ev in remotes.changes():
+            seen.append(ev)
+
+    task = asyncio.create_task(consume())
+    await until(lambda: remotes.synced)
+    await remotes.aclose()
+    async with asyncio.timeout(5):
+        await task
+    assert len(seen) == 1
+
+
 def test_parse_kubeconfig_reasons_never_quote_content() -> None:
     ok, why = parse_kubeconfig(kubeconfig_yaml("https://e", "tok"))
     assert ok is not None and why is None

@@ -18,7 +18,7 @@ Usage::
   batch is delivered once, in its last state; one added and deleted within a
   batch not at all). Nothing is yielded when nothing really changed (see
   `watch.list_watch`: relists are diffs, resourceVersion-only updates are
-  dropped). It keeps running through disconnects and never ends on its own.
+  dropped). It keeps running through disconnects and ends only after `aclose()`.
 - Kinds: `CONFIG_KINDS` for role "config" (the Istio kinds of networking.istio.io
   and security.istio.io, each in the first version the server serves among v1,
   v1beta1, v1alpha3, plus Service, EndpointSlice, Pod, Namespace, Secret,
@@ -258,20 +258,28 @@ class ClusterSource:
         if self._started:
             raise RuntimeError("changes() can be iterated once")
         self._started = True
+        if self._closed:
+            return
         self._spawn(self._setup(), "setup")
         try:
             while not self._all_synced():
+                if self._closed:
+                    return
                 await self._wake.wait()
                 self._wake.clear()
+            if self._closed:
+                return
             first = await self._flush(initial=True)
             self.synced.set()
             log.info("cluster %s synced: %d objects", self.spec.cluster_id, len(self._delivered))
             yield first
             while True:
                 await self._wake.wait()
-                if self._batch_window > 0:
+                if self._batch_window > 0 and not self._closed:
                     await self._sleep(self._batch_window)
                 self._wake.clear()
+                if self._closed:
+                    return
                 change = await self._flush(initial=False)
                 if change.files:
                     yield change
@@ -279,8 +287,9 @@ class ClusterSource:
             await self._cancel_tasks()
 
     async def aclose(self) -> None:
-        """Stop every watch and close the API client. Idempotent."""
+        """Stop every watch and close the API client; `changes()` ends. Idempotent."""
         self._closed = True
+        self._wake.set()
         await self._cancel_tasks()
         api, self._api = self._api, None
         if api is not None:

@@ -247,32 +247,41 @@ class RemoteSecrets:
         )
 
     async def changes(self) -> AsyncGenerator[RemoteEvent, None]:
-        """The initial clusters, then every change (forever)."""
+        """The initial clusters, then every change (until `aclose()`)."""
         if self._started:
             raise RuntimeError("changes() can be iterated once")
         self._started = True
+        if self._closed:
+            return
         if self.folder is not None:
             self._spawn(self._poll_folder(), "folder")
         else:
             self._spawn(self._watch_secrets(), "secrets")
         try:
             while not self._loaded:
+                if self._closed:
+                    return
                 await self._wake.wait()
                 self._wake.clear()
+            if self._closed:
+                return
             for event in self._diff():
                 yield event
             self.synced.set()
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                if self._closed:
+                    return
                 for event in self._diff():
                     yield event
         finally:
             await self._cancel_tasks()
 
     async def aclose(self) -> None:
-        """Stop watching and close the API client. Idempotent."""
+        """Stop watching and close the API client; `changes()` ends. Idempotent."""
         self._closed = True
+        self._wake.set()
         await self._cancel_tasks()
         api, self._api = self._api, None
         if api is not None:
