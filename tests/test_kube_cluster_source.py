@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -583,6 +585,40 @@ async def test_wrong_token_is_unreachable_with_a_safe_error(
             await src.aclose()
         assert "wrong-token-xyz" not in caplog.text and "wrong-token-xyz" not in repr(spec)
         assert "401" in caplog.text
+
+
+async def test_exec_plugin_credentials_are_refreshed_when_expired(tmp_path: Path) -> None:
+    """A kubeconfig whose user runs an exec plugin (EKS/GKE style) keeps working after
+    the server rotates its token: the expired credential is fetched again."""
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token")
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json, pathlib, sys\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1beta1',\n"
+        "  'kind': 'ExecCredential', 'status': {\n"
+        f"  'token': pathlib.Path({str(token_file)!r}).read_text(),\n"
+        "  'expirationTimestamp': '2000-01-01T00:00:00Z'}}))\n"
+    )
+    async with KubeApiServer(token="first-token") as api:
+        api.apply(svc("a"))
+        kubeconfig = api.kubeconfig("c1")
+        kubeconfig["users"][0]["user"] = {
+            "exec": {
+                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                "command": sys.executable,
+                "args": [str(plugin)],
+            }
+        }
+        src = ClusterSource(ClusterSpec("c1", kubeconfig), kinds=("Service",), backoff=FAST)
+        async with Run(src) as run:
+            await api.wait_watches(1)
+            api.set_token("second-token")
+            token_file.write_text("second-token")
+            api.drop_watches()
+            api.apply(svc("b"))
+            await until(lambda: run.names("Service") == ["shop/a", "shop/b"])
+            assert not [r for r in api.requests if r.status == 401]
 
 
 async def test_unreachable_from_the_start_then_syncs() -> None:

@@ -21,7 +21,7 @@ import contextlib
 import copy
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -87,11 +87,42 @@ async def new_api_client(kubeconfig: Mapping[str, Any] | None) -> ApiClient:
         problem = kubeconfig_problem(kubeconfig)
         if problem is not None:
             raise ValueError(f"invalid kubeconfig: {problem}")
-        await load_kube_config_from_dict(
+        loader = await load_kube_config_from_dict(
             copy.deepcopy(dict(kubeconfig)), client_configuration=config
         )
+        if _uses_exec_plugin(kubeconfig):
+            config.refresh_api_key_hook = _exec_refresher(loader)
     config.connection_pool_maxsize = 0  # no limit: each watch holds a connection
     return ApiClient(configuration=config)
+
+
+def _uses_exec_plugin(kubeconfig: Mapping[str, Any]) -> bool:
+    """Whether the current context's user gets its credentials from an exec plugin."""
+    try:
+        current = kubeconfig["current-context"]
+        ctx = next(c for c in kubeconfig["contexts"] if c["name"] == current)["context"]
+        user = next(u for u in kubeconfig["users"] if u["name"] == ctx["user"])["user"]
+    except (KeyError, TypeError, StopIteration):
+        return False
+    return isinstance(user, Mapping) and "exec" in user
+
+
+def _exec_refresher(loader: Any) -> Callable[[Configuration], Awaitable[None]]:
+    """A hook run before each request: re-runs the exec plugin once its token expired.
+
+    (kubernetes-asyncio runs the plugin only when loading the kubeconfig.) A plugin
+    that gives no expirationTimestamp is not re-run.
+    """
+
+    async def refresh(config: Configuration) -> None:
+        if not hasattr(loader, "exec_plugin_expiry"):
+            return
+        await loader.load_from_exec_plugin()  # runs the plugin only when expired
+        token = getattr(loader, "token", None)
+        if token:
+            config.api_key["BearerToken"] = token
+
+    return refresh
 
 
 def server_of(kubeconfig: Mapping[str, Any] | None) -> str:
