@@ -38,6 +38,8 @@ from xdsd.cache.resources import (
     sotw_chunks,
 )
 from xdsd.server import protocol as p
+from xdsd.server.auth import AuthError, Caller, StreamAuth
+from xdsd.server.limits import TokenBucket
 from xdsd.server.metrics import XdsMetrics
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,8 @@ class Connection:
     node_id: str = ""
     proxy_id: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Who the stream authenticated as (None when authentication is off).
+    caller: Caller | None = None
     watch: ProxyWatch | None = None
     states: dict[str, p.WatchState] = field(default_factory=dict)
     connected_at: float = field(default_factory=time.time)
@@ -170,10 +174,17 @@ class XdsServices:
         provider: ConfigProvider,
         metrics: XdsMetrics,
         settings: ServerSettings | None = None,
+        *,
+        auth: StreamAuth | None = None,
+        new_streams: TokenBucket | None = None,
     ) -> None:
         self.provider = provider
         self.metrics = metrics
         self.settings = settings or ServerSettings()
+        # Authentication at stream start, authorization of the node (None: off).
+        self.auth = auth
+        # New streams per second; over the limit a stream ends RESOURCE_EXHAUSTED.
+        self.new_streams = new_streams
         self._control_plane = wire.control_plane(self.settings.control_plane_id)
         self.connections: dict[str, Connection] = {}
         self._prefix = secrets.token_hex(3)
@@ -261,6 +272,12 @@ class XdsServices:
         inbox = conn.inbox
         reader = asyncio.create_task(_pump(requests, inbox), name=f"xds-read-{conn.conn_id}")
         try:
+            if self.new_streams is not None and not self.new_streams.take():
+                raise NodeRejected(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many new streams; retry later"
+                )
+            if self.auth is not None:
+                conn.caller = await self.auth.authenticate(context, "xDS stream")
             await self.provider.wait_ready()
             while True:
                 item = await inbox.get()
@@ -278,6 +295,9 @@ class XdsServices:
             self.metrics.refused_streams.labels(reason=e.code.name.lower()).inc()
             log.warning("refused xDS stream from %s: %s", conn.peer, e.message)
             await context.abort(e.code, e.message)
+        except AuthError as e:  # logged and counted by StreamAuth
+            self.metrics.refused_streams.labels(reason=e.code.name.lower()).inc()
+            await context.abort(e.code, e.message)
         finally:
             reader.cancel()
             self._disconnect(conn)
@@ -288,6 +308,8 @@ class XdsServices:
                 grpc.StatusCode.INVALID_ARGUMENT, "the first request on a stream must carry node.id"
             )
         metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+        if self.auth is not None:
+            self.auth.authorize(conn.caller, node.id, metadata, conn.peer)
         watch = self.provider.open(node.id, metadata, conn.peer, context)
         conn.node_id = node.id
         conn.metadata = metadata
