@@ -221,7 +221,11 @@ async def test_remote_secret_added_and_deleted_at_runtime(tmp_path: Path) -> Non
         await poll(west_out, timeout=15, what="west's endpoints removed from Envoy")
         assert await w.answers() == {"reviews-a"}
         assert cluster_state(w.app, "west") is None
-        assert not w.west.watches()
+
+        async def unwatched() -> bool:
+            return not w.west.watches()
+
+        await poll(unwatched, timeout=10, what="west's watches closed")
 
 
 # -- faults -------------------------------------------------------------------------------

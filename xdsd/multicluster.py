@@ -153,6 +153,11 @@ class Clusters:
         """Every store: the config cluster's first, then remotes by cluster id."""
         return [self.config_store, *self.remote_stores().values()]
 
+    def spec(self, cluster_id: str) -> ClusterSpec | None:
+        """The spec (kubeconfig) of a cluster now connected, by id."""
+        member = self._members.get(cluster_id)
+        return member.spec if member is not None else None
+
     def cluster_ids(self) -> list[str]:
         return [self.config_cluster_id, *self.remote_stores()]
 
@@ -264,12 +269,19 @@ class Clusters:
         from xdsd.sources.kube.remote import ClusterRemoved
 
         assert self._remotes is not None
-        async for event in self._remotes.changes():
-            if isinstance(event, ClusterRemoved):
-                await self._remove(event.cluster_id)
-            else:
-                await self._add_or_update(event.spec)
-            self._wake.set()
+        try:
+            async for event in self._remotes.changes():
+                if isinstance(event, ClusterRemoved):
+                    await self._remove(event.cluster_id)
+                else:
+                    await self._add_or_update(event.spec)
+                self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # RemoteSecrets retries by itself; this is a bug. The clusters running
+            # now keep running, but no further remote secret change is followed.
+            log.exception("remote secrets failed: remote clusters are no longer followed")
 
     async def _add_or_update(self, spec: ClusterSpec) -> None:
         cid = spec.cluster_id
