@@ -40,6 +40,7 @@ from xdsd.model.types import ConfigError, Endpoint
 from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
+from xdsd.security import Security, SecuritySettings
 from xdsd.server.ads import Connection, NodeRejected, XdsServices
 from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
@@ -92,6 +93,8 @@ class AppSettings:
     sync_progress_interval: float = 5.0  # log progress of a long initial sync
     kube_backoff: Backoff | None = None  # reconnect delays after API errors (None: default)
     kube_watch_timeout: int = 300  # seconds a watch request asks the server to last
+    # Authentication, Istio's authorization, the CA, stream limits (xdsd.security).
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     def __post_init__(self) -> None:
         sources = [self.config_dir is not None, self.kubeconfig is not None, self.in_cluster]
@@ -179,7 +182,20 @@ class XdsdApp:
             root_namespace=settings.root_namespace, domain_suffix=settings.domain_suffix
         )
         self.cache = GroupCache()
-        self.services = XdsServices(self, self.metrics)
+        self._config_kubeconfig: tuple[Mapping[str, Any] | None] | None = None
+        self.security = Security(
+            settings.security,
+            self.registry,
+            domain_suffix=settings.domain_suffix,
+            kubeconfigs=self._kubeconfig_of if settings.kube else None,
+            default_cluster_id=settings.cluster_id,
+        )
+        self.services = XdsServices(
+            self,
+            self.metrics,
+            auth=self.security.auth,
+            new_streams=self.security.new_streams,
+        )
         self.debouncer = Debouncer(self._push, settings.debounce)
         self.source = None if settings.kube else self._new_source()
         self.ready = asyncio.Event()
@@ -217,11 +233,17 @@ class XdsdApp:
         return self._server.port if self._server else self.settings.xds.port
 
     @property
+    def tls_port(self) -> int:
+        return self._server.tls_port if self._server else self.settings.xds.tls_port
+
+    @property
     def admin_port(self) -> int:
         return self._admin.port if self._admin else self.settings.admin_port
 
     async def __aenter__(self) -> XdsdApp:
-        self._server = await XdsServer(self.services, self.settings.xds).__aenter__()
+        self._server = await XdsServer(
+            self.services, self.settings.xds, self.security.handlers()
+        ).__aenter__()
         try:
             if self.settings.admin_port >= 0:
                 self._admin = await AdminServer(
@@ -256,6 +278,7 @@ class XdsdApp:
         if self._server is not None:
             await self._server.__aexit__(None, None, None)
             self._server = None
+        await self.security.aclose()
         if self._admin is not None:
             await self._admin.__aexit__(None, None, None)
             self._admin = None
@@ -355,6 +378,17 @@ class XdsdApp:
             backoff=self.settings.kube_backoff or DEFAULT_BACKOFF,
             watch_timeout=self.settings.kube_watch_timeout,
         )
+
+    def _kubeconfig_of(self, cluster_id: str) -> tuple[bool, Mapping[str, Any] | None]:
+        """The kubeconfig of a cluster by id, for TokenReview (None: in-cluster)."""
+        s = self.settings
+        if cluster_id == s.cluster_id:
+            if self._config_kubeconfig is None:
+                kc = None if s.kubeconfig is None else load_kubeconfig(s.kubeconfig)
+                self._config_kubeconfig = (kc,)
+            return True, self._config_kubeconfig[0]
+        spec = self.clusters.spec(cluster_id) if self.clusters is not None else None
+        return (True, spec.kubeconfig) if spec is not None else (False, None)
 
     async def _kube_ready(self) -> None:
         """The gate opens once the config cluster (and remotes, up to a timeout) synced."""

@@ -73,7 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config-dir", type=Path, help="folder of *.yaml to serve")
     serve.add_argument("--xds-host", default="127.0.0.1", help="xDS listen address")
-    serve.add_argument("--xds-port", type=int, default=15010, help="xDS gRPC port (15010)")
+    serve.add_argument(
+        "--xds-port",
+        type=int,
+        help="xDS gRPC port: TLS (15012) with a TLS certificate or --dev-certs, "
+        "else plaintext (15010) for a lab",
+    )
     serve.add_argument("--admin-host", default="127.0.0.1", help="admin/debug listen address")
     serve.add_argument(
         "--admin-port", type=int, default=15014, help="admin HTTP port (15014; -1: off)"
@@ -124,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="readiness waits at most this long for a remote cluster's first sync (30)",
     )
+    _add_security_args(serve)
     _add_log_level(serve)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects to xdsd")
@@ -139,6 +145,19 @@ def _parser() -> argparse.ArgumentParser:
         help="unix socket of the local agent's SDS (cluster sds-grpc, for ISTIO_MUTUAL); "
         "default Istio's path, relative to Envoy's working directory; '' leaves it out",
     )
+    boot.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="a service-account token (JWT) sent as 'authorization: Bearer' to xdsd",
+    )
+    boot.add_argument(
+        "--xds-ca-file",
+        metavar="PATH",
+        help="connect to xdsd over TLS, trusting this CA bundle (path as Envoy sees it)",
+    )
+    boot.add_argument("--xds-server-name", help="TLS server name (SNI) of xdsd")
+    boot.add_argument("--cluster-id", help="the proxy's cluster (sent as the clusterid header)")
     boot.add_argument("--output", type=Path, help="write to this file instead of stdout")
 
     tr = sub.add_parser("translate", help="print the resources a proxy would get, no server")
@@ -172,6 +191,161 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_security_args(serve: argparse.ArgumentParser) -> None:
+    tls = serve.add_argument_group(
+        "TLS, authentication and the CA",
+        "TLS xDS and the CA on --xds-port (15012); the plaintext port is off unless asked",
+    )
+    tls.add_argument("--tls-cert-file", type=Path, metavar="PATH", help="serving certificate")
+    tls.add_argument("--tls-key-file", type=Path, metavar="PATH", help="its key")
+    tls.add_argument(
+        "--dev-certs",
+        type=Path,
+        metavar="DIR",
+        help="make (or reuse) a self-signed development CA and serving certificate in DIR; "
+        "used for TLS and the CA unless given explicitly",
+    )
+    tls.add_argument(
+        "--dev-cert-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra DNS name or IP of the development serving certificate (repeatable)",
+    )
+    tls.add_argument(
+        "--plaintext-port",
+        type=int,
+        metavar="PORT",
+        help="also serve plaintext xDS here (Istio's 15010), without authentication",
+    )
+    tls.add_argument(
+        "--mtls-port",
+        type=int,
+        metavar="PORT",
+        help="TLS xDS and CA requiring a client certificate of the mesh CA (off)",
+    )
+    tls.add_argument("--ca-cert-file", type=Path, metavar="PATH", help="CA certificate (PEM)")
+    tls.add_argument("--ca-key-file", type=Path, metavar="PATH", help="CA key (PEM)")
+    tls.add_argument(
+        "--ca-chain-file",
+        type=Path,
+        metavar="PATH",
+        help="certificates from the CA up to the root, when the CA is an intermediate",
+    )
+    tls.add_argument(
+        "--max-cert-ttl",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="longest workload certificate the CA signs (24)",
+    )
+    tls.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    tls.add_argument(
+        "--token-review-kubeconfig",
+        type=Path,
+        metavar="PATH",
+        help="cluster that reviews proxies' tokens when config comes from --config-dir",
+    )
+    tls.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="do not authenticate proxies (a trusted lab only); the CA then signs nothing",
+    )
+    tls.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="close connections after this long so proxies spread over replicas (1800; 0: never)",
+    )
+    tls.add_argument("--max-streams-per-connection", type=int, default=100, help="(100)")
+    tls.add_argument(
+        "--new-streams-per-second",
+        type=float,
+        default=100.0,
+        help="new xDS streams and CA calls accepted per second, burst twice that (100; 0: no limit)",
+    )
+    tls.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="after GOAWAY, how long streams get before the server stops (5)",
+    )
+
+
+def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(GrpcSettings, SecuritySettings) from the serve flags; ValueError if they do not fit."""
+    import datetime
+
+    from xdsd.ca.authority import ensure_dev_certs
+    from xdsd.security import SecuritySettings
+    from xdsd.server.grpc_server import GrpcSettings
+
+    cert, key = args.tls_cert_file, args.tls_key_file
+    ca_cert, ca_key, ca_chain = args.ca_cert_file, args.ca_key_file, args.ca_chain_file
+    if (cert is None) != (key is None):
+        raise ValueError("give both --tls-cert-file and --tls-key-file")
+    if args.dev_certs is not None:
+        names = [*args.dev_cert_name]
+        if args.xds_host not in ("0.0.0.0", "::", ""):
+            names.append(args.xds_host)
+        from xdsd.ca.authority import DEFAULT_SERVER_NAMES
+
+        dev = ensure_dev_certs(
+            args.dev_certs,
+            list(dict.fromkeys([*DEFAULT_SERVER_NAMES, *names])),
+            trust_domain=args.trust_domain,
+        )
+        if cert is None:
+            cert, key = dev.server_cert, dev.server_key
+        if ca_cert is None and ca_key is None:
+            ca_cert, ca_key = dev.root_cert, dev.root_key
+    tls = cert is not None
+    if tls:
+        xds_port = 15012 if args.xds_port is None else args.xds_port
+        plaintext = -1 if args.plaintext_port is None else args.plaintext_port
+    else:
+        if args.mtls_port is not None:
+            raise ValueError("--mtls-port needs a TLS certificate (--tls-cert-file or --dev-certs)")
+        # No certificate: plaintext xDS for a lab (on --xds-port, default 15010).
+        xds_port = -1
+        plaintext = args.plaintext_port if args.plaintext_port is not None else args.xds_port
+        if plaintext is None:
+            plaintext = 15010
+        logging.getLogger("xdsd").warning(
+            "no TLS certificate: serving plaintext xDS without authentication on port %d "
+            "(give --tls-cert-file/--tls-key-file or --dev-certs for TLS)",
+            plaintext,
+        )
+    grpc_settings = GrpcSettings(
+        host=args.xds_host,
+        port=plaintext,
+        tls_port=xds_port,
+        tls_cert_file=cert,
+        tls_key_file=key,
+        mtls_port=-1 if args.mtls_port is None else args.mtls_port,
+        client_ca_file=ca_chain or ca_cert,
+        max_connection_age_s=args.max_connection_age,
+        max_concurrent_streams=args.max_streams_per_connection,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+    if args.max_cert_ttl <= 0:
+        raise ValueError("--max-cert-ttl must be positive")
+    security = SecuritySettings(
+        authenticate=tls and not args.insecure_no_auth,
+        trust_domain=args.trust_domain,
+        ca_cert_file=ca_cert,
+        ca_key_file=ca_key,
+        ca_chain_file=ca_chain,
+        max_cert_ttl=datetime.timedelta(hours=args.max_cert_ttl),
+        token_review_kubeconfig=args.token_review_kubeconfig,
+        new_streams_per_second=args.new_streams_per_second,
+        new_streams_burst=2 * args.new_streams_per_second,
+    )
+    return grpc_settings, security
+
+
 def _setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -186,7 +360,6 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 async def _serve(args: argparse.Namespace) -> int:
     from xdsd.app import AppSettings, XdsdApp
     from xdsd.push.debounce import DebounceSettings
-    from xdsd.server.grpc_server import GrpcSettings
 
     kubeconfig = args.kubeconfig
     if args.config_dir is None and kubeconfig is None and not args.in_cluster:
@@ -202,6 +375,7 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"xdsd: --config-dir {args.config_dir} is not a directory", file=sys.stderr)
         return 2
     try:
+        grpc_settings, security = _security_settings(args)
         settings = AppSettings(
             config_dir=args.config_dir,
             kubeconfig=kubeconfig,
@@ -211,7 +385,8 @@ async def _serve(args: argparse.Namespace) -> int:
             remote_secrets_dir=args.remote_secrets_dir,
             cluster_id=args.cluster_id,
             remote_sync_timeout=args.remote_sync_timeout,
-            xds=GrpcSettings(host=args.xds_host, port=args.xds_port),
+            xds=grpc_settings,
+            security=security,
             admin_host=args.admin_host,
             admin_port=args.admin_port,
             remote_debug=args.remote_debug,
@@ -233,11 +408,16 @@ async def _serve(args: argparse.Namespace) -> int:
         return 2
     what = args.config_dir or f"Kubernetes cluster {settings.cluster_id}"
     async with xdsd_app as app:
+        ports = [f"TLS {app.tls_port}"] if app.tls_port >= 0 else []
+        if app.xds_port >= 0:
+            ports.append(f"plaintext {app.xds_port}")
         logging.getLogger("xdsd").info(
-            "serving %s: xDS on %s:%d, admin on http://%s:%d",
+            "serving %s: xDS on %s (%s)%s%s, admin on http://%s:%d",
             what,
             args.xds_host,
-            app.xds_port,
+            ", ".join(ports),
+            ", with the CA" if app.security.ca is not None else "",
+            "" if app.security.auth.enabled else ", no authentication",
             args.admin_host,
             app.admin_port,
         )
@@ -263,6 +443,18 @@ def _bootstrap(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
         return 2
+    token = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as e:
+            print(
+                f"xdsd: cannot read --token-file {args.token_file}: {e.strerror}", file=sys.stderr
+            )
+            return 2
+        if not token:
+            print(f"xdsd: --token-file {args.token_file} is empty", file=sys.stderr)
+            return 2
     doc = build_bootstrap(
         BootstrapOptions(
             node_id=args.node_id,
@@ -272,6 +464,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
             delta=args.delta,
             admin_port=args.admin_port,
             sds_socket=args.sds_socket or None,
+            token=token,
+            cluster_id_header=args.cluster_id,
+            tls_ca_file=args.xds_ca_file,
+            tls_server_name=args.xds_server_name,
         )
     )
     text = json.dumps(doc, indent=2) + "\n"

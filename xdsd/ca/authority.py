@@ -33,7 +33,7 @@ BACKDATE = datetime.timedelta(minutes=2)
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
-class CAError(Exception):
+class CAError(ValueError):
     """The CA cannot be loaded or cannot sign (the message never holds key material)."""
 
 

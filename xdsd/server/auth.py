@@ -78,6 +78,11 @@ class TokenReviewer(Protocol):
         ...
 
 
+def _over_tls(context: Any) -> bool:
+    auth = context.auth_context() or {}
+    return b"ssl" in auth.get("transport_security_type", ())
+
+
 def credentials(context: Any) -> Credentials:
     """Credentials of a grpc.aio call (its auth context and invocation metadata)."""
     peer = str(context.peer())
@@ -152,9 +157,13 @@ class StreamAuth:
         authenticators: Sequence[Authenticator],
         authorizer: Authorizer | None,
         registry: CollectorRegistry,
+        *,
+        plaintext_unauthenticated: bool = False,
     ) -> None:
         self.authenticators = tuple(authenticators)
         self.authorizer = authorizer
+        # Calls over a plaintext port (opted into by the operator) are not authenticated.
+        self.plaintext_unauthenticated = plaintext_unauthenticated
         self.denied = Counter(
             "xdsd_auth_denied",
             "Calls refused by authentication or authorization, by reason.",
@@ -170,6 +179,8 @@ class StreamAuth:
         """The caller of a call (None when auth is off); AuthError (logged, counted) if none."""
         if not self.authenticators:
             return None
+        if self.plaintext_unauthenticated and not _over_tls(context):
+            return None  # the plaintext port (15010): no authentication, as in istiod
         creds = credentials(context)
         problems: list[AuthError] = []
         for authn in self.authenticators:

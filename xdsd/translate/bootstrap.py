@@ -34,6 +34,12 @@ class BootstrapOptions:
     initial_fetch_timeout_s: float = 0  # 0: wait for the control plane for ever
     # Unix socket of the local agent's SDS (cluster sds-grpc); None: no such cluster.
     sds_socket: str | None = ISTIO_SDS_SOCKET
+    # A service-account token (JWT) for the control plane: sent as `authorization: Bearer`
+    # on the ADS stream, as pilot-agent's xDS proxy does (Envoy sends the value fixed at
+    # bootstrap time: restart Envoy with a fresh bootstrap before the token expires).
+    token: str | None = field(default=None, repr=False)
+    # The proxy's cluster id, sent as the `clusterid` header (which cluster reviews the token).
+    cluster_id_header: str | None = None
 
 
 def split_address(address: str, default_port: int = 15010) -> tuple[str, int]:
@@ -86,6 +92,13 @@ def sds_cluster(socket_path: str) -> dict[str, Any]:
 
 def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
     grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}
+    initial_metadata = []
+    if opts.token:
+        initial_metadata.append({"key": "authorization", "value": f"Bearer {opts.token}"})
+    if opts.cluster_id_header:
+        initial_metadata.append({"key": "clusterid", "value": opts.cluster_id_header})
+    if initial_metadata:
+        grpc_service["initial_metadata"] = initial_metadata
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
         "type": "STRICT_DNS",
