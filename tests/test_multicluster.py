@@ -195,3 +195,15 @@ async def test_initial_sync_waits_for_the_remote_secrets_and_times_out_slow_remo
         assert slow["sync_timed_out"] and not slow["synced"] and not slow["stale"]
     finally:
         await clusters.aclose()
+
+
+async def test_remote_secrets_that_never_load_do_not_hold_readiness() -> None:
+    remotes = FakeRemotes()
+    clusters, _ = await make(remotes, remote_sync_timeout=0.2, progress_interval=60)
+    try:
+        source_of("main").queue.put_nowait(ConfigChange((), synced=True))
+        # Well before the next progress line: the secrets' own timeout ends the wait.
+        await asyncio.wait_for(clusters.initial_sync.wait(), 5)
+        assert not remotes.synced.is_set()
+    finally:
+        await clusters.aclose()

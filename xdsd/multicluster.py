@@ -327,7 +327,10 @@ class Clusters:
             if now >= next_log:
                 self._log_progress(waiting, now - began)
                 next_log = now + self._progress_interval
-            deadline = min([next_log, *(m.started + self._remote_sync_timeout for m in waiting)])
+            deadlines = [next_log, *(m.started + self._remote_sync_timeout for m in waiting)]
+            if self._remotes is not None and not self._remotes.synced.is_set():
+                deadlines.append(self._config.started + self._remote_sync_timeout)
+            deadline = min(deadlines)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - _now()))
