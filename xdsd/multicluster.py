@@ -184,6 +184,8 @@ class Clusters:
                     "last_sync": st.last_sync,
                     "last_error": st.last_error,
                     "namespaces": None if m.spec.namespaces is None else sorted(m.spec.namespaces),
+                    # e.g. Istio kinds the API server does not serve
+                    "notes": list(getattr(m.source, "notes", ())),
                 }
             )
         return out
