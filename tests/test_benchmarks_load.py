@@ -1,0 +1,56 @@
+"""Smoke test: the load benchmark runs a tiny mesh against xdsd and the floor and prints its table.
+
+No figure is asserted (they depend on the machine): only that every scenario
+ran end to end, each proxy reached full config, no stream failed, and that the
+processes it started are gone afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "load.py"
+TINY = [
+    "--proxies", "10", "--services", "10", "--endpoints", "2", "--namespaces", "2",
+    "--churn-duration", "3", "--vs-changes", "2", "--idle", "0.5", "--settle", "0.2",
+    "--churn-grace", "1.5",
+]  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_load_benchmark_prints_table(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--keep", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=40,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "10 proxies (5 SotW, 5 Delta)" in out, out
+    header = next(line for line in out.splitlines() if line.startswith("scenario / figure"))
+    assert re.split(r"\s{2,}", header)[1:4] == ["xdsd", "floor", "xdsd/floor"], header
+    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
+    for label in (
+        "connect storm: all proxies ACKed full config (s)",
+        "VirtualService change -> ACKed by all: p50 (ms)",
+        "endpoint churn: pod replacements",
+        "memory: server RSS, no proxies (MiB)",
+        "per connected proxy (KiB)",
+    ):
+        assert label in rows, out
+    # Every proxy connected and saw every change, on both servers (counts, not timings).
+    assert rows["streams still open at the end"].split()[-3:-1] == ["10", "10"], out
+    assert rows["stream failures (retried with backoff)"].split()[-3:-1] == ["0", "0"], out
+    assert rows["proxies that never ACKed it"].split()[-3:-1] == ["0", "0"], out
+    assert "sovereign: not compared" in out, out
+    assert "Traceback" not in proc.stderr, proc.stderr
+    # Nothing left running: the servers' and workers' logs are closed, no xdsd on the mesh.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert str(tmp_path) not in ps.stdout
