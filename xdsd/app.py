@@ -93,6 +93,9 @@ class AppSettings:
     sync_progress_interval: float = 5.0  # log progress of a long initial sync
     kube_backoff: Backoff | None = None  # reconnect delays after API errors (None: default)
     kube_watch_timeout: int = 300  # seconds a watch request asks the server to last
+    # Write each Istio config object's validation result into its status (Istio's shape).
+    write_status: bool = False
+    status_delay: float = 0.5  # the status writer's debounce, in seconds
     # Authentication, Istio's authorization, the CA, stream limits (xdsd.security).
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
@@ -207,6 +210,9 @@ class XdsdApp:
         self._logged_errors: set[str] = set()
         self._last_push: dict[str, Any] | None = None
         self._pushes = 0
+        self._status_writer: Any = None  # xdsd.sources.kube.status.StatusWriter
+        if settings.kube and settings.write_status:
+            self._status_writer = self._new_status_writer()
         self._init_metrics()
 
     def _init_metrics(self) -> None:
@@ -255,6 +261,10 @@ class XdsdApp:
             if self.clusters is not None:
                 await self.clusters.start()
                 self._tasks.append(asyncio.create_task(self._kube_ready(), name="kube-ready"))
+                if self._status_writer is not None:
+                    self._tasks.append(
+                        asyncio.create_task(self._status_writer.run(), name="status-writer")
+                    )
             else:
                 self._tasks.append(asyncio.create_task(self._watch_source(), name="config-source"))
             self._tasks.append(asyncio.create_task(self.debouncer.run(), name="debounce"))
@@ -379,6 +389,18 @@ class XdsdApp:
             watch_timeout=self.settings.kube_watch_timeout,
         )
 
+    def _new_status_writer(self) -> Any:
+        from xdsd.sources.kube.status import StatusWriter
+
+        assert self.clusters is not None
+        return StatusWriter(self.clusters.config_source, delay=self.settings.status_delay)
+
+    def _update_status(self) -> None:
+        """Tell the status writer (--write-status) the current problems."""
+        if self._status_writer is not None and self.ready.is_set():
+            served = [object_label(key_of(o.ref)) for o in self.store.objects()]
+            self._status_writer.update(self.snapshot.errors, served)
+
     def _kubeconfig_of(self, cluster_id: str) -> tuple[bool, Mapping[str, Any] | None]:
         """The kubeconfig of a cluster by id, for TokenReview (None: in-cluster)."""
         s = self.settings
@@ -396,6 +418,7 @@ class XdsdApp:
         await self.clusters.initial_sync.wait()
         self._rebuild(PushRequest(reason="initial"))
         self.ready.set()
+        self._update_status()
         log.info(
             "initial config loaded from %d clusters: %d services, %d errors",
             len(self.clusters.cluster_ids()),
@@ -448,6 +471,7 @@ class XdsdApp:
         self.m_services.set(len(snapshot.services))
         self.m_invalid.set(sum(1 for e in snapshot.errors if e.severity == "error"))
         self._log_new_errors(snapshot.errors)
+        self._update_status()
 
     def _refresh_errors(self) -> None:
         errors = self._store_errors() + self._build_errors
@@ -455,6 +479,7 @@ class XdsdApp:
             self.snapshot = dataclasses.replace(self.snapshot, errors=errors)
             self.m_invalid.set(sum(1 for e in errors if e.severity == "error"))
             self._log_new_errors(errors)
+        self._update_status()
 
     def _log_new_errors(self, errors: tuple[ConfigError, ...]) -> None:
         """Log each problem once, when it first appears."""

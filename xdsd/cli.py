@@ -129,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="readiness waits at most this long for a remote cluster's first sync (30)",
     )
+    kube.add_argument(
+        "--write-status",
+        action="store_true",
+        help="write each Istio config object's validation result into its status",
+    )
     _add_security_args(serve)
     _add_log_level(serve)
 
@@ -385,6 +390,7 @@ async def _serve(args: argparse.Namespace) -> int:
             remote_secrets_dir=args.remote_secrets_dir,
             cluster_id=args.cluster_id,
             remote_sync_timeout=args.remote_sync_timeout,
+            write_status=args.write_status,
             xds=grpc_settings,
             security=security,
             admin_host=args.admin_host,

@@ -153,6 +153,10 @@ class Clusters:
         """Every store: the config cluster's first, then remotes by cluster id."""
         return [self.config_store, *self.remote_stores().values()]
 
+    def config_source(self) -> Source:
+        """The config cluster's current source (replaced when it fails)."""
+        return self._config.source
+
     def spec(self, cluster_id: str) -> ClusterSpec | None:
         """The spec (kubeconfig) of a cluster now connected, by id."""
         member = self._members.get(cluster_id)

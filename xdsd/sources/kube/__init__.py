@@ -12,6 +12,9 @@ Only `xdsd.sources` may import kubernetes_asyncio (an import-linter contract).
   `ConfigChange` (`changes()`, `synced`, `status()`, `aclose()`).
   `ClusterSpec(cluster_id, kubeconfig=None, role="config", namespaces=None)`;
   `ClusterStatus(cluster_id, state, last_error, last_sync, objects, role, server)`.
+- `status.StatusWriter(source_of, *, delay=0.5, ...)`: `serve --write-status`,
+  writes validation results into Istio objects' `status` (`update(errors,
+  served)`, `run()`); uses `ClusterSource.api_client` and `.istio_objects()`.
 - `remote.RemoteSecrets(cluster=None, *, namespace="istio-system", folder=None,
   local_cluster_id=None, namespaces=None, poll_interval=1.0, sleep=..., ...)`:
   `changes()` yields `ClusterAdded(spec)` / `ClusterUpdated(spec)` /

@@ -253,6 +253,21 @@ class ClusterSource:
             server=self.spec.server,
         )
 
+    @property
+    def api_client(self) -> ApiClient | None:
+        """The API client (None until made, or after `aclose()`); for the status writer."""
+        return self._api
+
+    def istio_objects(self) -> list[tuple[ResourceType, Mapping[str, Any]]]:
+        """The Istio config objects last delivered (raw API dicts), with their types."""
+        types = {w.rtype.kind: w.rtype for w in self._watches if w.rtype.kind in ISTIO_GROUP_OF}
+        out: list[tuple[ResourceType, Mapping[str, Any]]] = []
+        for obj in self._delivered.values():
+            rtype = types.get(str(obj.get("kind")))
+            if rtype is not None:
+                out.append((rtype, obj))
+        return out
+
     async def changes(self) -> AsyncGenerator[ConfigChange, None]:
         """The full state once synced, then batched increments (forever)."""
         if self._started:
