@@ -50,6 +50,7 @@ from xdsd.translate.generate import GENERATORS, ProxyContext, group_key, proxy_c
 
 if TYPE_CHECKING:  # kubernetes_asyncio is imported only in the Kubernetes mode
     from xdsd.sources.kube import Backoff, ClusterSource, ClusterSpec
+    from xdsd.sources.kube.rootcert import RootCertPublisher
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class XdsdApp:
         self._logged_errors: set[str] = set()
         self._last_push: dict[str, Any] | None = None
         self._pushes = 0
+        self.root_certs: RootCertPublisher | None = None  # istio-ca-root-cert ConfigMaps
         self._status_writer: Any = None  # xdsd.sources.kube.status.StatusWriter
         if settings.kube and settings.write_status:
             self._status_writer = self._new_status_writer()
@@ -247,6 +249,10 @@ class XdsdApp:
         return self._admin.port if self._admin else self.settings.admin_port
 
     async def __aenter__(self) -> XdsdApp:
+        if self.settings.kube and self.settings.security.ca_secret is not None:
+            await self.security.load_ca_secret(
+                self._kubeconfig_of(self.settings.cluster_id)[1], self.settings.own_namespace
+            )
         self._server = await XdsServer(
             self.services, self.settings.xds, self.security.handlers()
         ).__aenter__()
@@ -260,6 +266,7 @@ class XdsdApp:
                 ).__aenter__()
             if self.clusters is not None:
                 await self.clusters.start()
+                self._start_root_cert_publisher()
                 self._tasks.append(asyncio.create_task(self._kube_ready(), name="kube-ready"))
                 if self._status_writer is not None:
                     self._tasks.append(
@@ -283,6 +290,9 @@ class XdsdApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.root_certs is not None:
+            await self.root_certs.aclose()
+            self.root_certs = None
         if self.clusters is not None:
             await self.clusters.aclose()
         if self._server is not None:
@@ -400,6 +410,26 @@ class XdsdApp:
         if self._status_writer is not None and self.ready.is_set():
             served = [object_label(key_of(o.ref)) for o in self.store.objects()]
             self._status_writer.update(self.snapshot.errors, served)
+
+    def _start_root_cert_publisher(self) -> None:
+        """With a CA: Istio's istio-ca-root-cert ConfigMaps in the clusters that name us."""
+        from xdsd.sources.kube.rootcert import RootCertPublisher
+        from xdsd.sources.kube.watch import DEFAULT_BACKOFF
+
+        clusters = self.clusters
+        if clusters is None or self.security.ca is None:
+            return
+        publisher = RootCertPublisher(
+            self.settings.cluster_id,
+            self.settings.own_namespace,
+            self.security.ca.root_pem,
+            registry=self.registry,
+            backoff=self.settings.kube_backoff or DEFAULT_BACKOFF,
+            watch_timeout=self.settings.kube_watch_timeout,
+        )
+        self.root_certs = publisher
+        publisher.sync(clusters.specs())
+        clusters.members_listeners.append(lambda: publisher.sync(clusters.specs()))
 
     def _kubeconfig_of(self, cluster_id: str) -> tuple[bool, Mapping[str, Any] | None]:
         """The kubeconfig of a cluster by id, for TokenReview (None: in-cluster)."""

@@ -238,6 +238,12 @@ def _add_security_args(serve: argparse.ArgumentParser) -> None:
         help="certificates from the CA up to the root, when the CA is an intermediate",
     )
     tls.add_argument(
+        "--ca-secret",
+        metavar="NAME",
+        help="the CA from this Secret in --own-namespace (Istio's cacerts: ca-cert.pem, "
+        "ca-key.pem, cert-chain.pem, root-cert.pem), the Kubernetes mode, instead of files",
+    )
+    tls.add_argument(
         "--max-cert-ttl",
         type=float,
         default=24.0,
@@ -291,6 +297,13 @@ def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     ca_cert, ca_key, ca_chain = args.ca_cert_file, args.ca_key_file, args.ca_chain_file
     if (cert is None) != (key is None):
         raise ValueError("give both --tls-cert-file and --tls-key-file")
+    if args.ca_secret is not None:
+        if ca_cert is not None or ca_key is not None or ca_chain is not None:
+            raise ValueError("give the CA as --ca-secret or as files, not both")
+        if args.config_dir is not None:
+            raise ValueError("--ca-secret needs the Kubernetes mode (not --config-dir)")
+        if args.mtls_port is not None:
+            raise ValueError("--mtls-port needs the CA as files (--ca-cert-file)")
     if args.dev_certs is not None:
         names = [*args.dev_cert_name]
         if args.xds_host not in ("0.0.0.0", "::", ""):
@@ -304,7 +317,7 @@ def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         )
         if cert is None:
             cert, key = dev.server_cert, dev.server_key
-        if ca_cert is None and ca_key is None:
+        if ca_cert is None and ca_key is None and args.ca_secret is None:
             ca_cert, ca_key = dev.root_cert, dev.root_key
     tls = cert is not None
     if tls:
@@ -343,6 +356,7 @@ def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         ca_cert_file=ca_cert,
         ca_key_file=ca_key,
         ca_chain_file=ca_chain,
+        ca_secret=args.ca_secret,
         max_cert_ttl=datetime.timedelta(hours=args.max_cert_ttl),
         token_review_kubeconfig=args.token_review_kubeconfig,
         new_streams_per_second=args.new_streams_per_second,

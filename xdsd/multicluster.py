@@ -117,6 +117,8 @@ class Clusters:
         self._wake = asyncio.Event()
         self._closed = False
         self.initial_sync = asyncio.Event()
+        # Called after a remote cluster was added, updated or removed (see `specs()`).
+        self.members_listeners: list[Callable[[], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -161,6 +163,10 @@ class Clusters:
         """The spec (kubeconfig) of a cluster now connected, by id."""
         member = self._members.get(cluster_id)
         return member.spec if member is not None else None
+
+    def specs(self) -> list[ClusterSpec]:
+        """The specs of every cluster now followed, config cluster first."""
+        return [self._members[cid].spec for cid in self.cluster_ids()]
 
     def cluster_ids(self) -> list[str]:
         return [self.config_cluster_id, *self.remote_stores()]
@@ -282,6 +288,8 @@ class Clusters:
                 else:
                     await self._add_or_update(event.spec)
                 self._wake.set()
+                for listener in self.members_listeners:
+                    listener()
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -48,6 +48,9 @@ class SecuritySettings:
     ca_cert_file: Path | None = None
     ca_key_file: Path | None = None
     ca_chain_file: Path | None = None  # intermediates up to the root, when ca-cert is not a root
+    # Or the CA from Istio's plug-in CA Secret (ca-cert.pem, ca-key.pem, cert-chain.pem,
+    # root-cert.pem) of this name in the own namespace (the Kubernetes mode; `load_ca_secret`).
+    ca_secret: str | None = None
     max_cert_ttl: datetime.timedelta = DEFAULT_MAX_TTL
     # TokenReview: the audience tokens must be for, and (folder mode) the cluster that reviews.
     token_audience: str = "istio-ca"
@@ -61,6 +64,8 @@ class SecuritySettings:
             raise ValueError("the CA needs both a certificate and a key file")
         if self.ca_chain_file is not None and self.ca_cert_file is None:
             raise ValueError("a CA chain file needs a CA certificate and key")
+        if self.ca_secret is not None and self.ca_cert_file is not None:
+            raise ValueError("give the CA as files or as a Secret, not both")
         if self.new_streams_per_second < 0:
             raise ValueError("new streams per second must not be negative")
 
@@ -111,10 +116,39 @@ class Security:
         self.new_streams = (
             TokenBucket(rate, max(settings.new_streams_burst, 1.0)) if rate > 0 else None
         )
-        ca_limit = TokenBucket(rate, max(settings.new_streams_burst, 1.0)) if rate > 0 else None
+        self._registry = registry
+        self.ca_service: CertificateService | None = None
+        self._make_ca_service()
+
+    def _make_ca_service(self) -> None:
+        rate, burst = self.settings.new_streams_per_second, self.settings.new_streams_burst
+        ca_limit = TokenBucket(rate, max(burst, 1.0)) if rate > 0 else None
         self.ca_service = (
-            CertificateService(self.ca, self.auth, registry, ca_limit) if self.ca else None
+            CertificateService(self.ca, self.auth, self._registry, ca_limit) if self.ca else None
         )
+
+    async def load_ca_secret(self, kubeconfig: Mapping[str, Any] | None, namespace: str) -> None:
+        """Load the CA from the `ca_secret` Secret (before `handlers()`); ValueError if unusable.
+
+        Errors name the Secret and what is wrong, never key material.
+        """
+        name = self.settings.ca_secret
+        if name is None or self.ca is not None:
+            return
+        from xdsd.sources.kube.rootcert import read_cacerts_secret
+
+        entries = await read_cacerts_secret(kubeconfig, namespace, name)
+        self.ca = CertificateAuthority.from_cacerts(
+            entries, max_ttl=self.settings.max_cert_ttl, source=f"Secret {namespace}/{name}"
+        )
+        log.info(
+            "CA loaded from Secret %s/%s: %r, root %s",
+            namespace,
+            name,
+            self.ca,
+            self.ca.root.subject.rfc4514_string(),
+        )
+        self._make_ca_service()
 
     def _token_reviewer(
         self, kubeconfigs: KubeconfigLookup | None, default_cluster_id: str

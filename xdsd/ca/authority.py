@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +153,49 @@ class CertificateAuthority:
         chain = _load_certs(chain_pem, f"{source}: CA chain") if chain_pem.strip() else []
         # A cert file holding the CA cert followed by its chain is accepted too.
         return cls(certs[0], key, [*certs[1:], *chain], max_ttl=max_ttl)
+
+    @classmethod
+    def from_cacerts(
+        cls,
+        entries: Mapping[str, bytes],
+        *,
+        max_ttl: datetime.timedelta = DEFAULT_MAX_TTL,
+        source: str = "cacerts",
+    ) -> CertificateAuthority:
+        """A CA from Istio's plug-in CA layout (the `cacerts` Secret's keys).
+
+        ca-cert.pem and ca-key.pem are required; cert-chain.pem (which commonly
+        starts with ca-cert.pem again: that copy is dropped) leads up to
+        root-cert.pem, which is appended when the chain does not end with it.
+        Each link must be signed by the next, and the chain must end at root-cert.pem.
+        """
+        missing = [k for k in ("ca-cert.pem", "ca-key.pem") if not entries.get(k, b"").strip()]
+        if missing:
+            raise CAError(f"{source}: {', '.join(missing)} missing")
+        cert = _load_certs(entries["ca-cert.pem"], f"{source}: ca-cert.pem")[0]
+        chain_pem = entries.get("cert-chain.pem", b"")
+        chain = _load_certs(chain_pem, f"{source}: cert-chain.pem") if chain_pem.strip() else []
+        while chain and chain[0] == cert:
+            chain.pop(0)
+        root_pem = entries.get("root-cert.pem", b"")
+        root = _load_certs(root_pem, f"{source}: root-cert.pem")[0] if root_pem.strip() else None
+        top = chain[-1] if chain else cert
+        if root is not None and top != root and top.issuer == root.subject:
+            chain.append(root)  # a cert-chain.pem that stops below the root
+        key = _load_key(entries["ca-key.pem"], f"{source}: ca-key.pem")
+        ca = cls(cert, key, chain, max_ttl=max_ttl)
+        if root is not None and ca.root != root:
+            raise CAError(f"{source}: the CA chain does not end at root-cert.pem")
+        links = [ca.cert, *ca.chain]
+        for i, c in enumerate(links[:-1]):
+            try:
+                c.verify_directly_issued_by(links[i + 1])
+            except (ValueError, TypeError, InvalidSignature):
+                raise CAError(
+                    f"{source}: certificate {i} of ca-cert.pem + cert-chain.pem "
+                    "is not signed by the next"
+                ) from None
+        return ca
 
     @property
     def root(self) -> x509.Certificate:
