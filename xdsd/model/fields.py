@@ -328,3 +328,57 @@ def deep_freeze(value: Any) -> Any:
         return freeze(value)
     except RecursionError:
         raise FreezeError("the document is nested too deeply") from None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
+
+
+def parse_duration_ns(text: str) -> int | None:
+    """Nanoseconds of a Go/protobuf duration ("1.5s", "1m30s", "100ms"); None when malformed."""
+    s = text.strip()
+    if not s:
+        return None
+    pos = 0
+    total = 0.0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None:
+            return None
+        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
+        pos = m.end()
+    return round(total)
+
+
+def duration_ns(
+    iss: Issues, parent: Mapping[Any, Any], key: str, path: str, *, allow_zero: bool = False
+) -> int | None:
+    """A duration field checked as istiod's agent.ValidateDuration (>= 1ms, ms precision)."""
+    value = parent.get(key)
+    if value is None:
+        return None
+    where = join(path, key)
+    if not isinstance(value, str):
+        iss.error(where, f"must be a duration string such as '1s', not a {type_name(value)}")
+        return None
+    ns = parse_duration_ns(value)
+    if ns is None:
+        iss.error(where, f"{value!r} is not a duration (e.g. '10s', '500ms')")
+        return None
+    if allow_zero and ns == 0:
+        return 0
+    if ns < 1_000_000:
+        iss.error(where, "duration must be at least 1ms")
+        return None
+    if ns % 1_000_000:
+        iss.error(where, "only durations to ms precision are supported")
+        return None
+    return ns

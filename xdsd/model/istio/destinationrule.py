@@ -10,7 +10,6 @@ accepted with a warning naming their path.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,18 +30,6 @@ _TOPOLOGY_LABELS = (
 )
 MAX_U32 = 2**32 - 1
 MAX_I32 = 2**31 - 1
-
-# Go time.ParseDuration syntax (Istio accepts "30s", "1m", "1.5s", "1h30m", "100ms").
-_DUR_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
 
 
 # ------------------------------------------------------------------ typed values
@@ -195,46 +182,9 @@ class DestinationRule:
 # ------------------------------------------------------------------ readers
 
 
-def parse_duration(text: str) -> int | None:
-    """Nanoseconds of a Go-style duration ("1.5s", "1m30s", "100ms"); None when malformed."""
-    s = text.strip()
-    if not s:
-        return None
-    pos = 0
-    total = 0.0
-    while pos < len(s):
-        m = _DUR_PART.match(s, pos)
-        if m is None:
-            return None
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-        pos = m.end()
-    return round(total)
-
-
-def _duration(
-    iss: Issues, parent: Mapping[str, Any], key: str, path: str, *, allow_zero: bool = False
-) -> int | None:
-    """A duration field, checked as istiod's agent.ValidateDuration (>= 1ms, ms precision)."""
-    value = parent.get(key)
-    if value is None:
-        return None
-    where = f.join(path, key)
-    if not isinstance(value, str):
-        iss.error(where, f"must be a duration string such as '1s', not a {f.type_name(value)}")
-        return None
-    ns = parse_duration(value)
-    if ns is None:
-        iss.error(where, f"{value!r} is not a duration (examples: '100ms', '1s', '5m')")
-        return None
-    if allow_zero and ns == 0:
-        return 0
-    if ns < 1_000_000:
-        iss.error(where, "duration must be at least 1ms")
-        return None
-    if ns % 1_000_000:
-        iss.error(where, "only durations to ms precision are supported")
-        return None
-    return ns
+# Durations are validated once for every kind (xdsd.model.fields); DR keeps nanoseconds.
+parse_duration = f.parse_duration_ns
+_duration = f.duration_ns
 
 
 def _number(iss: Issues, parent: Mapping[str, Any], key: str, path: str) -> float | None:

@@ -197,8 +197,6 @@ class VirtualService:
 
 # ---------------------------------------------------------------- readers
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _JWT_CLAIM_PREFIX = "@request.auth.claims"
 _RETRY_ON = frozenset(
@@ -248,18 +246,8 @@ GRPC_STATUS = {
 
 def parse_duration(text: str) -> float | None:
     """Go/protobuf duration text ("1.5s", "100ms", "1m30s") -> seconds, or None."""
-    text = text.strip()
-    if not text:
-        return None
-    pos = 0
-    total = 0.0
-    while pos < len(text):
-        m = _DURATION_PART.match(text, pos)
-        if m is None:
-            return None
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    return total
+    ns = f.parse_duration_ns(text)
+    return None if ns is None else ns / 1e9
 
 
 def _keys(
@@ -279,26 +267,9 @@ def _keys(
 def _duration(
     iss: Issues, raw: Mapping[Any, Any], key: str, path: str, *, zero_ok: bool = False
 ) -> float | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    where = f.join(path, key)
-    if not isinstance(value, str):
-        iss.error(where, f"must be a duration string such as '1.5s', not a {f.type_name(value)}")
-        return None
-    seconds = parse_duration(value)
-    if seconds is None:
-        iss.error(where, f"{value!r} is not a duration (e.g. '10s', '500ms')")
-        return None
-    if zero_ok and seconds == 0:
-        return 0.0
-    if seconds < 0.001:
-        iss.error(where, "duration must be at least 1ms")
-        return None
-    if abs(seconds * 1000 - round(seconds * 1000)) > 1e-6:
-        iss.error(where, "only durations to ms precision are supported")
-        return None
-    return seconds
+    """A duration field in seconds, validated by the shared rules (xdsd.model.fields)."""
+    ns = f.duration_ns(iss, raw, key, path, allow_zero=zero_ok)
+    return None if ns is None else ns / 1e9
 
 
 def _percentage(iss: Issues, raw: Mapping[Any, Any], key: str, path: str) -> float | None:
