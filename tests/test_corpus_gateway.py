@@ -29,14 +29,13 @@ from tests.test_corpus_envoy import (
     FOLDERS,
     ISTIO,
     app_settings,
-    bind_failure,
+    assert_envoy_holds,
     bound_addresses,
     busy,
-    dumped_names,
 )
 from xdsd.app import XdsdApp
-from xdsd.cache.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, ResourceSet
-from xdsd.demo import EnvoyProcess, envoy_binary, poll
+from xdsd.cache.resources import LISTENER, ResourceSet
+from xdsd.demo import EnvoyProcess, envoy_binary
 from xdsd.offline import translate_snapshot
 
 pytestmark = [
@@ -103,52 +102,4 @@ async def test_gateway_envoy_accepts_corpus(tmp_path: Path, folder: str, delta: 
         ):
             await envoy.wait_ready(timeout=20)
 
-            async def settled() -> bool:
-                stats = await envoy.stats(
-                    "^(cluster_manager.warming_clusters|listener_manager.total_listeners_warming)$"
-                )
-                return len(stats) == 2 and not any(stats.values())
-
-            await poll(settled, timeout=20, what="no warming clusters or listeners")
-
-            rejected = await envoy.rejected_updates()
-            if rejected:
-                failure = await bind_failure(app, envoy)
-                if failure is not None:
-                    pytest.skip(
-                        f"a port was taken after the check; Envoy rejected the LDS update: "
-                        f"cannot bind {failure}"
-                    )
-                nacks = {t: s["last_nack"] for c in app.syncz() for t, s in c["types"].items()}
-                pytest.fail(f"Envoy rejected {rejected} updates: {nacks}\n{envoy.log()}")
-
-            wanted = {"cds", "lds"}
-            wanted |= {"eds"} if len(expected[ENDPOINT]) else set()
-            wanted |= {"rds"} if len(expected[ROUTE]) else set()
-
-            async def synced() -> bool:
-                sync = app.syncz()
-                return (
-                    len(sync) == 1
-                    and sync[0]["delta"] == delta
-                    and wanted <= set(sync[0]["types"])
-                    and {t["status"] for t in sync[0]["types"].values()} == {"SYNCED"}
-                )
-
-            try:
-                await poll(synced, timeout=10, what="every type SYNCED")
-            except TimeoutError:
-                pytest.fail(f"xdsd never saw every type ACKed: {app.syncz()}")
-
-            dump = await envoy.config_dump()
-            assert dumped_names(dump, "dynamic_active_clusters", "cluster") == set(
-                expected[CLUSTER].items
-            )
-            assert dumped_names(dump, "dynamic_warming_clusters", "cluster") == set()
-            assert dumped_names(dump, "dynamic_listeners", "name") == set(expected[LISTENER].items)
-            for entry in (e for c in dump["configs"] for e in c.get("dynamic_listeners", [])):
-                assert "active_state" in entry and "error_state" not in entry, entry
-            assert dumped_names(dump, "dynamic_route_configs", "route_config") == set(
-                expected[ROUTE].items
-            )
-            assert await envoy.rejected_updates() == 0, envoy.log()
+            await assert_envoy_holds(app, envoy, expected, delta=delta, settle_timeout=20)
