@@ -42,7 +42,13 @@ from xdsd.model.parse import ParseResult, parse_documents
 from xdsd.model.proxy import Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.store import ConfigStore
-from xdsd.translate.generate import GENERATORS, ProxyContext, group_key, proxy_context
+from xdsd.translate.generate import (
+    GENERATORS,
+    ProxyContext,
+    context_key,
+    group_key,
+    proxy_context,
+)
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -195,16 +201,19 @@ class Served:
 def serve_via_cache(snapshot: MeshSnapshot, proxies: Sequence[Proxy]) -> Served:
     """What XdsdApp does for each connected proxy: context, group key, cached ResourceSets."""
     served = Served(GroupCache())
-    served.cache.reset(snapshot.generation)
+    served.cache.reset(snapshot.generation, snapshot)
+    contexts: dict[Hashable, tuple[ProxyContext, Hashable]] = {}
     for proxy in proxies:
         start = time.perf_counter()
-        ctx = proxy_context(snapshot, proxy)
-        key: Hashable = group_key(ctx)
+        ckey = context_key(snapshot, proxy)
+        hit = contexts.get(ckey)
+        if hit is None:
+            ctx = proxy_context(snapshot, proxy)
+            hit = contexts[ckey] = (ctx, group_key(ctx))
         served.context_s += time.perf_counter() - start
         for type_url in PUSH_ORDER:
-            generator = GENERATORS.get(type_url)
-            if generator is not None:
-                served.cache.get(key, type_url, lambda g=generator, c=ctx: g(c))  # type: ignore[misc]
+            if type_url in GENERATORS:
+                served.cache.get(hit[0], hit[1], type_url)
     return served
 
 

@@ -29,14 +29,14 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from xdsd.admin.http import AdminServer
 from xdsd.cache.dump import dump_messages, dump_resources
-from xdsd.cache.groups import GroupCache
+from xdsd.cache.groups import Change, GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
 from xdsd.model.build import build_snapshot
 from xdsd.model.objects import key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
-from xdsd.model.snapshot import MeshSnapshot
+from xdsd.model.snapshot import MeshSnapshot, ServiceKey
 from xdsd.model.store import ConfigStore
-from xdsd.model.types import ConfigError, Endpoint
+from xdsd.model.types import ConfigError, Endpoint, Resolution
 from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
@@ -46,7 +46,13 @@ from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
 from xdsd.sources.folder import FolderSource
-from xdsd.translate.generate import GENERATORS, ProxyContext, group_key, proxy_context
+from xdsd.translate.generate import (
+    GENERATORS,
+    ProxyContext,
+    context_key,
+    group_key,
+    proxy_context,
+)
 
 if TYPE_CHECKING:  # kubernetes_asyncio is imported only in the Kubernetes mode
     from xdsd.sources.kube import Backoff, ClusterSource, ClusterSpec
@@ -66,8 +72,9 @@ _STATUS = {
     "ERROR": csds_pb2.ERROR,
 }
 
-# Kinds whose changes only move endpoints (no cluster, listener or route changes).
-_ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints"})
+# Kinds that can be endpoint-only changes: whether one is, is checked on the snapshots
+# (`_endpoint_services`): services and Istio config unchanged, only EDS services moved.
+_ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints", "Pod", "WorkloadEntry", "Node"})
 
 
 @dataclass(frozen=True)
@@ -146,17 +153,15 @@ class _Watch:
     def _context(self) -> tuple[ProxyContext, Hashable]:
         snapshot = self.app.snapshot
         if self._ctx is None or self._generation != snapshot.generation:
-            self._ctx = proxy_context(snapshot, self.proxy)
-            self._key = group_key(self._ctx)
+            self._ctx, self._key = self.app.contexts.get(snapshot, self.proxy)
             self._generation = snapshot.generation
         return self._ctx, self._key
 
     def resources(self, type_url: str) -> ResourceSet:
-        generator = GENERATORS.get(type_url)
-        if generator is None:
+        if type_url not in GENERATORS:
             return ResourceSet.of(type_url, ())
         ctx, key = self._context()
-        return self.app.cache.get(key, type_url, lambda: generator(ctx))
+        return self.app.cache.get(ctx, key, type_url)
 
     def query_types(self) -> frozenset[str]:
         return DEBUG_TYPES
@@ -170,6 +175,70 @@ class _Watch:
 
     def close(self) -> None:
         pass
+
+
+class _Contexts:
+    """Proxy contexts of the current snapshot, one per `context_key` (e.g. per app, not
+    per pod); carried to the next snapshot when only endpoints changed."""
+
+    def __init__(self) -> None:
+        self.generation = -1
+        self._by_key: dict[Hashable, tuple[ProxyContext, Hashable]] = {}
+        self.built = 0
+
+    def reset(self, snapshot: MeshSnapshot, endpoints_only: bool) -> None:
+        if endpoints_only:
+            # Nothing a context plans from changed; generators read endpoints from the new
+            # snapshot. A proxy whose own workload changed gets another context_key.
+            self._by_key = {
+                k: (dataclasses.replace(ctx, snapshot=snapshot), gk)
+                for k, (ctx, gk) in self._by_key.items()
+            }
+        else:
+            self._by_key = {}
+        self.generation = snapshot.generation
+
+    def get(self, snapshot: MeshSnapshot, proxy: Proxy) -> tuple[ProxyContext, Hashable]:
+        if snapshot.generation != self.generation:
+            self.reset(snapshot, endpoints_only=False)
+        key = context_key(snapshot, proxy)
+        hit = self._by_key.get(key)
+        if hit is None:
+            ctx = proxy_context(snapshot, proxy)
+            hit = self._by_key[key] = (ctx, group_key(ctx))
+            self.built += 1
+        return hit
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+def _endpoint_services(old: MeshSnapshot, new: MeshSnapshot) -> frozenset[ServiceKey] | None:
+    """The services whose endpoints changed, if nothing but EDS endpoints did (else None).
+
+    Endpoints of DNS, headless and passthrough services shape clusters and listeners
+    (DNS targets, original destination), so a change to those is a full push.
+    """
+    if new.services != old.services or new.configs != old.configs:
+        return None
+    changed = {
+        k[0]
+        for k in old.endpoints.keys() | new.endpoints.keys()
+        if old.endpoints.get(k) != new.endpoints.get(k)
+    }
+    by_key = {
+        (s.hostname, s.namespace): s for s in new.services if (s.hostname, s.namespace) in changed
+    }
+    for key in changed:
+        svc = by_key.get(key)
+        if (
+            svc is None
+            or svc.resolution is not Resolution.STATIC
+            or svc.headless
+            or svc.external_name is not None
+        ):
+            return None
+    return frozenset(changed)
 
 
 class XdsdApp:
@@ -186,6 +255,7 @@ class XdsdApp:
             root_namespace=settings.root_namespace, domain_suffix=settings.domain_suffix
         )
         self.cache = GroupCache()
+        self.contexts = _Contexts()
         self._config_kubeconfig: tuple[Mapping[str, Any] | None] | None = None
         self.security = Security(
             settings.security,
@@ -481,9 +551,11 @@ class XdsdApp:
         gone = tuple(FileContent(s, None) for s in self.store.sources() if s not in present)
         return ConfigChange(change.files + gone, change.kinds, synced=True)
 
-    def _rebuild(self, req: PushRequest) -> None:
+    def _rebuild(self, req: PushRequest) -> frozenset[ServiceKey] | None:
+        """A new snapshot; returns the services whose endpoints changed when nothing else did."""
         start = time.perf_counter()
         self._generation += 1
+        old = self.snapshot
         clusters = self.clusters
         snapshot = build_snapshot(
             self.store,
@@ -496,12 +568,17 @@ class XdsdApp:
         )
         self.snapshot = snapshot
         self._build_errors = snapshot.errors[len(self._store_errors()) :]
-        self.cache.reset(snapshot.generation)
+        endpoint_services = None
+        if req.kinds and req.kinds <= _ENDPOINT_KINDS and old.generation > 0:
+            endpoint_services = _endpoint_services(old, snapshot)
+        self.cache.reset(snapshot.generation, snapshot, Change(req.kinds, endpoint_services))
+        self.contexts.reset(snapshot, endpoints_only=endpoint_services is not None)
         self.m_pushcontext.observe(time.perf_counter() - start)
         self.m_services.set(len(snapshot.services))
         self.m_invalid.set(sum(1 for e in snapshot.errors if e.severity == "error"))
         self._log_new_errors(snapshot.errors)
         self._update_status()
+        return endpoint_services
 
     def _refresh_errors(self) -> None:
         errors = self._store_errors() + self._build_errors
@@ -524,9 +601,10 @@ class XdsdApp:
     async def _push(self, req: PushRequest, waited: float) -> None:
         self.m_debounce.observe(waited)
         start = time.perf_counter()
-        self._rebuild(req)
-        endpoints_only = bool(req.kinds) and req.kinds <= _ENDPOINT_KINDS
-        types = frozenset({ENDPOINT}) if endpoints_only else None
+        endpoint_services = self._rebuild(req)
+        # Endpoint-only: only EDS can differ; streams holding none of the changed
+        # assignments find their set unchanged and send nothing.
+        types = frozenset({ENDPOINT}) if endpoint_services is not None else None
         woken = self.services.notify(types, since=req.started)
         self._last_push = {
             "generation": self._generation,
@@ -537,6 +615,9 @@ class XdsdApp:
             "debounce_seconds": round(waited, 4),
             "rebuild_seconds": round(time.perf_counter() - start, 4),
             "types": "eds" if types is not None else "all",
+            "endpoint_services": None
+            if endpoint_services is None
+            else sorted(f"{h}/{ns}" for h, ns in endpoint_services),
             "streams_woken": woken,
         }
         self._pushes += 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -111,22 +113,75 @@ def delta_chunks(resources: Iterable[Resource]) -> list[bytes]:
 
 @dataclass(frozen=True)
 class ResourceSet:
-    """All resources of one type for one proxy group, by name."""
+    """All resources of one type for one proxy group, by name.
+
+    A set made by `patched` remembers the set it was made from (`base`) and the
+    names that differ (`changed`: updated, added or removed), so a stream that
+    was in sync with `base` only needs to look at those names.
+    """
 
     type_url: str
     items: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
     version: str = ""  # hash over (name, version) pairs; "" for the empty set
+    # Weak: a chain of sets must not keep every earlier generation alive.
+    _base: weakref.ref[ResourceSet] | None = field(default=None, compare=False, repr=False)
+    changed: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    @property
+    def base(self) -> ResourceSet | None:
+        return self._base() if self._base is not None else None
 
     @classmethod
     def of(cls, type_url: str, resources: Iterable[Resource]) -> ResourceSet:
-        items = {r.name: r for r in resources}
+        return cls._make(type_url, {r.name: r for r in resources})
+
+    @classmethod
+    def _make(
+        cls,
+        type_url: str,
+        items: dict[str, Resource],
+        base: ResourceSet | None = None,
+        changed: frozenset[str] = frozenset(),
+    ) -> ResourceSet:
         h = hashlib.blake2b(digest_size=8)
         for name in sorted(items):
             h.update(name.encode())
             h.update(b"\0")
             h.update(items[name].version.encode())
             h.update(b"\n")
-        return cls(type_url, MappingProxyType(items), h.hexdigest() if items else "empty")
+        version = h.hexdigest() if items else "empty"
+        ref = weakref.ref(base) if base is not None else None
+        return cls(type_url, MappingProxyType(items), version, ref, changed)
+
+    def patched(self, updated: Iterable[Resource], removed: Iterable[str] = ()) -> ResourceSet:
+        """This set with some resources replaced, added or removed (itself if none differ)."""
+        items = dict(self.items)
+        changed: set[str] = set()
+        for r in updated:
+            if items.get(r.name) is not r:
+                items[r.name] = r
+                changed.add(r.name)
+        for name in removed:
+            if items.pop(name, None) is not None:
+                changed.add(name)
+        if not changed:
+            return self
+        return self._make(self.type_url, items, self, frozenset(changed))
+
+    @staticmethod
+    def merged(type_url: str, parts: Sequence[ResourceSet]) -> ResourceSet:
+        """One set of several disjoint ones (e.g. a group's outbound and inbound clusters)."""
+        if len(parts) == 1:
+            return parts[0]
+        items: dict[str, Resource] = {}
+        for part in parts:
+            items.update(part.items)
+        return ResourceSet._make(type_url, items)
+
+    @functools.cached_property
+    def versions(self) -> Mapping[str, str]:
+        """name -> version, shared by every stream that holds exactly this set."""
+        return MappingProxyType({name: r.version for name, r in self.items.items()})
 
     def __len__(self) -> int:
         return len(self.items)

@@ -139,6 +139,8 @@ class Connection:
     change_started: float | None = None
     # type URL -> (nonce of a pushed response, when its change began): ACK => converged.
     converging: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # type URL -> the set the stream's state was last planned against (in sync with).
+    planned: dict[str, ResourceSet] = field(default_factory=dict)
     # Requests and at most one push token, consumed by the stream's task.
     inbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     push_queued: bool = False
@@ -429,11 +431,20 @@ class XdsServices:
             t0 = time.perf_counter()
             state = conn.states[type_url]
             resources = conn.watch.resources(type_url)
-            nonce = conn.next_nonce()
             kind_force = force.get(type_url, frozenset())
+            only: frozenset[str] | None = None
+            last = conn.planned.get(type_url)
+            if last is not None and not kind_force and not state.resend and not state.resend_all:
+                if resources is last:
+                    continue  # the stream already holds exactly this set
+                only = changed_since(resources, last)
+            conn.planned[type_url] = resources
+            nonce = conn.next_nonce()
             data: bytes | None = None
             if conn.delta:
-                state, dreply = p.plan_delta(state, resources, nonce=nonce, force=kind_force)
+                state, dreply = p.plan_delta(
+                    state, resources, nonce=nonce, force=kind_force, only=only
+                )
                 if dreply is not None:
                     data = wire.delta_response(
                         system_version=resources.version,
@@ -445,7 +456,9 @@ class XdsServices:
                     )
                     sent_names = {r.name for r in dreply.resources}
             else:
-                state, sreply = p.plan_sotw(state, resources, nonce=nonce, force=kind_force)
+                state, sreply = p.plan_sotw(
+                    state, resources, nonce=nonce, force=kind_force, only=only
+                )
                 if sreply is not None:
                     data = wire.sotw_response(
                         version=sreply.version,
@@ -472,6 +485,22 @@ class XdsServices:
                 if ENDPOINT not in types:
                     types.insert(types.index(type_url) + 1, ENDPOINT)
         return out
+
+
+def changed_since(rset: ResourceSet, last: ResourceSet, depth: int = 8) -> frozenset[str] | None:
+    """Names that can differ between `last` and `rset`, when `rset` was patched from it
+    (a few generations back at most); None when unknown."""
+    changed: set[str] = set()
+    cur = rset
+    for _ in range(depth):
+        base = cur.base
+        if base is None:
+            return None
+        changed |= cur.changed
+        if base is last:
+            return frozenset(changed)
+        cur = base
+    return None
 
 
 def _identity(data: bytes) -> bytes:

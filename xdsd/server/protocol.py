@@ -24,7 +24,7 @@ increments, and dropping one would lose it for good.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -262,15 +262,28 @@ def plan_sotw(
     *,
     nonce: str,
     force: frozenset[str] | None = frozenset(),
+    only: frozenset[str] | None = None,
 ) -> tuple[WatchState, SotwReply | None]:
-    """What to send now, given the current resources; None when nothing changed."""
+    """What to send now, given the current resources; None when nothing changed.
+
+    `only`: the names that can differ from what the proxy holds (the stream was
+    in sync with a set these resources were patched from); None: any name.
+    """
     force_all, forced = _forced(state, force)
     if state.wildcard and state.type_url in WILDCARD_TYPES:
         # SotW for CDS/LDS: every response carries the full set.
         if not force_all and not forced and resources.version == state.version:
             return state, None
-        chosen = tuple(resources)
-        first = False
+        new = replace(
+            state,
+            sent=resources.versions,  # the proxy now holds exactly this set
+            nonce=nonce,
+            version=resources.version,
+            resend=frozenset(),
+            resend_all=False,
+            responded=True,
+        )
+        return new, SotwReply(resources.version, tuple(resources))
     elif state.type_url in WILDCARD_TYPES:
         # Named CDS/LDS subscriptions too: a subscribed resource missing from a
         # response is deleted by the proxy, so send all of them on any change.
@@ -281,7 +294,9 @@ def plan_sotw(
         state = replace(state, sent=MappingProxyType(current))  # forget deleted ones
         first = False
     else:
-        candidates = resources.items.keys() if state.wildcard else state.names
+        candidates: Iterable[str] = resources.items.keys() if state.wildcard else state.names
+        if only is not None and not force_all:
+            candidates = [n for n in only | forced if n in candidates]
         chosen_list: list[Resource] = []
         for name in sorted(candidates):
             res = resources.get(name)
@@ -300,7 +315,7 @@ def plan_sotw(
         sent[res.name] = res.version
     new = replace(
         state,
-        sent=MappingProxyType(sent),
+        sent=_shared(sent, resources),
         nonce=nonce,
         version=resources.version,
         resend=frozenset(),
@@ -316,10 +331,20 @@ def plan_delta(
     *,
     nonce: str,
     force: frozenset[str] | None = frozenset(),
+    only: frozenset[str] | None = None,
 ) -> tuple[WatchState, DeltaReply | None]:
+    """What to send now (see plan_sotw for `only`)."""
     force_all, forced = _forced(state, force)
-    if state.wildcard:
-        candidates: list[str] = sorted(resources.items.keys() | state.names | forced)
+    narrow = only is not None and not force_all
+    if narrow:
+        assert only is not None
+        wanted = only | forced
+        if state.wildcard:
+            candidates = sorted(wanted)
+        else:
+            candidates = sorted(n for n in wanted if n in state.names)
+    elif state.wildcard:
+        candidates = sorted(resources.items.keys() | state.names | forced)
     else:
         candidates = sorted(state.names)
     chosen: list[Resource] = []
@@ -339,7 +364,12 @@ def plan_delta(
             chosen.append(res)
             sent[res.name] = res.version
     if state.wildcard:
-        for name in sorted(set(sent) - resources.items.keys() - state.names):
+        gone = (
+            {n for n in candidates if n in sent and n not in resources.items}
+            if narrow
+            else set(sent) - resources.items.keys()
+        )
+        for name in sorted(gone - state.names):
             removed.append(name)
             del sent[name]
     first = force_all and not state.responded
@@ -347,7 +377,7 @@ def plan_delta(
         return _cleared(state), None
     new = replace(
         state,
-        sent=MappingProxyType(sent),
+        sent=_shared(sent, resources),
         nonce=nonce,
         version=resources.version,
         resend=frozenset(),
@@ -355,6 +385,14 @@ def plan_delta(
         responded=True,
     )
     return new, DeltaReply(tuple(chosen), tuple(removed))
+
+
+def _shared(sent: dict[str, str], resources: ResourceSet) -> Mapping[str, str]:
+    """The set's own name -> version map when the proxy holds exactly the set: one map
+    for all the streams of a group instead of one copy each."""
+    if len(sent) == len(resources.items) and sent == resources.versions:
+        return resources.versions
+    return MappingProxyType(sent)
 
 
 def _cleared(state: WatchState) -> WatchState:

@@ -193,18 +193,21 @@ def inbound_passthrough_cluster(ctx: ProxyContext) -> cluster_pb2.Cluster:
     return cl
 
 
-def generate_clusters(ctx: ProxyContext) -> list[tuple[str, Message]]:
-    out: dict[str, Message] = {}
-    if not ctx.is_sidecar:
-        # Gateways: outbound clusters and BlackHoleCluster only (istiod buildClusters).
-        for oc in ctx.clusters:
-            out[oc.name] = outbound_cluster(ctx, oc)
-        out[c.BLACKHOLE_CLUSTER] = blackhole_cluster()
-        return sorted(out.items())
-    for oc in ctx.clusters:
-        out[oc.name] = outbound_cluster(ctx, oc)
+def generate_outbound_clusters(ctx: ProxyContext) -> list[tuple[str, Message]]:
+    """Outbound clusters, BlackHole and (sidecars) Passthrough: shared by a namespace."""
+    out: dict[str, Message] = {oc.name: outbound_cluster(ctx, oc) for oc in ctx.clusters}
     out[c.BLACKHOLE_CLUSTER] = blackhole_cluster()
-    out[c.PASSTHROUGH_CLUSTER] = passthrough_cluster()
+    if ctx.is_sidecar:
+        out[c.PASSTHROUGH_CLUSTER] = passthrough_cluster()
+    # Gateways: outbound clusters and BlackHoleCluster only (istiod buildClusters).
+    return sorted(out.items())
+
+
+def generate_inbound_clusters(ctx: ProxyContext) -> list[tuple[str, Message]]:
+    """A sidecar's inbound clusters (its own workload's ports) and InboundPassthrough."""
+    if not ctx.is_sidecar:
+        return []
+    out: dict[str, Message] = {}
     # NONE mode without a Sidecar ingress: no inbound clusters (istiod buildInboundClusters),
     # since the app itself owns its ports and nothing redirects inbound traffic to Envoy.
     if ctx.mode is not InterceptionMode.NONE:
@@ -213,6 +216,10 @@ def generate_clusters(ctx: ProxyContext) -> list[tuple[str, Message]]:
     # istiod adds it for every sidecar, NONE mode included.
     out[c.INBOUND_PASSTHROUGH_CLUSTER] = inbound_passthrough_cluster(ctx)
     return sorted(out.items())
+
+
+def generate_clusters(ctx: ProxyContext) -> list[tuple[str, Message]]:
+    return sorted(generate_outbound_clusters(ctx) + generate_inbound_clusters(ctx))
 
 
 def eds_cluster_names(ctx: ProxyContext) -> list[str]:

@@ -495,6 +495,51 @@ def _egress_listeners(
     )
 
 
+_OutboundPlan = tuple[
+    tuple[OutboundCluster, ...], tuple[ListenerPlan, ...], tuple[RoutePlan, ...], tuple[object, ...]
+]
+
+
+def _outbound_plan(
+    snapshot: MeshSnapshot,
+    proxy: Proxy,
+    scope: SidecarScope | None,
+    services: tuple[Service, ...],
+    workloads: tuple[Workload, ...],
+    ip_family: str,
+    conflicts: list[str],
+) -> _OutboundPlan:
+    """Clusters, listeners and routes: the same for all of a namespace's proxies with the
+    same Sidecar, labels and locality, so computed once per snapshot for all of them."""
+    memo: dict[Hashable, tuple[_OutboundPlan, tuple[str, ...]]] = snapshot.derived(
+        f"{__name__}:outbound", lambda _s: {}
+    )
+    loc = workloads[0].locality if workloads else None
+    key = (
+        proxy.type,
+        proxy.namespace,
+        proxy.interception_mode,
+        ip_family,
+        id(scope),  # scopes are memoized per snapshot, so identity is stable within it
+        tuple(sorted(proxy.labels.items())),
+        loc,
+    )
+    hit = memo.get(key)
+    if hit is None:
+        notes: list[str] = []
+        clusters = _outbound_clusters(snapshot, services, proxy.type, notes)
+        from xdsd.translate.destination_rule import plan_clusters  # it imports this module
+
+        clusters, dr_key = plan_clusters(snapshot, proxy, workloads, clusters, notes)
+        if scope is not None:
+            listeners, routes = _egress_listeners(scope, proxy.interception_mode, ip_family, notes)
+        else:
+            listeners, routes = (), ()
+        hit = memo[key] = ((clusters, listeners, routes, dr_key), tuple(notes))
+    conflicts.extend(hit[1])
+    return hit[0]
+
+
 def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
     namespace = proxy.namespace
     dns_domain = proxy.dns_domain
@@ -520,15 +565,9 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
             for i in ingress
             if not i.bind_to_port
         )
-    clusters = _outbound_clusters(snapshot, services, proxy.type, conflicts)
-    from xdsd.translate.destination_rule import plan_clusters  # it imports this module
-
-    clusters, dr_key = plan_clusters(snapshot, proxy, workloads, clusters, conflicts)
-    if is_sidecar:
-        assert scope is not None
-        listeners, routes = _egress_listeners(scope, proxy.interception_mode, ip_family, conflicts)
-    else:
-        listeners, routes = (), ()
+    clusters, listeners, routes, dr_key = _outbound_plan(
+        snapshot, proxy, scope, services, workloads, ip_family, conflicts
+    )
     conflicts.extend(vs_index.index(snapshot).problems)  # VirtualService delegates, hosts
     gateway = None
     if not is_sidecar:
@@ -564,6 +603,17 @@ def group_key(ctx: ProxyContext) -> Hashable:
 
     The rest of generation reads only the snapshot (the cache keys by generation).
     """
+    return (*_shared_key(ctx), ctx.inbound, ctx.ingress)
+
+
+def outbound_key(ctx: ProxyContext) -> Hashable:
+    """group_key without the proxy's own workload ports (inbound, Sidecar ingress): what
+    outbound clusters, endpoints, listeners and routes read, so that every app of a
+    namespace shares them."""
+    return ("outbound", *_shared_key(ctx))
+
+
+def _shared_key(ctx: ProxyContext) -> tuple[object, ...]:
     return (
         ctx.proxy.type.value,
         ctx.namespace,
@@ -571,10 +621,45 @@ def group_key(ctx: ProxyContext) -> Hashable:
         ctx.mode.value,
         ctx.ip_family,
         ctx.outbound_policy.value,
-        ctx.inbound,
         ctx.dr_key,
         ctx.sidecar.key if ctx.sidecar is not None else None,  # the applied Sidecar
-        ctx.ingress,
         vs_index.group_key(ctx.snapshot, ctx.proxy),  # VirtualService sourceLabels
         ctx.gateway,  # router proxies: selected Gateways, merged (labels, resolved ports)
+    )
+
+
+def context_key(snapshot: MeshSnapshot, proxy: Proxy) -> Hashable:
+    """Everything `proxy_context` reads from the proxy (and its own workloads).
+
+    Proxies with equal keys get equal contexts, so one context serves all of them
+    (e.g. the pods of one Deployment): the pod name, and the IP beyond its family,
+    are not read, except for gateways and by Sidecar ingress listeners.
+    """
+    own = tuple(
+        (
+            w.ref.kind,
+            w.namespace,
+            tuple(sorted(w.labels.items())),
+            tuple(sorted(w.named_ports.items())),
+            tuple(sorted(w.port_overrides.items())),
+            w.locality,
+            w.service_account,
+            w.cluster_id,
+            w.network,
+        )
+        for w in _own_workloads(snapshot, proxy)
+    )
+    addresses: object = _ip_family(proxy.ip_addresses)
+    if proxy.type is not ProxyType.SIDECAR or scoping.has_ingress(snapshot):
+        addresses = proxy.ip_addresses
+    return (
+        proxy.type,
+        proxy.namespace,
+        proxy.dns_domain,
+        proxy.interception_mode,
+        proxy.cluster_id,
+        proxy.network,
+        tuple(sorted(proxy.labels.items())),
+        addresses,
+        own,
     )

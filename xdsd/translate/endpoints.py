@@ -9,6 +9,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
+from xdsd.model.snapshot import ServiceKey
 from xdsd.model.types import Endpoint, Locality
 from xdsd.translate import _common as c
 from xdsd.translate.context import ClusterKind, ProxyContext
@@ -85,10 +86,15 @@ def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.Cl
     return cla
 
 
-def generate_endpoints(ctx: ProxyContext) -> list[tuple[str, Message]]:
+def generate_endpoints(
+    ctx: ProxyContext, only: frozenset[ServiceKey] | None = None
+) -> list[tuple[str, Message]]:
+    """Every EDS cluster's assignment, or only those of the services in `only`."""
     out: list[tuple[str, Message]] = []
     for oc in ctx.clusters:
         if oc.kind is not ClusterKind.EDS:
+            continue
+        if only is not None and (oc.service.hostname, oc.service.namespace) not in only:
             continue
         # DestinationRule subsets filter by labels; locality policies set weights/priorities.
         eps = subset_endpoints(oc, ctx.snapshot.endpoints_for(oc.service, oc.port.port))

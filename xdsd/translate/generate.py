@@ -10,13 +10,14 @@ Generators are pure functions of the context; the context is a pure function of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from google.protobuf.message import Message
 
 from xdsd.model.proxy import Proxy
-from xdsd.model.snapshot import MeshSnapshot
+from xdsd.model.snapshot import MeshSnapshot, ServiceKey
 from xdsd.translate._common import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -24,32 +25,147 @@ from xdsd.translate._common import (
     ROUTE_TYPE,
     SECRET_TYPE,
 )
-from xdsd.translate.clusters import eds_cluster_names, generate_clusters
-from xdsd.translate.context import ProxyContext, group_key, proxy_context
+from xdsd.translate.clusters import (
+    eds_cluster_names,
+    generate_clusters,
+    generate_inbound_clusters,
+    generate_outbound_clusters,
+)
+from xdsd.translate.context import (
+    ProxyContext,
+    context_key,
+    group_key,
+    outbound_key,
+    proxy_context,
+)
 from xdsd.translate.endpoints import generate_endpoints
 from xdsd.translate.gateway import (
-    for_routers,
     generate_gateway_listeners,
     generate_gateway_routes,
     generate_secrets,
 )
-from xdsd.translate.listeners import generate_listeners
+from xdsd.translate.listeners import generate_inbound_listeners, generate_outbound_listeners
 from xdsd.translate.routes import generate_routes
 from xdsd.translate.sidecar_ingress import with_ingress_clusters, with_ingress_listeners
 
 Generator = Callable[[ProxyContext], list[tuple[str, Message]]]
+# Regenerates only the assignments of some services (EDS on an endpoint-only change).
+ByService = Callable[[ProxyContext, frozenset[ServiceKey]], list[tuple[str, Message]]]
 
-
-GENERATORS: Mapping[str, Generator] = MappingProxyType(
+# Config kinds generation never reads: kept for validation and status only.
+UNREAD_KINDS = frozenset(
     {
-        CLUSTER_TYPE: with_ingress_clusters(generate_clusters),  # + Sidecar ingress
-        ENDPOINT_TYPE: generate_endpoints,
-        LISTENER_TYPE: for_routers(
-            with_ingress_listeners(generate_listeners), generate_gateway_listeners
-        ),
-        ROUTE_TYPE: for_routers(generate_routes, generate_gateway_routes),
-        SECRET_TYPE: generate_secrets,  # gateway credentialName secrets (sidecars: none)
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+        "RequestAuthentication",
+        "Telemetry",
+        "EnvoyFilter",
+        "WorkloadGroup",
+        "ProxyConfig",
+        "ConfigMap",
     }
+)
+# Sidecars do not read Gateways or Secrets either (those are for router proxies).
+_SIDECAR_UNREAD = UNREAD_KINDS | {"Gateway", "Secret"}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One independently cached piece of a type's resources.
+
+    `key(ctx)` names everything the part reads from the context beyond the
+    snapshot: proxies with equal keys share the part. A change to config kinds
+    in `ignores` cannot alter its output, so it is reused as it is.
+    """
+
+    name: str
+    key: Callable[[ProxyContext], Hashable]
+    generate: Generator
+    ignores: frozenset[str]
+    # Ignored only while the mesh has no Sidecar: a default scope imports every visible
+    # service whatever the VirtualServices say; a Sidecar's egress imports follow them.
+    ignores_without_sidecar: frozenset[str] = frozenset()
+    by_service: ByService | None = None
+
+    def unaffected(self, kinds: frozenset[str], *snapshots: MeshSnapshot) -> bool:
+        """Whether a change of these kinds (between these snapshots) leaves the part as is."""
+        if not kinds:
+            return False  # unknown change: assume everything
+        ignores = self.ignores
+        if self.ignores_without_sidecar and not any(s.configs_of("Sidecar") for s in snapshots):
+            ignores = ignores | self.ignores_without_sidecar
+        return kinds <= ignores
+
+
+_VS = frozenset({"VirtualService"})
+
+# Sidecars: the outbound side (most of the bytes) is shared by every app of a namespace
+# (outbound_key); only the inbound side depends on the app's own ports (group_key).
+_SIDECAR_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
+    {
+        CLUSTER_TYPE: (
+            Part("outbound", outbound_key, generate_outbound_clusters, _SIDECAR_UNREAD, _VS),
+            Part(
+                "inbound",
+                group_key,
+                with_ingress_clusters(generate_inbound_clusters),
+                _SIDECAR_UNREAD,
+            ),
+        ),
+        ENDPOINT_TYPE: (
+            Part(
+                "outbound",
+                outbound_key,
+                generate_endpoints,
+                _SIDECAR_UNREAD,
+                _VS,
+                by_service=generate_endpoints,
+            ),
+        ),
+        LISTENER_TYPE: (
+            Part("outbound", outbound_key, generate_outbound_listeners, _SIDECAR_UNREAD),
+            Part(
+                "inbound",
+                group_key,
+                with_ingress_listeners(generate_inbound_listeners),
+                _SIDECAR_UNREAD,
+            ),
+        ),
+        ROUTE_TYPE: (Part("outbound", outbound_key, generate_routes, _SIDECAR_UNREAD),),
+        SECRET_TYPE: (Part("all", group_key, generate_secrets, _SIDECAR_UNREAD),),
+    }
+)
+_ROUTER_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
+    {
+        CLUSTER_TYPE: (Part("all", group_key, generate_clusters, UNREAD_KINDS),),
+        ENDPOINT_TYPE: (
+            Part("all", group_key, generate_endpoints, UNREAD_KINDS, by_service=generate_endpoints),
+        ),
+        LISTENER_TYPE: (Part("all", group_key, generate_gateway_listeners, UNREAD_KINDS),),
+        ROUTE_TYPE: (Part("all", group_key, generate_gateway_routes, UNREAD_KINDS),),
+        SECRET_TYPE: (Part("all", group_key, generate_secrets, UNREAD_KINDS),),
+    }
+)
+
+
+def parts(ctx: ProxyContext, type_url: str) -> tuple[Part, ...]:
+    """How a type's resources for this proxy are generated and shared (none: unknown type)."""
+    return (_SIDECAR_PARTS if ctx.is_sidecar else _ROUTER_PARTS).get(type_url, ())
+
+
+def _whole(type_url: str) -> Generator:
+    def generate(ctx: ProxyContext) -> list[tuple[str, Message]]:
+        out: list[tuple[str, Message]] = []
+        for part in parts(ctx, type_url):
+            out.extend(part.generate(ctx))
+        return sorted(out, key=lambda item: item[0])
+
+    return generate
+
+
+# The whole type at once (for one proxy: translate, tests, benchmarks).
+GENERATORS: Mapping[str, Generator] = MappingProxyType(
+    {t: _whole(t) for t in (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE)}
 )
 
 
@@ -66,9 +182,13 @@ __all__ = [
     "ROUTE_TYPE",
     "SECRET_TYPE",
     "Generator",
+    "Part",
     "ProxyContext",
+    "context_key",
     "eds_cluster_names",
     "generate_all",
     "group_key",
+    "outbound_key",
+    "parts",
     "proxy_context",
 ]

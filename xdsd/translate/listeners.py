@@ -302,11 +302,30 @@ def virtual_inbound(ctx: ProxyContext) -> listener_pb2.Listener:
     )
 
 
-def generate_listeners(ctx: ProxyContext) -> list[tuple[str, Message]]:
+def generate_outbound_listeners(ctx: ProxyContext) -> list[tuple[str, Message]]:
+    """A sidecar's outbound listeners and virtualOutbound: shared by a namespace."""
     if not ctx.is_sidecar:
         return []
     out: dict[str, Message] = {plan.name: outbound_listener(ctx, plan) for plan in ctx.listeners}
     if ctx.mode is not InterceptionMode.NONE:
         out[c.VIRTUAL_OUTBOUND] = virtual_outbound(ctx)
-        out[c.VIRTUAL_INBOUND] = virtual_inbound(ctx)
     return sorted(out.items())
+
+
+def generate_inbound_listeners(ctx: ProxyContext) -> list[tuple[str, Message]]:
+    """virtualInbound, with a chain per port of the sidecar's own workload."""
+    if not ctx.is_sidecar or ctx.mode is InterceptionMode.NONE:
+        return []
+    return [(c.VIRTUAL_INBOUND, virtual_inbound(ctx))]
+
+
+def outbound_listener_names(ctx: ProxyContext) -> frozenset[str]:
+    """Names generate_outbound_listeners uses (without generating them)."""
+    names = {plan.name for plan in ctx.listeners}
+    if ctx.is_sidecar and ctx.mode is not InterceptionMode.NONE:
+        names.add(c.VIRTUAL_OUTBOUND)
+    return frozenset(names)
+
+
+def generate_listeners(ctx: ProxyContext) -> list[tuple[str, Message]]:
+    return sorted(generate_outbound_listeners(ctx) + generate_inbound_listeners(ctx))

@@ -151,7 +151,8 @@ def with_ingress_listeners(generate: Generator) -> Generator:
         if not ctx.ingress or not ctx.is_sidecar:
             return base
         bound = [(p.name, ingress_listener(ctx, p)) for p in ctx.ingress if p.bind_to_port]
-        taken = {name for name, _ in base}
+        # Outbound listeners keep their names even when generated apart (the inbound part).
+        taken = {name for name, _ in base} | listeners.outbound_listener_names(ctx)
         return _merge(base, [(n, m) for n, m in bound if n not in taken])
 
     return gen

@@ -550,6 +550,16 @@ def _build_scope(
     )
 
 
+def has_ingress(snapshot: MeshSnapshot) -> bool:
+    """Whether any Sidecar has ingress listeners (they read the proxy's own addresses)."""
+    return snapshot.derived(
+        f"{__name__}:has_ingress",
+        lambda s: any(
+            isinstance(c.typed, Sidecar) and c.typed.ingress for c in s.configs_of("Sidecar")
+        ),
+    )
+
+
 def scope_for(snapshot: MeshSnapshot, proxy: Proxy) -> SidecarScope:
     """The proxy's SidecarScope, computed once per snapshot and (namespace, Sidecar)."""
     namespace = proxy.namespace
