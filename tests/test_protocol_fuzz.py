@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from xdsd.cache import wire
 from xdsd.cache.resources import CLUSTER, ENDPOINT, LISTENER, WILDCARD_TYPES, Resource, ResourceSet
 from xdsd.server import protocol as p
-from xdsd.server.ads import _delta_request, _sotw_request
+from xdsd.server.ads import _delta_request, _sotw_request, changed_since
 
 UNKNOWN = "type.googleapis.com/example.Unknown"
 TYPES = [CLUSTER, LISTENER, ENDPOINT, UNKNOWN]
@@ -114,6 +114,24 @@ class Stream:
         self.nonces: list[str] = []
         self.initial_names: set[str] = set()
         self.last_names: tuple[str, ...] = ()
+        # As the stream handler: the set last planned against, and interned resources
+        # so that a push patches the previous set (ResourceSet.base / changed).
+        self.planned: ResourceSet | None = None
+        self.interned: dict[tuple[str, str], Resource] = {}
+
+    def push(self, contents: Mapping[str, str]) -> ResourceSet:
+        if self.type_url == UNKNOWN:
+            return ResourceSet(UNKNOWN)
+        new = []
+        for name, content in contents.items():
+            res = self.interned.get((name, content))
+            if res is None:
+                res = self.interned[(name, content)] = Resource.from_bytes(
+                    name, self.type_url, content.encode()
+                )
+            new.append(res)
+        gone = [n for n in self.resources.items if n not in contents]
+        return self.resources.patched(new, gone)
 
     def resolve(self, token: str) -> str:
         if token == "LAST":
@@ -125,7 +143,7 @@ class Stream:
     def step(self, action: Action) -> None:
         force: frozenset[str] | None = frozenset()
         if isinstance(action, Push):
-            self.resources = rset(self.type_url, action.resources)
+            self.resources = self.push(action.resources)
             if self.state is None:
                 return
         elif isinstance(action, Resend):
@@ -177,6 +195,8 @@ class Stream:
         assert self.state is not None
         before = self.state
         nonce = f"n{len(self.nonces) + 1}"
+        self.check_narrow(before, force, nonce)
+        self.planned = self.resources
         if self.delta:
             self.state, dreply = p.plan_delta(before, self.resources, nonce=nonce, force=force)
             replied = dreply is not None
@@ -194,6 +214,26 @@ class Stream:
         else:
             assert self.state.nonce == before.nonce
         assert not self.state.resend and not self.state.resend_all
+
+    def check_narrow(self, before: p.WatchState, force: frozenset[str] | None, nonce: str) -> None:
+        """Planning only the names changed since the set last planned against gives
+        exactly what planning every name gives (the stream handler's shortcut)."""
+        last = self.planned
+        if last is None or force or force is None or before.resend or before.resend_all:
+            return
+        plan = p.plan_delta if self.delta else p.plan_sotw
+        full_state, full = plan(before, self.resources, nonce=nonce, force=force)
+        if self.resources is last:
+            assert full is None  # the handler sends nothing without planning
+            return
+        only = changed_since(self.resources, last)
+        if only is None:
+            return
+        narrow_state, narrow = plan(before, self.resources, nonce=nonce, force=force, only=only)
+        assert narrow == full
+        assert dict(narrow_state.sent) == dict(full_state.sent)
+        assert narrow_state.nonce == full_state.nonce
+        assert narrow_state.version == full_state.version
 
     def check_decision(
         self,

@@ -384,7 +384,7 @@ def plan_delta(
         resend_all=False,
         responded=True,
     )
-    return new, DeltaReply(tuple(chosen), tuple(removed))
+    return new, DeltaReply(tuple(chosen), tuple(sorted(removed)))
 
 
 def _shared(sent: dict[str, str], resources: ResourceSet) -> Mapping[str, str]:
