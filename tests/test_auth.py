@@ -31,7 +31,7 @@ from xdsd.ca.authority import CertificateAuthority, ensure_dev_certs
 from xdsd.ca.identity import IstioAuthorizer, identity_from_username, parse_spiffe
 from xdsd.ca.service import CertificateService
 from xdsd.cache.resources import CLUSTER
-from xdsd.server.ads import XdsServices
+from xdsd.server.ads import ServerSettings, XdsServices
 from xdsd.server.auth import (
     AuthError,
     BearerTokenAuthenticator,
@@ -441,7 +441,10 @@ async def test_new_streams_limited_per_second() -> None:
     provider.sets[CLUSTER] = clusters("a")
     registry = CollectorRegistry()
     services = XdsServices(
-        provider, XdsMetrics(registry), new_streams=TokenBucket(1, 2, clock=lambda: now[0])
+        provider,
+        XdsMetrics(registry),
+        ServerSettings(admission_max_wait_s=0),  # no waiting: over the rate is refused
+        new_streams=TokenBucket(1, 2, clock=lambda: now[0]),
     )
     async with (
         XdsServer(services, GrpcSettings(port=0, shutdown_grace_s=0.1)) as server,
@@ -458,6 +461,35 @@ async def test_new_streams_limited_per_second() -> None:
         )
         == 1
     )
+
+
+def test_token_reservations_queue_in_arrival_order() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=10, burst=2, clock=lambda: now[0])
+    assert bucket.reserve(1.0) == 0 and bucket.reserve(1.0) == 0
+    assert bucket.reserve(1.0) == pytest.approx(0.1)
+    assert bucket.reserve(1.0) == pytest.approx(0.2)
+    assert bucket.reserve(0.25) is None  # 0.3 s away: over the accepted wait, not booked
+    now[0] += 0.2
+    assert bucket.reserve(1.0) == pytest.approx(0.1)
+
+
+async def test_new_streams_over_the_rate_wait_their_turn() -> None:
+    provider = FakeProvider()
+    provider.ready.set()
+    provider.sets[CLUSTER] = clusters("a")
+    registry = CollectorRegistry()
+    services = XdsServices(
+        provider, XdsMetrics(registry), new_streams=TokenBucket(rate=50, burst=1)
+    )
+    async with (
+        XdsServer(services, GrpcSettings(port=0, shutdown_grace_s=0.1)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+    ):
+        answers = await asyncio.gather(*(first_response(ch, ()) for _ in range(5)))
+    assert all(a.type_url == CLUSTER for a in answers)  # none refused
+    waited = registry.get_sample_value("xdsd_xds_admission_wait_seconds_count")
+    assert waited is not None and waited >= 3
 
 
 async def test_max_connection_age_makes_clients_reconnect() -> None:

@@ -20,7 +20,7 @@ from google.rpc import status_pb2
 from prometheus_client import CollectorRegistry
 
 from xdsd.cache.resources import CLUSTER, ENDPOINT, Resource, ResourceSet
-from xdsd.server.ads import NodeRejected, XdsServices
+from xdsd.server.ads import NodeRejected, ServerSettings, XdsServices
 from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 
@@ -285,3 +285,64 @@ async def test_disconnect_closes_the_watch_and_updates_the_gauge(harness: Harnes
     assert harness.services.connections == {}
     assert harness.provider.watches[0].closed
     assert harness.metric("pilot_xds", version="") == 0
+
+
+def big_cla(name: str, marker: int, endpoints: int = 20_000) -> Resource:
+    """An assignment of ~0.5 MiB whose first address carries `marker`."""
+    msg = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    lle = msg.endpoints.add()
+    for i in range(endpoints):
+        ep = lle.lb_endpoints.add().endpoint
+        ep.address.socket_address.address = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
+        ep.address.socket_address.port_value = marker if i == 0 else 80
+    return Resource.from_message(name, ENDPOINT, msg)
+
+
+async def test_a_stalled_proxy_does_not_delay_others() -> None:
+    """Isolation: a proxy that stops reading has one response in flight and gives its
+    send slot back after the slow-send time; the other proxy gets every push meanwhile,
+    though there is a single slot."""
+    provider = FakeProvider()
+    provider.ready.set()
+    provider.sets[ENDPOINT] = ResourceSet.of(ENDPOINT, [big_cla("a", 1)])
+    settings = ServerSettings(push_concurrency=1, slow_send_s=0.2)
+    services = XdsServices(provider, XdsMetrics(CollectorRegistry()), settings)
+    # No BDP probing: the stalled client's receive window stays small.
+    options = [("grpc.http2.bdp_probe", 0)]
+    async with (
+        XdsServer(services, GrpcSettings(port=0, shutdown_grace_s=0.1)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=options) as stalled_ch,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as healthy_ch,
+    ):
+        stalled = ads_pb2_grpc.AggregatedDiscoveryServiceStub(
+            stalled_ch
+        ).StreamAggregatedResources()
+        await stalled.write(sotw(ENDPOINT, ("a",)))
+        await read(stalled)  # then it never reads again
+        healthy = ads_pb2_grpc.AggregatedDiscoveryServiceStub(
+            healthy_ch
+        ).StreamAggregatedResources()
+        await healthy.write(sotw(ENDPOINT, ("a",)))
+        first = await read(healthy)
+        nonce, version = first.nonce, first.version_info
+        marker = 1
+        for marker in range(2, 40):
+            provider.sets[ENDPOINT] = ResourceSet.of(ENDPOINT, [big_cla("a", marker)])
+            services.notify()
+            got = await read(healthy, timeout=5)  # never waits for the stalled stream
+            cla_msg = endpoint_pb2.ClusterLoadAssignment.FromString(got.resources[0].value)
+            port = cla_msg.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value
+            assert port == marker
+            nonce, version = got.nonce, got.version_info
+            await healthy.write(sotw(ENDPOINT, ("a",), nonce=nonce, version=version, node=False))
+        # The stalled stream has one write in flight (it outlasted the slow-send time and
+        # gave its slot back) and one merged push waiting, whatever the number of pushes.
+        assert harness_metric(services, "xdsd_xds_slow_sends_total") == 1
+        conn = next(c for c in services.connections.values() if c.pushes < marker - 2)
+        assert conn.push_queued and conn.inbox.qsize() == 1
+        stalled.cancel()
+        healthy.cancel()
+
+
+def harness_metric(services: XdsServices, name: str) -> float:
+    return services.metrics.registry.get_sample_value(name) or 0.0

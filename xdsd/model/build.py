@@ -337,10 +337,16 @@ def _entry_port(entry: Workload, port: ServicePort) -> int | None:
 
 
 def _endpoint(
-    w: Workload, port: int, service_port: int, *, healthy: bool | None = None
+    w: Workload,
+    port: int,
+    service_port: int,
+    *,
+    healthy: bool | None = None,
+    address: str | None = None,
+    locality: Locality | None = None,
 ) -> Endpoint:
     return Endpoint(
-        address=w.address,
+        address=w.address if address is None else address,
         port=port,
         service_port=service_port,
         labels=w.labels,
@@ -349,7 +355,7 @@ def _endpoint(
         workload_name=w.workload_name or w.name,
         cluster_id=w.cluster_id,
         network=w.network,
-        locality=w.locality,
+        locality=w.locality if locality is None else locality,
         healthy=w.ready if healthy is None else healthy,
         weight=w.weight,
     )
@@ -387,12 +393,19 @@ def _from_subset(svc: Service, subset: EndpointSubset, cl: _Cluster, out: _Endpo
             for ip in addr.addresses:
                 pod = _pod_for(addr, ip, svc.namespace, cl.pods_by_name, cl.pods_by_ip)
                 if pod is not None:
-                    ep = _endpoint(pod, target.port, port.port, healthy=addr.ready)
-                    if ep.address != ip:
-                        ep = dataclasses.replace(ep, address=ip)
-                    if ep.locality == _NO_LOCALITY and (node != _NO_LOCALITY or addr.zone):
+                    # The slice's address wins; so does the pod's own locality, else the
+                    # Node's, else the slice's zone.
+                    locality = pod.locality
+                    if locality == _NO_LOCALITY and (node != _NO_LOCALITY or addr.zone):
                         locality = node if node != _NO_LOCALITY else Locality(zone=addr.zone)
-                        ep = dataclasses.replace(ep, locality=locality)
+                    ep = _endpoint(
+                        pod,
+                        target.port,
+                        port.port,
+                        healthy=addr.ready,
+                        address=ip,
+                        locality=locality,
+                    )
                 else:
                     ep = Endpoint(
                         address=ip,

@@ -18,7 +18,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -144,6 +144,7 @@ class Connection:
     # Requests and at most one push token, consumed by the stream's task.
     inbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     push_queued: bool = False
+    queued_at: float = 0.0  # perf_counter() when the queued push was queued
     _nonces: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def next_nonce(self) -> str:
@@ -156,12 +157,22 @@ class Connection:
             self.dirty |= types
         if not self.push_queued:  # pushes coalesce: never two queued for one stream
             self.push_queued = True
+            self.queued_at = time.perf_counter()
             self.inbox.put_nowait(_WAKE)
 
 
 @dataclass(frozen=True)
 class ServerSettings:
     control_plane_id: str = "xdsd"
+    # Responses being written at once, over all streams (istiod PILOT_PUSH_THROTTLE):
+    # bounds the bytes queued in gRPC during a push to every proxy.
+    push_concurrency: int = 100
+    # A write not taken by the proxy within this time gives its slot back (it goes on
+    # without one), so stalled proxies cannot take all the slots. 0: never.
+    slow_send_s: float = 1.0
+    # New streams over the admission rate wait for their turn up to this long; beyond
+    # it they are refused (RESOURCE_EXHAUSTED) and retry with backoff.
+    admission_max_wait_s: float = 60.0
 
 
 _EOF = object()
@@ -189,19 +200,26 @@ class XdsServices:
         self.new_streams = new_streams
         self._control_plane = wire.control_plane(self.settings.control_plane_id)
         self.connections: dict[str, Connection] = {}
+        self._send_slots = asyncio.Semaphore(max(1, self.settings.push_concurrency))
         self._prefix = secrets.token_hex(3)
         self._ids = itertools.count(1)
 
     # -- registration -----------------------------------------------------------------
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
-        # grpc.aio needs real async generator functions to stream responses.
         def stream(delta: bool, types: frozenset[str] | None) -> Any:
             async def handler(
                 requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[bytes]:
-                async for out in self._stream(requests, context, delta=delta, only=types):
-                    yield out
+            ) -> None:
+                # Written one at a time through the bounded send slots: the stream makes
+                # its next response only once the proxy took the previous one.
+                responses = self._stream(requests, context, delta=delta, only=types)
+                try:
+                    async for out in responses:
+                        if not await self._write(context, out):
+                            return
+                finally:
+                    await responses.aclose()
 
             request_type = (
                 discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
@@ -236,6 +254,30 @@ class XdsServices:
             )
         return out
 
+    async def _write(self, context: grpc.aio.ServicerContext, data: bytes) -> bool:
+        """Write one response; False when the stream broke (the handler then ends)."""
+        waited = time.perf_counter()
+        slow = False
+        async with self._send_slots:
+            self.metrics.send_wait.observe(time.perf_counter() - waited)
+            write = asyncio.ensure_future(context.write(data))
+            done, _ = await asyncio.wait({write}, timeout=self.settings.slow_send_s or None)
+            slow = not done
+        if slow:
+            # A proxy not reading: the write goes on without a slot, so a stalled proxy
+            # cannot hold one. The stream itself produces nothing else meanwhile (one
+            # response in flight; later pushes merge into its next one, newest wins).
+            self.metrics.slow_sends.inc()
+            log.info("slow xDS stream %s: a response waits for the proxy to read", context.peer())
+        try:
+            await write
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the call was cancelled or broke under the write
+            return False
+        self.metrics.bytes_sent.inc(len(data))
+        return True
+
     # -- pushes -----------------------------------------------------------------------
 
     def notify(
@@ -269,15 +311,20 @@ class XdsServices:
         *,
         delta: bool,
         only: frozenset[str] | None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         conn = Connection(f"{self._prefix}-{next(self._ids)}", context.peer(), delta)
         inbox = conn.inbox
         reader = asyncio.create_task(_pump(requests, inbox), name=f"xds-read-{conn.conn_id}")
         try:
-            if self.new_streams is not None and not self.new_streams.take():
-                raise NodeRejected(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many new streams; retry later"
-                )
+            if self.new_streams is not None:
+                wait = self.new_streams.reserve(self.settings.admission_max_wait_s)
+                if wait is None:
+                    raise NodeRejected(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, "too many new streams; retry later"
+                    )
+                if wait > 0:  # admitted at the bucket's rate, in arrival order
+                    self.metrics.admission_wait.observe(wait)
+                    await asyncio.sleep(wait)
             if self.auth is not None:
                 conn.caller = await self.auth.authenticate(context, "xDS stream")
             await self.provider.wait_ready()
@@ -404,6 +451,7 @@ class XdsServices:
         dirty = conn.dirty
         conn.dirty = set()
         conn.push_queued = False
+        self.metrics.queue_time.observe(time.perf_counter() - conn.queued_at)
         started, conn.change_started = conn.change_started, None
         if conn.watch is None:
             return []

@@ -9,8 +9,10 @@ from collections.abc import Callable
 class TokenBucket:
     """`rate` tokens per second, holding at most `burst`; `take()` spends one if there is one.
 
-    A reconnect storm (every proxy of a dead replica at once) is spread out: the
-    refused proxies retry with backoff, as they do against istiod.
+    A reconnect storm (every proxy of a dead replica at once) is spread out:
+    `reserve()` books the next token and says how long to wait for it, so new
+    streams are admitted at the rate in arrival order (istiod waits on its
+    limiter the same way); only a wait longer than the caller accepts is refused.
     """
 
     def __init__(
@@ -36,6 +38,15 @@ class TokenBucket:
             self._tokens -= 1
             return True
         return False
+
+    def reserve(self, max_wait: float) -> float | None:
+        """Book a token: seconds until it is there (0: now); None if that is over max_wait."""
+        self._refill()
+        wait = max(0.0, (1 - self._tokens) / self.rate)
+        if wait > max_wait:
+            return None
+        self._tokens -= 1
+        return wait
 
     @property
     def available(self) -> float:

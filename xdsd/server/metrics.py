@@ -58,6 +58,34 @@ class XdsMetrics:
             buckets=(0.0001, 0.001, 0.01, 0.1, 1, 3, 5, 10),
             registry=registry,
         )
+        self.bytes_sent = Counter(
+            "xdsd_xds_sent_bytes",
+            "Bytes of xDS responses written to proxies.",
+            registry=registry,
+        )
+        self.send_wait = Histogram(
+            "xdsd_xds_send_wait_seconds",
+            "Time a response waited for one of the bounded send slots, in seconds.",
+            buckets=(0.0001, 0.001, 0.01, 0.1, 0.5, 1, 5, 30),
+            registry=registry,
+        )
+        self.slow_sends = Counter(
+            "xdsd_xds_slow_sends",
+            "Responses a proxy did not take within the slow-send time (slot given back).",
+            registry=registry,
+        )
+        self.queue_time = Histogram(
+            "xdsd_xds_push_queue_seconds",
+            "Time from a push being queued to a stream to the stream starting it, in seconds.",
+            buckets=(0.0001, 0.001, 0.01, 0.1, 0.5, 1, 5, 30),
+            registry=registry,
+        )
+        self.admission_wait = Histogram(
+            "xdsd_xds_admission_wait_seconds",
+            "Time new streams waited for admission (the new-streams rate), in seconds.",
+            buckets=(0.01, 0.1, 0.5, 1, 5, 10, 30, 60),
+            registry=registry,
+        )
         self.refused_streams = Counter(
             "xdsd_xds_refused_streams",
             "Streams refused before any config was sent, by reason.",
