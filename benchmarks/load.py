@@ -358,6 +358,7 @@ class XdsdServer(Server):
             "warning",
             "--poll-interval",
             str(args.poll_interval),
+            *args.xdsd_arg,
         ]
         if args.profile_server:
             argv[argv.index("xdsd")] = str(Path(sys.executable).parent / "xdsd")
@@ -819,6 +820,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "and a summary printed",
     )
     p.add_argument("--keep", type=Path, help="keep the mesh folder and logs here")
+    p.add_argument(
+        "--xdsd-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for xdsd serve (repeat; e.g. --xdsd-arg=--push-concurrency=500)",
+    )
     args = p.parse_args(argv)
     base = FULL if args.full else QUICK
     for name, value in base.items():

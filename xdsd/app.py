@@ -41,7 +41,7 @@ from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
 from xdsd.security import Security, SecuritySettings
-from xdsd.server.ads import Connection, NodeRejected, XdsServices
+from xdsd.server.ads import Connection, NodeRejected, ServerSettings, XdsServices
 from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
@@ -82,6 +82,7 @@ class AppSettings:
     # A folder of YAML, or (the Kubernetes mode) a kubeconfig / in-cluster credentials.
     config_dir: Path | None = None
     xds: GrpcSettings = field(default_factory=GrpcSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)  # push slots, admission
     admin_host: str = "127.0.0.1"
     admin_port: int = 15014  # 0 picks a free port; -1 turns the admin server off
     # Serve /debug/* to non-loopback clients too (off: debug output names everything).
@@ -267,6 +268,7 @@ class XdsdApp:
         self.services = XdsServices(
             self,
             self.metrics,
+            settings.server,
             auth=self.security.auth,
             new_streams=self.security.new_streams,
         )

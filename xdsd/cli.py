@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-interval", type=float, default=0.5, help="config dir poll (s)")
     serve.add_argument("--debounce-quiet", type=float, default=0.1, help="quiet period (s)")
     serve.add_argument("--debounce-max", type=float, default=10.0, help="max push delay (s)")
+    serve.add_argument(
+        "--push-concurrency",
+        type=int,
+        default=100,
+        help="responses written at once over all streams (100, as istiod's push throttle)",
+    )
     kube = serve.add_argument_group(
         "Kubernetes", "read config from a config cluster instead of --config-dir"
     )
@@ -379,6 +385,7 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 async def _serve(args: argparse.Namespace) -> int:
     from xdsd.app import AppSettings, XdsdApp
     from xdsd.push.debounce import DebounceSettings
+    from xdsd.server.ads import ServerSettings
 
     kubeconfig = args.kubeconfig
     if args.config_dir is None and kubeconfig is None and not args.in_cluster:
@@ -412,6 +419,7 @@ async def _serve(args: argparse.Namespace) -> int:
             remote_debug=args.remote_debug,
             poll_interval=args.poll_interval,
             debounce=DebounceSettings(quiet=args.debounce_quiet, max_delay=args.debounce_max),
+            server=ServerSettings(push_concurrency=max(1, args.push_concurrency)),
         )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)

@@ -69,6 +69,10 @@ class ConfigStore:
         self._files: dict[str, _File] = {}
         self._owners: dict[ObjectKey, set[str]] = {}
         self._generation = 0
+        # Answers of objects()/errors(), kept until the next change: every snapshot
+        # build asks for them, most changes touch one file.
+        self._objects_memo: dict[str | None, tuple[ParsedObject, ...]] = {}
+        self._errors_memo: tuple[ConfigError, ...] | None = None
 
     @property
     def generation(self) -> int:
@@ -103,6 +107,8 @@ class ConfigStore:
         return self.apply(ConfigChange((FileContent(source, None),)))
 
     def _apply(self, source: str, result: ParseResult | None) -> set[ObjectKey]:
+        self._objects_memo.clear()
+        self._errors_memo = None
         prev = self._files.get(source)
         old_keys = set(prev.objects) if prev else set()
         before = {k: self.get(*k) for k in old_keys}
@@ -178,19 +184,28 @@ class ConfigStore:
 
     def objects(self, kind: str | None = None) -> tuple[ParsedObject, ...]:
         """Served objects (duplicates resolved), sorted by (kind, namespace, name)."""
+        memo = self._objects_memo.get(kind)
+        if memo is not None:
+            return memo
         keys = sorted(k for k in self._owners if kind is None or k[0] == kind)
         out: list[ParsedObject] = []
         for key in keys:
             obj = self.get(*key)
             if obj is not None:
                 out.append(obj)
-        return tuple(out)
+        memo = self._objects_memo[kind] = tuple(out)
+        return memo
 
     def sources(self) -> tuple[str, ...]:
         return tuple(sorted(self._files))
 
     def errors(self) -> tuple[ConfigError, ...]:
         """Parse errors by file (sorted), then duplicates across files."""
+        if self._errors_memo is None:
+            self._errors_memo = self._errors()
+        return self._errors_memo
+
+    def _errors(self) -> tuple[ConfigError, ...]:
         out: list[ConfigError] = []
         for source in sorted(self._files):
             out.extend(self._files[source].errors)
