@@ -696,6 +696,9 @@ class Supervisor:
             except OSError as e:
                 code = None
                 log.error("worker %d could not be started: %s", slot.index, e)
+            except Exception:
+                code = None
+                log.exception("worker %d failed", slot.index)
             if self._stopping:
                 return
             if not slot.serving.is_set() and self._failed is not None and not self._failed.done():
