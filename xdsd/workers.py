@@ -364,8 +364,9 @@ async def run_worker(fd: int, parent: int) -> int:
     relay = _Relay()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C reaches the whole process group: the supervisor stops the workers in order.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
 
     async def follow() -> None:
         while (message := await read_message(reader)) is not None:
@@ -710,6 +711,8 @@ class Supervisor:
                 "worker %d exited (code %s); restarting it in %.1fs", slot.index, code, delay
             )
             await asyncio.sleep(delay)
+            if self._stopping:
+                return
             delay = min(delay * 2, self.options.restart_max_delay)
             slot.restarts += 1
             self.m_restarts.labels(str(slot.index)).inc()
@@ -756,6 +759,7 @@ class Supervisor:
             self._fanout.links.pop(slot.index, None)
             slot.writer = None
             slot.state = None
+            self.m_workers.set(sum(1 for s in self.slots if s.state and s.state.ready))
             parent.close()
             if proc.returncode is None and not self._stopping:
                 with contextlib.suppress(ProcessLookupError):
