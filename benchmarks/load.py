@@ -377,12 +377,22 @@ class XdsdServer(Server):
             argv[argv.index("xdsd")] = str(Path(sys.executable).parent / "xdsd")
         super().__init__(argv, work / "xdsd.log")
 
-    def streams_per_worker(self) -> str:
-        """serve --workers: each worker's ADS streams, from the supervisor's /debug/workers."""
+    def streams_per_worker(self, total: int) -> str:
+        """serve --workers: each worker's ADS streams, from the supervisor's /debug/workers
+        (workers report every 0.2 s: wait up to 3 s for all `total` to be counted)."""
         url = f"http://127.0.0.1:{self.admin}/debug/workers"
-        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=5) as r:
-            return " / ".join(str(w["streams"]) for w in json.loads(r.read()))
-        return "unknown"
+        counts: list[int] = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError, ValueError),
+                urllib.request.urlopen(url, timeout=5) as r,
+            ):
+                counts = [int(w["streams"]) for w in json.loads(r.read())]
+            if sum(counts) >= total:
+                break
+            time.sleep(0.1)
+        return " / ".join(map(str, counts)) if counts else "unknown"
 
     # With --server-workers N the server is the supervisor and its N worker processes.
     def cpu(self) -> float:
@@ -551,7 +561,7 @@ def run_target(
     v["storm_p50"] = _ms(pct(per_proxy, 0.5))
     v["storm_cpu"] = server.cpu() - c0
     if isinstance(server, XdsdServer) and args.server_workers > 1:
-        say(f"  {server.name}: proxies held per worker process: {server.streams_per_worker()}")
+        say(f"  {server.name}: proxies held per worker process: {server.streams_per_worker(n)}")
     v["storm_cpu_per_proxy"] = v["storm_cpu"] / max(1, len(fulls)) * 1000
     v["storm_gen_cpu"] = workers.cpu() - w0
     time.sleep(1.0)
