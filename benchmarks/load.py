@@ -287,6 +287,18 @@ def proc_rss(pid: int) -> int:
     return 0
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
 class Server:
     """A server under test in a subprocess."""
 
@@ -358,11 +370,37 @@ class XdsdServer(Server):
             "warning",
             "--poll-interval",
             str(args.poll_interval),
+            "--workers",
+            str(args.server_workers),
             *args.xdsd_arg,
         ]
         if args.profile_server:
             argv[argv.index("xdsd")] = str(Path(sys.executable).parent / "xdsd")
         super().__init__(argv, work / "xdsd.log")
+
+    def streams_per_worker(self, total: int) -> str:
+        """serve --workers: each worker's ADS streams, from the supervisor's /debug/workers
+        (workers report every 0.2 s: wait up to 3 s for all `total` to be counted)."""
+        url = f"http://127.0.0.1:{self.admin}/debug/workers"
+        counts: list[int] = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError, ValueError),
+                urllib.request.urlopen(url, timeout=5) as r,
+            ):
+                counts = [int(w["streams"]) for w in json.loads(r.read())]
+            if sum(counts) >= total:
+                break
+            time.sleep(0.1)
+        return " / ".join(map(str, counts)) if counts else "unknown"
+
+    # With --server-workers N the server is the supervisor and its N worker processes.
+    def cpu(self) -> float:
+        return proc_cpu(self.pid) + sum(proc_cpu(c) for c in children(self.pid))
+
+    def rss(self) -> int:
+        return proc_rss(self.pid) + sum(proc_rss(c) for c in children(self.pid))
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -523,6 +561,8 @@ def run_target(
     per_proxy = [tf - ts for ts, tf in got if tf is not None]
     v["storm_p50"] = _ms(pct(per_proxy, 0.5))
     v["storm_cpu"] = server.cpu() - c0
+    if isinstance(server, XdsdServer) and args.server_workers > 1:
+        say(f"  {server.name}: proxies held per worker process: {server.streams_per_worker(n)}")
     v["storm_cpu_per_proxy"] = v["storm_cpu"] / max(1, len(fulls)) * 1000
     v["storm_gen_cpu"] = workers.cpu() - w0
     time.sleep(1.0)
@@ -783,11 +823,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--protocol", choices=["mixed", "sotw", "delta"], default="mixed")
     p.add_argument("--workers", type=int, default=2, help="load generator processes (2)")
     p.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="xdsd's worker processes (serve --workers N; 1: one process); server CPU and "
+        "memory are summed over the supervisor and its workers",
+    )
+    p.add_argument(
         "--streams-per-channel",
         type=int,
-        default=loadgen.STREAMS_PER_CHANNEL,
         help=f"ADS streams sharing one gRPC channel / HTTP/2 connection "
-        f"({loadgen.STREAMS_PER_CHANNEL})",
+        f"({loadgen.STREAMS_PER_CHANNEL}; with --server-workers > 1: 10, since the kernel "
+        "spreads connections, not streams, over the workers)",
     )
     p.add_argument(
         "--churn-interval", type=float, default=110.0, help="ms between pod replacements"
@@ -839,9 +886,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--targets: xdsd, optionally with floor")
     args.target_list = targets
     args.scenario_list = {x.strip() for x in args.scenarios.split(",") if x.strip()}
-    for name in ("proxies", "services", "endpoints", "namespaces", "workers"):
+    if args.streams_per_channel is None:
+        args.streams_per_channel = loadgen.STREAMS_PER_CHANNEL if args.server_workers == 1 else 10
+    for name in ("proxies", "services", "endpoints", "namespaces", "workers", "server_workers"):
         if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
 
 
@@ -867,7 +916,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{n_delta:,} Delta) in {args.workers} load processes; {args.services:,} services x "
         f"{args.endpoints} endpoints over {args.namespaces} namespaces"
     )
-    say(f"xdsd: {xdsd_revision()}")
+    n_sw = args.server_workers
+    server = (
+        f"{n_sw} worker processes (serve --workers; CPU and memory: supervisor + workers)"
+        if n_sw > 1
+        else "1 process"
+    )
+    say(
+        f"xdsd: {xdsd_revision()}; server: {server}; "
+        f"{args.streams_per_channel} ADS streams per client connection"
+    )
     say(
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs; xdsd polls its config "
         f"folder every {args.poll_interval * 1000:g} ms; churn: one pod replaced every "

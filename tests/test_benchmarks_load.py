@@ -54,3 +54,26 @@ def test_load_benchmark_prints_table(tmp_path: Path) -> None:
     # Nothing left running: the servers' and workers' logs are closed, no xdsd on the mesh.
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(tmp_path) not in ps.stdout
+
+
+@pytest.mark.timeout(60)
+def test_load_benchmark_with_server_workers(tmp_path: Path) -> None:
+    """--server-workers 2: xdsd serve --workers 2 holds every proxy; nothing left running."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(SCRIPT), *TINY, "--targets", "xdsd", "--server-workers", "2"),
+            *("--scenarios", "storm,vs", "--keep", str(tmp_path / "run")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=40,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "server: 2 worker processes" in out, out
+    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
+    assert rows["streams still open at the end"].split()[-2] == "10", out
+    assert rows["proxies that never ACKed it"].split()[-2] == "0", out
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert str(tmp_path) not in ps.stdout

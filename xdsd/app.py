@@ -17,11 +17,11 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from envoy.service.status.v3 import csds_pb2
@@ -37,7 +37,7 @@ from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot, ServiceKey
 from xdsd.model.store import ConfigStore
 from xdsd.model.types import ConfigError, Endpoint, Resolution
-from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource
+from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource, Source
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
 from xdsd.security import Security, SecuritySettings
@@ -135,6 +135,38 @@ def load_kubeconfig(path: Path) -> Mapping[str, Any]:
     if doc is None:
         raise ValueError(f"kubeconfig {path}: {problem}")
     return doc
+
+
+# -- worker processes (xdsd.workers) -----------------------------------------------------
+
+
+class FolderLike(Protocol):
+    """What the app needs of a folder source (`FolderSource`, or a worker's relay)."""
+
+    @property
+    def synced(self) -> asyncio.Event: ...
+
+    def changes(self) -> AsyncIterator[ConfigChange]: ...
+
+
+@dataclass(frozen=True)
+class SourceHooks:
+    """How `xdsd.workers` plugs into the app; the defaults are a normal single process.
+
+    Each source hook gets the default factory and returns the source to use: the
+    supervisor wraps the real sources to ship their changes to the workers, a worker
+    replaces them with relays of what the supervisor ships.
+    """
+
+    folder: Callable[[Callable[[], FolderSource]], FolderLike] | None = None
+    cluster: Callable[[ClusterSpec, Callable[[], Source]], Source] | None = None
+    remotes: Callable[[Callable[[], RemoteSource]], RemoteSource] | None = None
+    serve_xds: bool = True  # the supervisor serves no proxies
+    push: bool = True  # rebuild after changes (the supervisor: only for --write-status)
+    writer: bool = True  # --write-status and the root-cert ConfigMaps (not in workers)
+
+
+# -- end of worker hooks ----------------------------------------------------------------------
 
 
 class _Watch:
@@ -243,8 +275,14 @@ def _endpoint_services(old: MeshSnapshot, new: MeshSnapshot) -> frozenset[Servic
 
 
 class XdsdApp:
-    def __init__(self, settings: AppSettings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: AppSettings,
+        registry: CollectorRegistry | None = None,
+        hooks: SourceHooks | None = None,
+    ) -> None:
         self.settings = settings
+        self.hooks = hooks or SourceHooks()  # worker processes (xdsd.workers)
         self.registry = registry or CollectorRegistry()
         self.metrics = XdsMetrics(self.registry)
         self.clusters: Clusters | None = None
@@ -273,7 +311,7 @@ class XdsdApp:
             new_streams=self.security.new_streams,
         )
         self.debouncer = Debouncer(self._push, settings.debounce)
-        self.source = None if settings.kube else self._new_source()
+        self.source: FolderLike | None = None if settings.kube else self._new_source()
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: XdsServer | None = None
@@ -285,7 +323,7 @@ class XdsdApp:
         self._pushes = 0
         self.root_certs: RootCertPublisher | None = None  # istio-ca-root-cert ConfigMaps
         self._status_writer: Any = None  # xdsd.sources.kube.status.StatusWriter
-        if settings.kube and settings.write_status:
+        if settings.kube and settings.write_status and self.hooks.writer:
             self._status_writer = self._new_status_writer()
         self._init_metrics()
 
@@ -325,9 +363,10 @@ class XdsdApp:
             await self.security.load_ca_secret(
                 self._kubeconfig_of(self.settings.cluster_id)[1], self.settings.own_namespace
             )
-        self._server = await XdsServer(
-            self.services, self.settings.xds, self.security.handlers()
-        ).__aenter__()
+        if self.hooks.serve_xds:
+            self._server = await XdsServer(
+                self.services, self.settings.xds, self.security.handlers()
+            ).__aenter__()
         try:
             if self.settings.admin_port >= 0:
                 self._admin = await AdminServer(
@@ -338,7 +377,8 @@ class XdsdApp:
                 ).__aenter__()
             if self.clusters is not None:
                 await self.clusters.start()
-                self._start_root_cert_publisher()
+                if self.hooks.writer:
+                    self._start_root_cert_publisher()
                 self._tasks.append(asyncio.create_task(self._kube_ready(), name="kube-ready"))
                 if self._status_writer is not None:
                     self._tasks.append(
@@ -346,7 +386,8 @@ class XdsdApp:
                     )
             else:
                 self._tasks.append(asyncio.create_task(self._watch_source(), name="config-source"))
-            self._tasks.append(asyncio.create_task(self.debouncer.run(), name="debounce"))
+            if self.hooks.push:
+                self._tasks.append(asyncio.create_task(self.debouncer.run(), name="debounce"))
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -401,7 +442,7 @@ class XdsdApp:
                 change = self._as_resync(change)
             before = self.store.generation
             self.store.apply(change)
-            if not self.ready.is_set() and self.source.synced:
+            if not self.ready.is_set() and self.source.synced.is_set():
                 self._rebuild(PushRequest(reason="initial"))
                 self.ready.set()
                 log.info(
@@ -419,9 +460,12 @@ class XdsdApp:
                 # good version stays), but what we report about the config did.
                 self._refresh_errors()
 
-    def _new_source(self) -> FolderSource:
-        assert self.settings.config_dir is not None
-        return FolderSource(self.settings.config_dir, poll_interval=self.settings.poll_interval)
+    def _new_source(self) -> FolderLike:
+        def folder() -> FolderSource:
+            assert self.settings.config_dir is not None
+            return FolderSource(self.settings.config_dir, poll_interval=self.settings.poll_interval)
+
+        return folder() if self.hooks.folder is None else self.hooks.folder(folder)
 
     # -- the Kubernetes mode ------------------------------------------------------------------
 
@@ -433,16 +477,16 @@ class XdsdApp:
         backoff = s.kube_backoff or DEFAULT_BACKOFF
         kubeconfig = None if s.kubeconfig is None else load_kubeconfig(s.kubeconfig)
         config = ClusterSpec(s.cluster_id, kubeconfig, "config", s.namespaces)
-        remotes: RemoteSource
-        if s.remote_secrets_dir is not None:
-            remotes = RemoteSecrets(
-                folder=s.remote_secrets_dir,
-                local_cluster_id=s.cluster_id,
-                namespaces=s.namespaces,
-                poll_interval=s.poll_interval,
-            )
-        else:
-            remotes = RemoteSecrets(
+
+        def remote_secrets() -> RemoteSource:
+            if s.remote_secrets_dir is not None:
+                return RemoteSecrets(
+                    folder=s.remote_secrets_dir,
+                    local_cluster_id=s.cluster_id,
+                    namespaces=s.namespaces,
+                    poll_interval=s.poll_interval,
+                )
+            return RemoteSecrets(
                 config,
                 namespace=s.own_namespace,
                 local_cluster_id=s.cluster_id,
@@ -450,15 +494,24 @@ class XdsdApp:
                 backoff=backoff,
                 watch_timeout=s.kube_watch_timeout,
             )
+
+        hook = self.hooks.remotes
+        remotes = remote_secrets() if hook is None else hook(remote_secrets)
         return Clusters(
             config,
-            source_factory=self._new_cluster_source,
+            source_factory=self._cluster_source,
             on_change=self._cluster_changed,
             on_errors=self._cluster_errors,
             remotes=remotes,
             remote_sync_timeout=s.remote_sync_timeout,
             progress_interval=s.sync_progress_interval,
         )
+
+    def _cluster_source(self, spec: ClusterSpec) -> Source:
+        hook = self.hooks.cluster
+        if hook is None:
+            return self._new_cluster_source(spec)
+        return hook(spec, lambda: self._new_cluster_source(spec))
 
     def _new_cluster_source(self, spec: ClusterSpec) -> ClusterSource:
         from xdsd.sources.kube import ClusterSource

@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve /debug/* to non-loopback clients (it lists every proxy and service)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes serving xDS on the same ports (SO_REUSEPORT); the config "
+        "sources run once, in the serve process (1: one process; set it to the CPU limit)",
+    )
     serve.add_argument("--poll-interval", type=float, default=0.5, help="config dir poll (s)")
     serve.add_argument("--debounce-quiet", type=float, default=0.1, help="quiet period (s)")
     serve.add_argument("--debounce-max", type=float, default=10.0, help="max push delay (s)")
@@ -193,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--xds-address", default="127.0.0.1:15010", help="HOST:PORT of xdsd")
     st.add_argument("--timeout", type=float, default=10.0)
     st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    # A worker process of `serve --workers N` (started by the supervisor; not listed).
+    worker = sub.add_parser("_worker")
+    worker.add_argument("--fd", type=int, required=True)
+    worker.add_argument("--parent", type=int, required=True)
+    _add_log_level(worker)
 
     demo = sub.add_parser("demo", help="xdsd + backends + a real Envoy, on loopback")
     demo.add_argument("--config-dir", type=Path, help="config to serve (default: bundled example)")
@@ -371,13 +385,13 @@ def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     return grpc_settings, security
 
 
-def _setup_logging(level: str, fmt: str = "text") -> None:
+def _setup_logging(level: str, fmt: str = "text", tag: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        formatter = logging.Formatter(f"%(asctime)s %(levelname)-7s {tag}%(name)s: %(message)s")
     handler.setFormatter(formatter)
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
 
@@ -429,6 +443,11 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if args.workers < 1:
+        print("xdsd: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return await _serve_workers(args, settings, stop)
     try:
         xdsd_app = XdsdApp(settings)
     except ValueError as e:
@@ -451,6 +470,46 @@ async def _serve(args: argparse.Namespace) -> int:
         )
         await stop.wait()
         logging.getLogger("xdsd").info("shutting down")
+    return 0
+
+
+async def _serve_workers(args: argparse.Namespace, settings: Any, stop: asyncio.Event) -> int:
+    from xdsd.workers import Supervisor, WorkerOptions
+
+    options = WorkerOptions(
+        workers=args.workers,
+        worker_args=("--log-level", args.log_level, "--log-format", args.log_format),
+    )
+    try:
+        supervisor = await Supervisor(settings, options).__aenter__()
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"xdsd: {e}", file=sys.stderr)
+        return 1
+    try:
+        ports = [f"TLS {supervisor.tls_port}"] if supervisor.tls_port >= 0 else []
+        if supervisor.xds_port >= 0:
+            ports.append(f"plaintext {supervisor.xds_port}")
+        logging.getLogger("xdsd").info(
+            "serving %s with %d worker processes: xDS on %s (%s), admin on http://%s:%d",
+            args.config_dir or f"Kubernetes cluster {settings.cluster_id}",
+            args.workers,
+            args.xds_host,
+            ", ".join(ports),
+            args.admin_host,
+            supervisor.admin_port,
+        )
+        await stop.wait()
+        logging.getLogger("xdsd").info("shutting down the workers")
+    finally:
+        await supervisor.__aexit__(None, None, None)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from xdsd.workers import run_worker
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run_worker(args.fd, args.parent))
     return 0
 
 
@@ -586,11 +645,14 @@ def _status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if hasattr(args, "log_level"):
-        _setup_logging(args.log_level, args.log_format)
+        tag = f"[pid {os.getpid()}] " if args.command == "_worker" else ""
+        _setup_logging(args.log_level, args.log_format, tag)
     if args.command == "serve":
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_serve(args))
         return 0
+    if args.command == "_worker":
+        return _worker(args)
     if args.command == "bootstrap":
         return _bootstrap(args)
     if args.command == "translate":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -54,7 +54,16 @@ def _loopback(remote: str | None) -> bool:
         return False
 
 
-def build_app(view: DebugView, *, remote_debug: bool = False) -> web.Application:
+_STANDARD = frozenset(
+    {"syncz", "adsz", "configz", "registryz", "clusterz", "config_dump", "push_status"}
+)
+# Extra debug listings, `/debug/NAME` -> an async function of the JSON to serve.
+ExtraDebug = Mapping[str, Callable[[], Awaitable[Any]]]
+
+
+def build_app(
+    view: DebugView, *, remote_debug: bool = False, extra: ExtraDebug | None = None
+) -> web.Application:
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         # Debug output names every proxy and service: loopback only unless enabled.
@@ -106,6 +115,7 @@ def build_app(view: DebugView, *, remote_debug: bool = False) -> web.Application
                     "/debug/registryz",
                     "/debug/clusterz",
                     "/debug/push_status",
+                    *(f"/debug/{name}" for name in extra or {} if name not in _STANDARD),
                 ]
             }
         )
@@ -115,14 +125,27 @@ def build_app(view: DebugView, *, remote_debug: bool = False) -> web.Application
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/debug", index)
-    app.router.add_get("/debug/syncz", listing(view.syncz))
-    app.router.add_get("/debug/adsz", listing(view.adsz))
-    app.router.add_get("/debug/configz", listing(view.configz))
-    app.router.add_get("/debug/registryz", listing(view.registryz))
-    app.router.add_get("/debug/clusterz", listing(view.clusterz))
-    app.router.add_get("/debug/config_dump", config_dump)
-    app.router.add_get("/debug/push_status", listing(view.push_status))
+    routes: dict[str, Callable[[web.Request], Any]] = {
+        "syncz": listing(view.syncz),
+        "adsz": listing(view.adsz),
+        "configz": listing(view.configz),
+        "registryz": listing(view.registryz),
+        "clusterz": listing(view.clusterz),
+        "config_dump": config_dump,
+        "push_status": listing(view.push_status),
+    }
+    # Extra listings may also replace standard ones (the worker supervisor's aggregates).
+    routes.update({name: _extra_handler(fn) for name, fn in (extra or {}).items()})
+    for name, handler in routes.items():
+        app.router.add_get(f"/debug/{name}", handler)
     return app
+
+
+def _extra_handler(fn: Callable[[], Awaitable[Any]]) -> Callable[[web.Request], Any]:
+    async def handler(_: web.Request) -> web.Response:
+        return _json(await fn())
+
+    return handler
 
 
 class AdminServer:
@@ -135,8 +158,9 @@ class AdminServer:
         port: int = 15014,
         *,
         remote_debug: bool = False,
+        extra: ExtraDebug | None = None,
     ) -> None:
-        self._app = build_app(view, remote_debug=remote_debug)
+        self._app = build_app(view, remote_debug=remote_debug, extra=extra)
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None

@@ -199,6 +199,15 @@ class ConfigStore:
     def sources(self) -> tuple[str, ...]:
         return tuple(sorted(self._files))
 
+    def replay(self) -> tuple[FileContent, ...]:
+        """The store's state as file contents: applied to an empty store, they make an
+        equal store (kept last-good versions and their errors included), on which later
+        changes then apply exactly as here. (A worker process starts from this.)"""
+        return tuple(
+            FileContent(source, ParseResult(tuple(f.objects.values()), f.errors))
+            for source, f in sorted(self._files.items())
+        )
+
     def errors(self) -> tuple[ConfigError, ...]:
         """Parse errors by file (sorted), then duplicates across files."""
         if self._errors_memo is None:

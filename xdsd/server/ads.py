@@ -256,25 +256,42 @@ class XdsServices:
 
     async def _write(self, context: grpc.aio.ServicerContext, data: bytes) -> bool:
         """Write one response; False when the stream broke (the handler then ends)."""
-        waited = time.perf_counter()
-        slow = False
-        async with self._send_slots:
+        slots = self._send_slots
+        if slots.locked():
+            waited = time.perf_counter()
+            await slots.acquire()
             self.metrics.send_wait.observe(time.perf_counter() - waited)
-            write = asyncio.ensure_future(context.write(data))
-            done, _ = await asyncio.wait({write}, timeout=self.settings.slow_send_s or None)
-            slow = not done
-        if slow:
-            # A proxy not reading: the write goes on without a slot, so a stalled proxy
-            # cannot hold one. The stream itself produces nothing else meanwhile (one
-            # response in flight; later pushes merge into its next one, newest wins).
-            self.metrics.slow_sends.inc()
-            log.info("slow xDS stream %s: a response waits for the proxy to read", context.peer())
+        else:
+            await slots.acquire()
+        held = True
+
+        def give_back(slow: bool) -> None:
+            nonlocal held
+            if held:
+                held = False
+                slots.release()
+                if slow:
+                    # A proxy not reading: the write goes on without a slot, so a stalled
+                    # proxy cannot hold one. Its stream makes nothing else meanwhile (one
+                    # response in flight; later pushes merge into the next, newest wins).
+                    self.metrics.slow_sends.inc()
+                    log.info("slow xDS stream %s: a response waits for the proxy", context.peer())
+
+        timer = (
+            asyncio.get_running_loop().call_later(self.settings.slow_send_s, give_back, True)
+            if self.settings.slow_send_s > 0
+            else None
+        )
         try:
-            await write
+            await context.write(data)
         except asyncio.CancelledError:
             raise
         except Exception:  # the call was cancelled or broke under the write
             return False
+        finally:
+            if timer is not None:
+                timer.cancel()
+            give_back(False)
         self.metrics.bytes_sent.inc(len(data))
         return True
 

@@ -44,6 +44,9 @@ class GrpcSettings:
     max_connection_age_s: float = 30 * 60.0  # istiod's chart: 30 min (0: unlimited)
     max_connection_age_grace_s: float = 10.0
     max_concurrent_streams: int = 100  # per connection
+    # Share the ports with other processes that set it too (xdsd.workers); off, a
+    # busy port is an error instead of a silently shared one.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         for name, port in (("xDS", self.port), ("TLS", self.tls_port), ("mTLS", self.mtls_port)):
@@ -134,7 +137,7 @@ class XdsServer:
             ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if s.reuse_port else 0),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
         ]
         if s.max_connection_age_s > 0:
