@@ -218,6 +218,9 @@ def test_translate_and_serve_name_bad_arguments(tmp_path: Path) -> None:
     assert result.returncode == 2 and "4 parts" in result.stderr
     result = run_cli("serve", "--config-dir", str(tmp_path / "nope"))
     assert result.returncode == 2 and "not a directory" in result.stderr
+    for flag in ("--push-concurrency", "--workers"):
+        result = run_cli("serve", "--config-dir", str(EXAMPLE), "--admin-port", "-1", flag, "0")
+        assert result.returncode == 2 and f"{flag} must be at least 1" in result.stderr
 
 
 @needs_envoy

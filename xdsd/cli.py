@@ -433,7 +433,7 @@ async def _serve(args: argparse.Namespace) -> int:
             remote_debug=args.remote_debug,
             poll_interval=args.poll_interval,
             debounce=DebounceSettings(quiet=args.debounce_quiet, max_delay=args.debounce_max),
-            server=ServerSettings(push_concurrency=max(1, args.push_concurrency)),
+            server=ServerSettings(push_concurrency=args.push_concurrency),
         )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
@@ -443,6 +443,9 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if args.push_concurrency < 1:
+        print("xdsd: --push-concurrency must be at least 1", file=sys.stderr)
+        return 2
     if args.workers < 1:
         print("xdsd: --workers must be at least 1", file=sys.stderr)
         return 2
