@@ -101,18 +101,20 @@ class GroupCache:
         old: MeshSnapshot,
         new: MeshSnapshot,
     ) -> _Entry | None:
+        # A kept entry keeps its context: the part does not depend on what changed, and a
+        # patch below always reads endpoints from the snapshot it patches for.
         services = change.endpoint_services
         if services is not None:
-            ctx = dataclasses.replace(entry.ctx, snapshot=new)
             if entry.part.by_service is None or not services:
                 self.kept += 1
-                return _Entry(entry.part, ctx, entry.rset)
+                return entry
+            ctx = dataclasses.replace(entry.ctx, snapshot=new)
             fresh = [self._intern(type_url, n, m) for n, m in entry.part.by_service(ctx, services)]
             self.patches += 1
             return _Entry(entry.part, ctx, entry.rset.patched(fresh))
         if entry.part.unaffected(change.kinds, old, new):
             self.kept += 1
-            return _Entry(entry.part, dataclasses.replace(entry.ctx, snapshot=new), entry.rset)
+            return entry
         return None
 
     def get(self, ctx: ProxyContext, key: Hashable, type_url: str) -> ResourceSet:
