@@ -31,7 +31,8 @@ from xdsd.admin.http import AdminServer
 from xdsd.cache.dump import dump_messages, dump_resources
 from xdsd.cache.groups import Change, GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
-from xdsd.model.build import build_snapshot
+from xdsd.heap import HeapKeeper
+from xdsd.model.build import SnapshotBuilder
 from xdsd.model.objects import key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot, ServiceKey
@@ -107,6 +108,9 @@ class AppSettings:
     status_delay: float = 0.5  # the status writer's debounce, in seconds
     # Authentication, Istio's authorization, the CA, stream limits (xdsd.security).
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    # Freeze the loaded heap so GC passes skip it (xdsd.heap); for a serving process,
+    # not for one that hosts other work (tests).
+    freeze_heap: bool = False
 
     def __post_init__(self) -> None:
         sources = [self.config_dir is not None, self.kubeconfig is not None, self.in_cluster]
@@ -293,6 +297,8 @@ class XdsdApp:
         self.snapshot = MeshSnapshot(
             root_namespace=settings.root_namespace, domain_suffix=settings.domain_suffix
         )
+        self.builder = SnapshotBuilder()  # reuses the work of the previous build
+        self.heap = HeapKeeper() if settings.freeze_heap else None
         self.cache = GroupCache()
         self.contexts = _Contexts()
         self._config_kubeconfig: tuple[Mapping[str, Any] | None] | None = None
@@ -445,6 +451,8 @@ class XdsdApp:
             if not self.ready.is_set() and self.source.synced.is_set():
                 self._rebuild(PushRequest(reason="initial"))
                 self.ready.set()
+                if self.heap is not None:
+                    self.heap.settle()
                 log.info(
                     "initial config loaded: %d services, %d errors",
                     len(self.snapshot.services),
@@ -574,6 +582,8 @@ class XdsdApp:
         self._rebuild(PushRequest(reason="initial"))
         self.ready.set()
         self._update_status()
+        if self.heap is not None:
+            self.heap.settle()
         log.info(
             "initial config loaded from %d clusters: %d services, %d errors",
             len(self.clusters.cluster_ids()),
@@ -612,7 +622,7 @@ class XdsdApp:
         self._generation += 1
         old = self.snapshot
         clusters = self.clusters
-        snapshot = build_snapshot(
+        snapshot = self.builder.build(
             self.store,
             generation=self._generation,
             root_namespace=self.settings.root_namespace,
@@ -683,6 +693,8 @@ class XdsdApp:
             req.events,
             woken,
         )
+        if self.heap is not None:
+            self.heap.quiet()
 
     # -- ConfigProvider (for the xDS server) ---------------------------------------------
 

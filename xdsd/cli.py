@@ -434,6 +434,7 @@ async def _serve(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             debounce=DebounceSettings(quiet=args.debounce_quiet, max_delay=args.debounce_max),
             server=ServerSettings(push_concurrency=args.push_concurrency),
+            freeze_heap=True,
         )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)

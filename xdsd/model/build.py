@@ -18,12 +18,13 @@ else the slice's zone). A Pod resolves Nodes of its own cluster only.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from xdsd.model.objects import (
     EndpointAddress,
@@ -47,6 +48,7 @@ from xdsd.model.types import (
 )
 
 _EndpointMap = dict[tuple[ServiceKey, int], list[Endpoint]]
+T = TypeVar("T")
 _NO_LOCALITY = Locality()
 
 
@@ -66,6 +68,7 @@ class _Cluster:
     nodes: dict[str, Locality] = field(default_factory=dict)
     pods_by_name: dict[tuple[str, str], Workload] = field(default_factory=dict)
     pods_by_ip: dict[str, list[Workload]] = field(default_factory=lambda: defaultdict(list))
+    pods_by_ns: dict[str, list[Workload]] = field(default_factory=lambda: defaultdict(list))
 
 
 @dataclass
@@ -74,7 +77,238 @@ class _Config:
 
     entries: list[ServiceEntryConfig] = field(default_factory=list)
     workload_entries: list[Workload] = field(default_factory=list)
-    configs: dict[str, list[ConfigObject]] = field(default_factory=lambda: defaultdict(list))
+    configs: dict[str, tuple[ConfigObject, ...]] = field(default_factory=dict)
+
+
+# Kinds `_collect` indexes itself; every other kind is Istio (or other) config.
+_INDEXED_KINDS = frozenset(
+    {"Service", "Pod", "WorkloadEntry", "EndpointSlice", "Endpoints", "Node", "ServiceEntry"}
+)
+
+
+class _Memo:
+    """One stage's last inputs and output; equal inputs give the same output.
+
+    Inputs are compared with ==, which is an identity check for objects the store
+    kept (it hands out the same objects and tuples until they change), so a hit
+    costs little and a changed input is always seen.
+    """
+
+    __slots__ = ("inputs", "output")
+
+    def __init__(self) -> None:
+        self.inputs: object = _UNSET
+        self.output: Any = None
+
+    def get(self, inputs: object, build: Callable[[], T]) -> T:
+        if self.inputs != inputs:
+            self.output = build()
+            self.inputs = inputs
+        return cast(T, self.output)
+
+
+_UNSET = object()
+
+
+class _ClusterMemo:
+    def __init__(self) -> None:
+        self.services = _Memo()
+        self.slices = _Memo()
+        self.nodes = _Memo()
+        self.networks = _Memo()
+        self.pods = _PodIndex()
+
+
+class SnapshotBuilder:
+    """Builds one snapshot after another, redoing only the work whose inputs changed.
+
+    The store hands out the same objects (and per-kind tuples) until they change,
+    so each stage remembers its inputs and reuses its output when they are equal:
+    when one pod is replaced, that pod is resolved again and its service's
+    endpoints are rebuilt; every other service keeps its endpoint tuples (the
+    very same objects, so comparing snapshots is cheap too). The result is always
+    what a fresh `build_snapshot` makes.
+    """
+
+    def __init__(self) -> None:
+        self._clusters: dict[str, _ClusterMemo] = {}
+        # Per service: its endpoint inputs and its endpoints by port.
+        self._endpoints: dict[ServiceKey, tuple[object, dict[int, tuple[Endpoint, ...]]]] = {}
+        self._workloads = _Memo()
+        self._configs = _Memo()
+
+    def build(
+        self,
+        store: ConfigStore,
+        *,
+        generation: int,
+        root_namespace: str = "istio-system",
+        domain_suffix: str = "cluster.local",
+        remotes: Mapping[str, ConfigStore] = MappingProxyType({}),
+        config_cluster_id: str = DEFAULT_CLUSTER_ID,
+        stale: frozenset[str] = frozenset(),
+    ) -> MeshSnapshot:
+        """The snapshot of the config cluster's `store` plus the `remotes` stores by cluster id.
+
+        Istio kinds come from `store` only; Kubernetes Services, Pods, EndpointSlices
+        and Nodes come from every cluster. A Service defined in several clusters is
+        one service (ports unioned, the config cluster's definition first); its
+        endpoints come from each cluster that has it, carrying that cluster's id,
+        their network and their Node's locality. `stale` names clusters whose last
+        known state is served while they are unreachable (recorded in the snapshot).
+        """
+        config = _Config()
+        clusters = [self._collect(store, config_cluster_id, domain_suffix, root_namespace, config)]
+        for cluster_id in sorted(remotes):
+            if cluster_id != config_cluster_id:
+                clusters.append(
+                    self._collect(
+                        remotes[cluster_id], cluster_id, domain_suffix, root_namespace, None
+                    )
+                )
+        self._clusters = {
+            cl.cluster_id: self._clusters[cl.cluster_id] for cl in clusters
+        }  # forget clusters that left
+        errors: list[ConfigError] = []
+
+        # One service per hostname across clusters (config cluster first, then by id).
+        kube: dict[ServiceKey, Service] = {}
+        members: dict[ServiceKey, list[tuple[_Cluster, Service]]] = defaultdict(list)
+        for cl in clusters:
+            for svc in cl.services:
+                key = (svc.hostname, svc.namespace)
+                members[key].append((cl, svc))
+                have = kube.get(key)
+                kube[key] = (
+                    svc if have is None else _merge(have, members[key][0][0], svc, cl, errors)
+                )
+
+        pods = [p for cl in clusters for p in cl.pods]
+        workload_entries = config.workload_entries
+        # Kubernetes Services first, then ServiceEntry hosts: on a (host, namespace)
+        # clash the first wins and the other is reported and left out entirely.
+        entry_of = {e.ref: e for e in config.entries}
+        candidates = list(kube.values()) + sorted(
+            (s for e in config.entries for s in e.services),
+            key=lambda s: (s.namespace, s.name, s.hostname),
+        )
+        services: dict[ServiceKey, Service] = {}
+        for svc in candidates:
+            first = services.setdefault((svc.hostname, svc.namespace), svc)
+            if first is not svc:
+                errors.append(
+                    ConfigError(
+                        svc.ref.source,
+                        f"{svc.ref.kind} {svc.namespace}/{svc.name}",
+                        "",
+                        f"host {svc.hostname} is already defined by {first.ref}; ignored",
+                        "warning",
+                    )
+                )
+
+        entries_by_ns: dict[str, list[Workload]] = defaultdict(list)
+        for we in workload_entries:
+            if we.address:
+                entries_by_ns[we.namespace].append(we)
+        pods_by_ns: dict[str, list[Workload]] = defaultdict(list)
+        for cl in clusters:
+            for ns, in_ns in cl.pods_by_ns.items():
+                pods_by_ns[ns].extend(in_ns)
+        memo = self._endpoints
+        self._endpoints = {}
+        endpoints: dict[tuple[ServiceKey, int], tuple[Endpoint, ...]] = {}
+        for key in sorted(services):
+            svc = services[key]
+            entry = entry_of.get(svc.ref)
+            inputs = _endpoint_inputs(svc, entry, members.get(key, ()), entries_by_ns, pods_by_ns)
+            hit = memo.get(key)
+            if hit is not None and hit[0] == inputs:
+                by_port = hit[1]
+            else:
+                by_port = _service_endpoints(
+                    svc, entry, members.get(key, ()), entries_by_ns, pods_by_ns
+                )
+            self._endpoints[key] = (inputs, by_port)
+            for port, eps in by_port.items():
+                endpoints[(key, port)] = eps
+
+        store_errors = store.errors() + tuple(
+            e for cl in clusters[1:] for e in remotes[cl.cluster_id].errors()
+        )
+        return MeshSnapshot(
+            generation=generation,
+            services=tuple(services[k] for k in sorted(services)),
+            endpoints=MappingProxyType(endpoints),
+            workloads=self._workloads.get(
+                (tuple(pods), tuple(workload_entries)),
+                lambda: _workloads(clusters, workload_entries),
+            ),
+            configs=self._configs.get(
+                config.configs, lambda: MappingProxyType(dict(config.configs))
+            ),
+            errors=store_errors + tuple(errors),
+            root_namespace=root_namespace,
+            domain_suffix=domain_suffix,
+            stale_clusters=stale,
+        )
+
+    def _collect(
+        self,
+        store: ConfigStore,
+        cluster_id: str,
+        domain_suffix: str,
+        root_namespace: str,
+        config: _Config | None,
+    ) -> _Cluster:
+        """Index one cluster's objects; Istio kinds go to `config` (None: not the config cluster)."""
+        memo = self._clusters.get(cluster_id)
+        if memo is None:
+            memo = self._clusters[cluster_id] = _ClusterMemo()
+        cl = _Cluster(cluster_id)
+        svc_objs = store.objects("Service")
+        cl.services = memo.services.get(
+            (svc_objs, domain_suffix),
+            lambda: [_with_suffix(o, domain_suffix) for o in svc_objs if isinstance(o, Service)],
+        )
+        slice_objs, legacy_objs = store.objects("EndpointSlice"), store.objects("Endpoints")
+        cl.slices, cl.legacy = memo.slices.get(
+            (slice_objs, legacy_objs), lambda: (_by_service(slice_objs), _by_service(legacy_objs))
+        )
+        node_objs = store.objects("Node")
+        cl.nodes = memo.nodes.get(
+            node_objs,
+            lambda: {o.ref.name: o.locality for o in node_objs if isinstance(o, NodeInfo)},
+        )
+        ns_objs = store.objects("Namespace")
+        networks: dict[str, str] = memo.networks.get(
+            ns_objs,
+            lambda: {
+                o.name: o.labels[NETWORK_LABEL]
+                for o in ns_objs
+                if isinstance(o, ConfigObject) and o.labels.get(NETWORK_LABEL)
+            },
+        )
+        pod_objs = store.objects("Pod")
+        index = memo.pods
+        index.update(pod_objs, cl, networks, root_namespace)
+        cl.pods, cl.pods_by_name, cl.pods_by_ip, cl.pods_by_ns = (
+            index.pods,
+            index.by_name,
+            index.by_ip,
+            index.by_ns,
+        )
+        if config is None:
+            return cl
+        for kind in store.kinds():
+            objs = store.objects(kind)
+            if kind == "WorkloadEntry":
+                config.workload_entries.extend(o for o in objs if isinstance(o, Workload))
+            elif kind == "ServiceEntry":
+                config.entries.extend(o for o in objs if isinstance(o, ServiceEntryConfig))
+            elif kind not in _INDEXED_KINDS:
+                # The store sorts by (kind, namespace, name): each kind's tuple is in order.
+                config.configs[kind] = cast(tuple[ConfigObject, ...], objs)
+        return cl
 
 
 def build_snapshot(
@@ -87,140 +321,190 @@ def build_snapshot(
     config_cluster_id: str = DEFAULT_CLUSTER_ID,
     stale: frozenset[str] = frozenset(),
 ) -> MeshSnapshot:
-    """The snapshot of the config cluster's `store` plus the `remotes` stores by cluster id.
-
-    Istio kinds come from `store` only; Kubernetes Services, Pods, EndpointSlices
-    and Nodes come from every cluster. A Service defined in several clusters is
-    one service (ports unioned, the config cluster's definition first); its
-    endpoints come from each cluster that has it, carrying that cluster's id,
-    their network and their Node's locality. `stale` names clusters whose last
-    known state is served while they are unreachable (recorded in the snapshot).
-    """
-    config = _Config()
-    clusters = [_collect(store, config_cluster_id, domain_suffix, root_namespace, config)]
-    for cluster_id in sorted(remotes):
-        if cluster_id != config_cluster_id:
-            clusters.append(
-                _collect(remotes[cluster_id], cluster_id, domain_suffix, root_namespace, None)
-            )
-    errors: list[ConfigError] = []
-
-    # One service per hostname across clusters (config cluster first, then by id).
-    kube: dict[ServiceKey, Service] = {}
-    members: dict[ServiceKey, list[tuple[_Cluster, Service]]] = defaultdict(list)
-    for cl in clusters:
-        for svc in cl.services:
-            key = (svc.hostname, svc.namespace)
-            members[key].append((cl, svc))
-            have = kube.get(key)
-            kube[key] = svc if have is None else _merge(have, members[key][0][0], svc, cl, errors)
-
-    pods = [p for cl in clusters for p in cl.pods]
-    workload_entries = config.workload_entries
-    # Kubernetes Services first, then ServiceEntry hosts: on a (host, namespace)
-    # clash the first wins and the other is reported and left out entirely.
-    entry_of = {e.ref: e for e in config.entries}
-    candidates = list(kube.values()) + sorted(
-        (s for e in config.entries for s in e.services),
-        key=lambda s: (s.namespace, s.name, s.hostname),
+    """A snapshot built from scratch (see `SnapshotBuilder.build`)."""
+    return SnapshotBuilder().build(
+        store,
+        generation=generation,
+        root_namespace=root_namespace,
+        domain_suffix=domain_suffix,
+        remotes=remotes,
+        config_cluster_id=config_cluster_id,
+        stale=stale,
     )
-    services: dict[ServiceKey, Service] = {}
-    for svc in candidates:
-        first = services.setdefault((svc.hostname, svc.namespace), svc)
-        if first is not svc:
-            errors.append(
-                ConfigError(
-                    svc.ref.source,
-                    f"{svc.ref.kind} {svc.namespace}/{svc.name}",
-                    "",
-                    f"host {svc.hostname} is already defined by {first.ref}; ignored",
-                    "warning",
-                )
-            )
 
-    endpoints: _EndpointMap = defaultdict(list)
-    for svc in services.values():
-        entry = entry_of.get(svc.ref)
-        if entry is not None:
-            _entry_endpoints(svc, entry, workload_entries, pods, endpoints)
-            continue
-        key = (svc.hostname, svc.namespace)
-        for cl, own in members.get(key, ()):
-            _cluster_endpoints(own, cl, endpoints)
+
+def _by_service(objs: Sequence[object]) -> dict[tuple[str, str], list[EndpointSet]]:
+    index: dict[tuple[str, str], list[EndpointSet]] = defaultdict(list)
+    for obj in objs:
+        if isinstance(obj, EndpointSet):
+            index[(obj.ref.namespace, obj.service_name)].append(obj)
+    return index
+
+
+class _PodIndex:
+    """One cluster's resolved pods and their indexes, kept from build to build.
+
+    The store hands out the same object for a pod that did not change, so a new
+    Pod tuple is compared with the last by object identity: pods that went are
+    taken out of the indexes, new ones resolved and put in, in the store's
+    (namespace, name) order, as a fresh build would have them. Anything a
+    resolution reads (networks, Nodes) changing means a fresh index.
+    """
+
+    def __init__(self) -> None:
+        self.context: object = _UNSET
+        self._reset()
+
+    def _reset(self) -> None:
+        self.source: Sequence[object] = ()
+        # id(store object) -> (store object, resolved pod); holding the store
+        # object keeps its id its own.
+        self.by_id: dict[int, tuple[Workload, Workload]] = {}
+        self.pods: list[Workload] = []
+        self.by_name: dict[tuple[str, str], Workload] = {}
+        self.by_ip: dict[str, list[Workload]] = defaultdict(list)
+        self.by_ns: dict[str, list[Workload]] = defaultdict(list)
+
+    def update(
+        self,
+        pod_objs: Sequence[object],
+        cl: _Cluster,
+        networks: Mapping[str, str],
+        root_namespace: str,
+    ) -> None:
+        context = (networks, cl.nodes, root_namespace, cl.cluster_id)
+        if context != self.context:
+            self._reset()
+            self.context = context
+        elif pod_objs is self.source:
+            return
+        raws = {id(o): o for o in pod_objs if isinstance(o, Workload)}
+        default_network = networks.get(root_namespace, "")
+        fresh = not self.by_id
+        for gone in self.by_id.keys() - raws.keys():
+            self._remove(self.by_id.pop(gone)[1])
+        for i, raw in (
+            raws.items() if fresh else ((i, raws[i]) for i in raws.keys() - self.by_id.keys())
+        ):
+            pod = _resolve(raw, cl, networks.get(raw.namespace, default_network))
+            self.by_id[i] = (raw, pod)
+            if fresh:  # in the store's order already
+                self.by_name[(pod.namespace, pod.name)] = pod
+                if pod.address:
+                    self.by_ip[pod.address].append(pod)
+                    self.by_ns[pod.namespace].append(pod)
+            else:
+                self._add(pod)
+        by_id = self.by_id
+        self.pods = [by_id[i][1] for i in raws]
+        self.source = pod_objs
+
+    def _add(self, pod: Workload) -> None:
+        self.by_name[(pod.namespace, pod.name)] = pod
+        if pod.address:
+            bisect.insort(self.by_ip[pod.address], pod, key=_ns_name)
+            bisect.insort(self.by_ns[pod.namespace], pod, key=_ns_name)
+
+    def _remove(self, pod: Workload) -> None:
+        key = (pod.namespace, pod.name)
+        if self.by_name.get(key) is pod:
+            del self.by_name[key]
+        if pod.address:
+            _remove_from(self.by_ip, pod.address, pod)
+            _remove_from(self.by_ns, pod.namespace, pod)
+
+
+def _ns_name(w: Workload) -> tuple[str, str]:
+    return (w.namespace, w.name)
+
+
+def _remove_from(index: dict[str, list[Workload]], key: str, pod: Workload) -> None:
+    found = index.get(key, [])
+    for j, w in enumerate(found):
+        if w is pod:
+            del found[j]
+            break
+    if not found:
+        index.pop(key, None)
+
+
+def _workloads(
+    clusters: Sequence[_Cluster], workload_entries: Sequence[Workload]
+) -> tuple[Workload, ...]:
+    """Pods and WorkloadEntries with an address, by (namespace, name, kind, cluster)."""
+    found = [w for cl in clusters for w in cl.pods if w.address]
+    found += (w for w in workload_entries if w.address)
+    if len(clusters) == 1 and not workload_entries:
+        return tuple(found)  # one cluster's pods: already in the store's (namespace, name) order
+    return tuple(sorted(found, key=lambda w: (w.namespace, w.name, w.ref.kind, w.cluster_id)))
+
+
+def _endpoint_inputs(
+    svc: Service,
+    entry: ServiceEntryConfig | None,
+    members: Sequence[tuple[_Cluster, Service]],
+    entries_by_ns: Mapping[str, Sequence[Workload]],
+    pods_by_ns: Mapping[str, Sequence[Workload]],
+) -> tuple[object, ...]:
+    """Everything `_service_endpoints` reads for `svc` (its memo key)."""
+    if entry is not None:
+        if entry.endpoints or svc.selector is None:
+            return (svc, entry)
+        return (
+            svc,
+            entry,
+            tuple(_selected(entries_by_ns.get(svc.namespace, ()), svc.namespace, svc.selector)),
+            tuple(_selected(pods_by_ns.get(svc.namespace, ()), svc.namespace, svc.selector)),
+        )
+    parts: list[object] = [svc]
+    for cl, own in members:
+        ns_name = (own.namespace, own.name)
+        sets = cl.slices.get(ns_name) or cl.legacy.get(ns_name)
+        if own.external_name:
+            parts.append((cl.cluster_id, own))
+        elif sets:
+            found = tuple(
+                _pod_for(addr, ip, own.namespace, cl.pods_by_name, cl.pods_by_ip)
+                for eps in sets
+                for subset in eps.subsets
+                for addr in subset.endpoints
+                for ip in addr.addresses
+            )
+            parts.append((cl.cluster_id, own, tuple(sets), cl.nodes, found))
+        elif own.selector:
+            in_ns = cl.pods_by_ns.get(own.namespace, ())
+            parts.append((cl.cluster_id, own, tuple(_selected(in_ns, own.namespace, own.selector))))
+        else:
+            parts.append((cl.cluster_id, own))
+    if svc.selector:
+        parts.append(
+            tuple(_selected(entries_by_ns.get(svc.namespace, ()), svc.namespace, svc.selector))
+        )
+    return tuple(parts)
+
+
+def _service_endpoints(
+    svc: Service,
+    entry: ServiceEntryConfig | None,
+    members: Sequence[tuple[_Cluster, Service]],
+    entries_by_ns: Mapping[str, Sequence[Workload]],
+    pods_by_ns: Mapping[str, Sequence[Workload]],
+) -> dict[int, tuple[Endpoint, ...]]:
+    """The endpoints of one service by port number, each sorted and unique."""
+    out: _EndpointMap = defaultdict(list)
+    key = (svc.hostname, svc.namespace)
+    workload_entries = entries_by_ns.get(svc.namespace, ())
+    if entry is not None:
+        _entry_endpoints(svc, entry, workload_entries, pods_by_ns.get(svc.namespace, ()), out)
+    else:
+        for cl, own in members:
+            _cluster_endpoints(own, cl, out)
         for we in _selected(workload_entries, svc.namespace, svc.selector or {}):
             for port in svc.ports:
                 number = _entry_port(we, port)
                 if number is not None and svc.selector:
-                    endpoints[(key, port.port)].append(_endpoint(we, number, port.port))
-
-    store_errors = store.errors() + tuple(
-        e for cl in clusters[1:] for e in remotes[cl.cluster_id].errors()
-    )
-    return MeshSnapshot(
-        generation=generation,
-        services=tuple(services[k] for k in sorted(services)),
-        endpoints=MappingProxyType(
-            {k: _sorted_unique(v) for k, v in sorted(endpoints.items()) if v}
-        ),
-        workloads=tuple(
-            sorted(
-                (w for w in pods + workload_entries if w.address),
-                key=lambda w: (w.namespace, w.name, w.ref.kind, w.cluster_id),
-            )
-        ),
-        configs=MappingProxyType(
-            {
-                kind: tuple(sorted(objs, key=lambda c: (c.namespace, c.name)))
-                for kind, objs in sorted(config.configs.items())
-            }
-        ),
-        errors=store_errors + tuple(errors),
-        root_namespace=root_namespace,
-        domain_suffix=domain_suffix,
-        stale_clusters=stale,
-    )
-
-
-def _collect(
-    store: ConfigStore,
-    cluster_id: str,
-    domain_suffix: str,
-    root_namespace: str,
-    config: _Config | None,
-) -> _Cluster:
-    """Index one cluster's objects; Istio kinds go to `config` (None: not the config cluster)."""
-    cl = _Cluster(cluster_id)
-    raw_pods: list[Workload] = []
-    networks: dict[str, str] = {}
-    for obj in store.objects():
-        if isinstance(obj, Service):
-            cl.services.append(_with_suffix(obj, domain_suffix))
-        elif isinstance(obj, Workload):
-            if obj.ref.kind == "Pod":
-                raw_pods.append(obj)
-            elif config is not None:
-                config.workload_entries.append(obj)
-        elif isinstance(obj, EndpointSet):
-            index = cl.slices if obj.ref.kind == "EndpointSlice" else cl.legacy
-            index[(obj.ref.namespace, obj.service_name)].append(obj)
-        elif isinstance(obj, NodeInfo):
-            cl.nodes[obj.ref.name] = obj.locality
-        elif isinstance(obj, ServiceEntryConfig):
-            if config is not None:
-                config.entries.append(obj)
-        else:
-            if obj.kind == "Namespace" and obj.labels.get(NETWORK_LABEL):
-                networks[obj.name] = obj.labels[NETWORK_LABEL]
-            if config is not None:
-                config.configs[obj.kind].append(obj)
-    default_network = networks.get(root_namespace, "")
-    for raw in raw_pods:
-        pod = _resolve(raw, cl, networks.get(raw.namespace, default_network))
-        cl.pods.append(pod)
-        cl.pods_by_name[(pod.namespace, pod.name)] = pod
-        if pod.address:
-            cl.pods_by_ip[pod.address].append(pod)
-    return cl
+                    out[(key, port.port)].append(_endpoint(we, number, port.port))
+    return {k[1]: _sorted_unique(v) for k, v in sorted(out.items()) if v}
 
 
 def _resolve(pod: Workload, cl: _Cluster, network: str) -> Workload:
@@ -291,7 +575,7 @@ def _cluster_endpoints(svc: Service, cl: _Cluster, endpoints: _EndpointMap) -> N
             for subset in eps.subsets:
                 _from_subset(svc, subset, cl, endpoints)
     elif svc.selector:
-        for pod in _selected(cl.pods, svc.namespace, svc.selector):
+        for pod in _selected(cl.pods_by_ns.get(svc.namespace, ()), svc.namespace, svc.selector):
             for port in svc.ports:
                 number = _pod_port(pod, port)
                 if number is not None and pod.ready:

@@ -68,9 +68,18 @@ class ConfigStore:
         self._domain_suffix = domain_suffix
         self._files: dict[str, _File] = {}
         self._owners: dict[ObjectKey, set[str]] = {}
+        self._keys_by_kind: dict[str, set[ObjectKey]] = {}
+        self._served: dict[ObjectKey, ParsedObject] = {}  # the winner of each key
+        # Each kind's keys in order, re-sorted from the last order when keys come or go
+        # (an adaptive sort of an almost sorted list: about one comparison per key).
+        self._sorted_keys: dict[str, list[ObjectKey]] = {}
+        self._unsorted: set[str] = set()
+        self._duplicates: set[ObjectKey] = set()  # keys held by more than one file
         self._generation = 0
-        # Answers of objects()/errors(), kept until the next change: every snapshot
-        # build asks for them, most changes touch one file.
+        # Answers of objects()/errors(), kept until a change touches them: every
+        # snapshot build asks for them, and most changes touch one file of one or two
+        # kinds, so `objects(kind)` of the other kinds stays the same tuple (the
+        # snapshot builder reuses its work for a tuple it has seen).
         self._objects_memo: dict[str | None, tuple[ParsedObject, ...]] = {}
         self._errors_memo: tuple[ConfigError, ...] | None = None
 
@@ -107,10 +116,16 @@ class ConfigStore:
         return self.apply(ConfigChange((FileContent(source, None),)))
 
     def _apply(self, source: str, result: ParseResult | None) -> set[ObjectKey]:
-        self._objects_memo.clear()
-        self._errors_memo = None
         prev = self._files.get(source)
         old_keys = set(prev.objects) if prev else set()
+        touched = {k[0] for k in old_keys}
+        if result is not None:
+            touched.update(o.ref.kind for o in result.objects)
+        if prev is not None or result is not None:
+            self._errors_memo = None
+            self._objects_memo.pop(None, None)
+            for kind in touched:
+                self._objects_memo.pop(kind, None)
         before = {k: self.get(*k) for k in old_keys}
         if result is None:
             self._files.pop(source, None)
@@ -123,11 +138,32 @@ class ConfigStore:
         for key in old_keys - new_keys:
             owners = self._owners.get(key, set())
             owners.discard(source)
+            if len(owners) < 2:
+                self._duplicates.discard(key)
             if not owners:
                 self._owners.pop(key, None)
+                same_kind = self._keys_by_kind[key[0]]
+                same_kind.discard(key)
+                if not same_kind:
+                    del self._keys_by_kind[key[0]]
         for key in new_keys - old_keys:
-            self._owners.setdefault(key, set()).add(source)
-        return {k for k, old in before.items() if self.get(*k) != old}
+            owners = self._owners.setdefault(key, set())
+            owners.add(source)
+            if len(owners) > 1:
+                self._duplicates.add(key)
+            self._keys_by_kind.setdefault(key[0], set()).add(key)
+        if old_keys != new_keys:
+            self._unsorted.update(k[0] for k in old_keys ^ new_keys)
+        changed = set()
+        for key, old in before.items():
+            obj = self.get(*key)
+            if obj is None:
+                self._served.pop(key, None)
+            else:
+                self._served[key] = obj
+            if obj != old:
+                changed.add(key)
+        return changed
 
     def _merge(self, source: str, prev: _File | None, result: ParseResult) -> _File:
         objects: dict[ObjectKey, ParsedObject] = {}
@@ -183,18 +219,37 @@ class ConfigStore:
         return self._files[min(owners)].objects[key]
 
     def objects(self, kind: str | None = None) -> tuple[ParsedObject, ...]:
-        """Served objects (duplicates resolved), sorted by (kind, namespace, name)."""
+        """Served objects (duplicates resolved), sorted by (kind, namespace, name).
+
+        The same tuple is returned until a change touches objects of `kind`.
+        """
         memo = self._objects_memo.get(kind)
         if memo is not None:
             return memo
-        keys = sorted(k for k in self._owners if kind is None or k[0] == kind)
-        out: list[ParsedObject] = []
-        for key in keys:
-            obj = self.get(*key)
-            if obj is not None:
-                out.append(obj)
-        memo = self._objects_memo[kind] = tuple(out)
+        if kind is None:
+            memo = tuple(o for k in self.kinds() for o in self.objects(k))
+        else:
+            memo = tuple(map(self._served.__getitem__, self._keys_of(kind)))
+        self._objects_memo[kind] = memo
         return memo
+
+    def _keys_of(self, kind: str) -> list[ObjectKey]:
+        keys = self._sorted_keys.get(kind, [])
+        if kind in self._unsorted:
+            self._unsorted.discard(kind)
+            present = self._keys_by_kind.get(kind, set())
+            kept = [k for k in keys if k in present]
+            keys = kept + list(present.difference(kept))
+            keys.sort()
+            if keys:
+                self._sorted_keys[kind] = keys
+            else:
+                self._sorted_keys.pop(kind, None)
+        return keys
+
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of the served objects, sorted."""
+        return tuple(sorted(self._keys_by_kind))
 
     def sources(self) -> tuple[str, ...]:
         return tuple(sorted(self._files))
@@ -218,7 +273,7 @@ class ConfigStore:
         out: list[ConfigError] = []
         for source in sorted(self._files):
             out.extend(self._files[source].errors)
-        for key in sorted(self._owners):
+        for key in sorted(self._duplicates):
             owners = sorted(self._owners[key])
             winner = self._files[owners[0]].objects[key].ref.source
             for loser in owners[1:]:

@@ -1,0 +1,48 @@
+"""HeapKeeper: freeze after the initial load, refreeze at most every interval."""
+
+from __future__ import annotations
+
+import pytest
+
+from xdsd.heap import HeapKeeper
+
+
+class FakeGc:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def collect(self) -> int:
+        self.calls.append("collect")
+        return 0
+
+    def freeze(self) -> None:
+        self.calls.append("freeze")
+
+    def unfreeze(self) -> None:
+        self.calls.append("unfreeze")
+
+    def get_freeze_count(self) -> int:
+        return 0
+
+
+def test_nothing_before_settle_then_refreeze_once_per_interval() -> None:
+    now = [100.0]
+    fake = FakeGc()
+    heap = HeapKeeper(interval=60.0, clock=lambda: now[0], gc_module=fake)
+    now[0] += 1000
+    assert heap.quiet() is False  # nothing loaded yet: the GC keeps its defaults
+    assert fake.calls == []
+    heap.settle()
+    assert fake.calls == ["unfreeze", "collect", "freeze"]
+    now[0] += 59.9
+    assert heap.quiet() is False
+    now[0] += 0.1
+    assert heap.quiet() is True
+    assert fake.calls == ["unfreeze", "collect", "freeze"] * 2
+    assert heap.quiet() is False  # the interval counts from the last refreeze
+    assert heap.refreezes == 2
+
+
+def test_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        HeapKeeper(interval=0)
