@@ -395,6 +395,19 @@ class XdsdServer(Server):
             time.sleep(0.1)
         return " / ".join(map(str, counts)) if counts else "unknown"
 
+    def gc_pauses(self) -> tuple[float, float]:
+        """(full collections, seconds in all collections) from xdsd's /metrics
+        (`xdsd_gc_pause_seconds`; with --server-workers, the supervisor's only)."""
+        url = f"http://127.0.0.1:{self.admin}/metrics"
+        full = total = 0.0
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("xdsd_gc_pause_seconds_sum{"):
+                    total += float(line.rsplit(" ", 1)[1])
+                elif line.startswith('xdsd_gc_pause_seconds_count{generation="2"}'):
+                    full = float(line.rsplit(" ", 1)[1])
+        return full, total
+
     # With --server-workers N the server is the supervisor and its N worker processes.
     def cpu(self) -> float:
         return proc_cpu(self.pid) + sum(proc_cpu(c) for c in children(self.pid))
@@ -636,6 +649,9 @@ def run_target(
         v["churn_cpu"] = cpu_churn / churn_wall * 100
         v["churn_gen_cpu"] = (workers.cpu() - w0) / (churn_wall + args.churn_grace) * 100
 
+    if isinstance(server, XdsdServer):
+        v["gc_full"], v["gc_s"] = server.gc_pauses()
+
     # -- stream health at the end
     stats = workers.call("stats")
     v["errors"] = sum(s["errors"] for s in stats)
@@ -762,6 +778,8 @@ ROWS: list[tuple[str, str, str | None, str]] = [
     ("rss0", "memory: server RSS, no proxies (MiB)", "low", ""),
     ("rssN", "  server RSS, all connected (MiB)", "low", ""),
     ("kib_per_proxy", "  per connected proxy (KiB)", "low", "<= 100"),
+    ("gc_full", "server full GC passes, whole run", None, ""),
+    ("gc_s", "  server time in GC pauses, whole run (s)", None, ""),
     ("alive", "streams still open at the end", "high", "all"),
     ("errors", "stream failures (retried with backoff)", "low", "0"),
     ("sent_mib", "bytes received by the proxies (MiB)", None, ""),

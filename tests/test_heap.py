@@ -46,3 +46,19 @@ def test_nothing_before_settle_then_refreeze_once_per_interval() -> None:
 def test_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval"):
         HeapKeeper(interval=0)
+
+
+def test_pauses_are_timed_until_closed() -> None:
+    import gc
+
+    seen: list[tuple[int, float]] = []
+    heap = HeapKeeper()
+    heap.time_pauses(lambda gen, seconds: seen.append((gen, seconds)))
+    try:
+        gc.collect(1)
+    finally:
+        heap.close()
+    assert seen and seen[-1][0] == 1 and seen[-1][1] >= 0
+    n = len(seen)
+    gc.collect(0)
+    assert len(seen) == n  # closed: no callback left behind

@@ -349,6 +349,13 @@ class XdsdApp:
         self.m_invalid = Gauge(
             "xdsd_config_errors", "Config objects with errors in the current config.", registry=r
         )
+        self.m_gc_pause = Histogram(
+            "xdsd_gc_pause_seconds",
+            "Pauses of CPython's cyclic garbage collector, by generation (2: full), in seconds.",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -365,6 +372,9 @@ class XdsdApp:
         return self._admin.port if self._admin else self.settings.admin_port
 
     async def __aenter__(self) -> XdsdApp:
+        if self.heap is not None:
+            pause = self.m_gc_pause
+            self.heap.time_pauses(lambda gen, seconds: pause.labels(str(gen)).observe(seconds))
         if self.settings.kube and self.settings.security.ca_secret is not None:
             await self.security.load_ca_secret(
                 self._kubeconfig_of(self.settings.cluster_id)[1], self.settings.own_namespace
@@ -421,6 +431,8 @@ class XdsdApp:
         if self._admin is not None:
             await self._admin.__aexit__(None, None, None)
             self._admin = None
+        if self.heap is not None:
+            self.heap.close()
 
     async def serve_forever(self) -> None:
         await asyncio.Event().wait()

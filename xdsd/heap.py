@@ -22,7 +22,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,26 @@ class HeapKeeper:
         self._gc = gc_module
         self._last: float | None = None  # None: nothing frozen yet
         self.refreezes = 0
+        self._callback: Callable[[str, dict[str, Any]], None] | None = None
+
+    def time_pauses(self, observe: Callable[[int, float], None]) -> None:
+        """Report every collection's (generation, seconds) to `observe` until `close`."""
+        self.close()
+        started = [0.0]
+
+        def callback(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                observe(int(info["generation"]), time.perf_counter() - started[0])
+
+        self._callback = callback
+        gc.callbacks.append(callback)
+
+    def close(self) -> None:
+        if self._callback is not None:
+            gc.callbacks.remove(self._callback)
+            self._callback = None
 
     def settle(self) -> None:
         """The long-lived state is loaded (e.g. the initial config): collect, then freeze."""
