@@ -17,6 +17,7 @@ from tests.meshgen import pod, service
 from xdsd.model.build import SnapshotBuilder, build_snapshot
 from xdsd.model.objects import key_of
 from xdsd.model.parse import parse_documents
+from xdsd.model.snapshot import index_workloads
 from xdsd.model.store import ConfigChange, ConfigStore, FileContent
 
 NAMESPACES = ("a", "b")
@@ -256,5 +257,6 @@ def test_random_walks_of_single_object_files(seed: int) -> None:
         want = build_snapshot(stores["main"], **kwargs)
         assert got == want
         assert list(got.endpoints) == list(want.endpoints)
+        assert dict(got._workload_index) == dict(index_workloads(got.workloads))
         endpoints_seen += sum(len(v) for v in got.endpoints.values())
     assert endpoints_seen > 0

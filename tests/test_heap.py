@@ -53,7 +53,7 @@ def test_pauses_are_timed_until_closed() -> None:
 
     seen: list[tuple[int, float]] = []
     heap = HeapKeeper()
-    heap.time_pauses(lambda gen, seconds: seen.append((gen, seconds)))
+    heap.install(lambda gen, seconds: seen.append((gen, seconds)))
     try:
         gc.collect(1)
     finally:
@@ -62,3 +62,23 @@ def test_pauses_are_timed_until_closed() -> None:
     n = len(seen)
     gc.collect(0)
     assert len(seen) == n  # closed: no callback left behind
+
+
+def test_survivors_of_a_full_collection_are_frozen_once_settled() -> None:
+    import gc
+
+    fake = FakeGc()
+    heap = HeapKeeper(gc_module=fake)  # the callback sees the real collections
+    heap.install()
+    try:
+        gc.collect(2)
+        assert fake.calls == []  # not settled: CPython's GC as it is
+        heap.settle()
+        fake.calls.clear()
+        gc.collect(1)
+        assert fake.calls == []  # only full passes
+        gc.collect(2)
+        assert fake.calls == ["freeze"]
+        assert heap.freezes_after_full == 1
+    finally:
+        heap.close()

@@ -374,7 +374,7 @@ class XdsdApp:
     async def __aenter__(self) -> XdsdApp:
         if self.heap is not None:
             pause = self.m_gc_pause
-            self.heap.time_pauses(lambda gen, seconds: pause.labels(str(gen)).observe(seconds))
+            self.heap.install(lambda gen, seconds: pause.labels(str(gen)).observe(seconds))
         if self.settings.kube and self.settings.security.ca_secret is not None:
             await self.security.load_ca_secret(
                 self._kubeconfig_of(self.settings.cluster_id)[1], self.settings.own_namespace

@@ -10,10 +10,15 @@ the build, in pauses that land on push latency.
 `gc.freeze()` moves everything alive into the permanent generation, which
 collections skip. Garbage in it that is not part of a cycle (nearly all of
 ours: frozen dataclasses, tuples, bytes) is still freed by reference counting
-the moment its last reference goes. Cyclic garbage in it waits for the next
-`refreeze`, a full collection followed by a freeze again, done at most every
-`interval` seconds and only when the caller says the moment is quiet (after a
-push), so the leak is bounded and the pause is paid once a minute, not per push.
+the moment its last reference goes. So:
+- `settle()` once the initial config is loaded: collect, then freeze;
+- after every full collection CPython starts by itself (e.g. while thousands of
+  proxies connect), freeze its survivors: they were just found alive, and the
+  next full pass then walks only what came after (installed by `install`);
+- cyclic garbage among frozen objects waits for `quiet()`, a full collection
+  of everything and a freeze again, at most every `interval` seconds and at a
+  moment the caller chooses (after a push): the leak is bounded and the one
+  long pause is paid once per interval, not every few pushes.
 """
 
 from __future__ import annotations
@@ -49,18 +54,25 @@ class HeapKeeper:
         self._gc = gc_module
         self._last: float | None = None  # None: nothing frozen yet
         self.refreezes = 0
+        self.freezes_after_full = 0
         self._callback: Callable[[str, dict[str, Any]], None] | None = None
 
-    def time_pauses(self, observe: Callable[[int, float], None]) -> None:
-        """Report every collection's (generation, seconds) to `observe` until `close`."""
+    def install(self, observe: Callable[[int, float], None] | None = None) -> None:
+        """Freeze the survivors of CPython's own full collections (once settled), and
+        report every collection's (generation, seconds) to `observe`; until `close`."""
         self.close()
         started = [0.0]
 
         def callback(phase: str, info: dict[str, Any]) -> None:
             if phase == "start":
                 started[0] = time.perf_counter()
-            else:
-                observe(int(info["generation"]), time.perf_counter() - started[0])
+                return
+            generation = int(info["generation"])
+            if observe is not None:
+                observe(generation, time.perf_counter() - started[0])
+            if generation == 2 and self._last is not None:
+                self._gc.freeze()
+                self.freezes_after_full += 1
 
         self._callback = callback
         gc.callbacks.append(callback)
@@ -87,6 +99,7 @@ class HeapKeeper:
     def _refreeze(self) -> None:
         start = time.perf_counter()
         self._gc.unfreeze()
+        self._last = None  # no freeze from the callback inside this collection
         found = self._gc.collect()
         self._gc.freeze()
         self._last = self._clock()

@@ -34,7 +34,7 @@ from xdsd.model.objects import (
     ServiceEntryConfig,
 )
 from xdsd.model.parse import DEFAULT_CLUSTER_ID, NETWORK_LABEL
-from xdsd.model.snapshot import MeshSnapshot, ServiceKey
+from xdsd.model.snapshot import MeshSnapshot, ServiceKey, index_workloads
 from xdsd.model.store import ConfigStore
 from xdsd.model.types import (
     ConfigError,
@@ -136,6 +136,7 @@ class SnapshotBuilder:
         self._endpoints: dict[ServiceKey, tuple[object, dict[int, tuple[Endpoint, ...]]]] = {}
         self._workloads = _Memo()
         self._configs = _Memo()
+        self._ips: tuple[tuple[Workload, ...], Mapping[str, tuple[Workload, ...]]] = ((), {})
 
     def build(
         self,
@@ -235,14 +236,16 @@ class SnapshotBuilder:
         store_errors = store.errors() + tuple(
             e for cl in clusters[1:] for e in remotes[cl.cluster_id].errors()
         )
+        workloads = self._workloads.get(
+            (tuple(pods), tuple(workload_entries)),
+            lambda: _workloads(clusters, workload_entries),
+        )
         return MeshSnapshot(
             generation=generation,
             services=tuple(services[k] for k in sorted(services)),
             endpoints=MappingProxyType(endpoints),
-            workloads=self._workloads.get(
-                (tuple(pods), tuple(workload_entries)),
-                lambda: _workloads(clusters, workload_entries),
-            ),
+            workloads=workloads,
+            workload_ips=self._index_ips(workloads),
             configs=self._configs.get(
                 config.configs, lambda: MappingProxyType(dict(config.configs))
             ),
@@ -251,6 +254,32 @@ class SnapshotBuilder:
             domain_suffix=domain_suffix,
             stale_clusters=stale,
         )
+
+    def _index_ips(self, workloads: tuple[Workload, ...]) -> Mapping[str, tuple[Workload, ...]]:
+        """`index_workloads(workloads)`, redoing only the addresses of workloads that
+        came or went since the last build."""
+        old, index = self._ips
+        if workloads is old:
+            return index
+        before = {id(w): w for w in old}
+        now = {id(w): w for w in workloads}
+        gone = [before[i] for i in before.keys() - now.keys()]
+        came = [now[i] for i in now.keys() - before.keys()]
+        if not old or len(gone) + len(came) > max(16, len(workloads) // 8):
+            index = index_workloads(workloads)
+        else:
+            updated = dict(index)
+            for ip in {w.address for w in gone} | {w.address for w in came}:
+                left = [w for w in updated.get(ip, ()) if id(w) in now]
+                left += (w for w in came if w.address == ip)
+                if left:
+                    left.sort(key=_workload_order)
+                    updated[ip] = tuple(left)
+                else:
+                    updated.pop(ip, None)
+            index = MappingProxyType(updated)
+        self._ips = (workloads, index)
+        return index
 
     def _collect(
         self,
@@ -436,7 +465,11 @@ def _workloads(
     found += (w for w in workload_entries if w.address)
     if len(clusters) == 1 and not workload_entries:
         return tuple(found)  # one cluster's pods: already in the store's (namespace, name) order
-    return tuple(sorted(found, key=lambda w: (w.namespace, w.name, w.ref.kind, w.cluster_id)))
+    return tuple(sorted(found, key=_workload_order))
+
+
+def _workload_order(w: Workload) -> tuple[str, str, str, str]:
+    return (w.namespace, w.name, w.ref.kind, w.cluster_id)
 
 
 def _endpoint_inputs(

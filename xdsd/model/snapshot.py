@@ -51,6 +51,10 @@ class MeshSnapshot:
 
     # Per-snapshot memo for indexes later stages derive (see `derived`).
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # `workloads` by address, when the builder has it already (else made on first use).
+    workload_ips: Mapping[str, tuple[Workload, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def derived(self, key: str, build: Callable[[MeshSnapshot], T]) -> T:
         """`build(self)`, computed once per snapshot (e.g. a host -> VirtualService index).
@@ -73,10 +77,17 @@ class MeshSnapshot:
     @functools.cached_property
     def _workload_index(self) -> Mapping[str, tuple[Workload, ...]]:
         # Built once per snapshot, on first use: every proxy looks itself up.
-        index: dict[str, list[Workload]] = {}
-        for w in self.workloads:
-            index.setdefault(w.address, []).append(w)
-        return MappingProxyType({ip: tuple(ws) for ip, ws in index.items()})
+        if self.workload_ips is not None:
+            return self.workload_ips
+        return index_workloads(self.workloads)
 
     def configs_of(self, kind: str) -> tuple[ConfigObject, ...]:
         return self.configs.get(kind, ())
+
+
+def index_workloads(workloads: tuple[Workload, ...]) -> Mapping[str, tuple[Workload, ...]]:
+    """Workloads by address, each address's in `workloads` order."""
+    index: dict[str, list[Workload]] = {}
+    for w in workloads:
+        index.setdefault(w.address, []).append(w)
+    return MappingProxyType({ip: tuple(ws) for ip, ws in index.items()})
