@@ -197,6 +197,8 @@ class Stream:
         nonce = f"n{len(self.nonces) + 1}"
         self.check_narrow(before, force, nonce)
         self.planned = self.resources
+        dreply: p.DeltaReply | None = None
+        sreply: p.SotwReply | None = None
         if self.delta:
             self.state, dreply = p.plan_delta(before, self.resources, nonce=nonce, force=force)
             replied = dreply is not None
@@ -207,6 +209,16 @@ class Stream:
             replied = sreply is not None
             if sreply is not None:
                 self.check_sotw_reply(sreply)
+        if self.delta and dreply is not None:
+            # What the proxy holds now: what it held, minus removals, plus what was sent
+            # (whether the map was copied or is the set's own shared one).
+            held = {k: v for k, v in before.sent.items() if k not in dreply.removed}
+            held.update((r.name, r.version) for r in dreply.resources)
+            assert dict(self.state.sent) == held
+        elif not self.delta and sreply is not None and self.type_url not in WILDCARD_TYPES:
+            held = dict(before.sent)
+            held.update((r.name, r.version) for r in sreply.resources)
+            assert dict(self.state.sent) == held
         if replied:
             self.nonces.append(nonce)
             assert self.state.nonce == nonce and self.state.responded

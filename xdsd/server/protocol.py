@@ -24,7 +24,7 @@ increments, and dropping one would lose it for good.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -310,12 +310,15 @@ def plan_sotw(
         first = force_all and not state.responded
         if not chosen and not first:
             return _cleared(state), None
-    sent = dict(state.sent)
-    for res in chosen:
-        sent[res.name] = res.version
+    held = _held_after(state.sent, chosen, resources)
+    if held is None:
+        sent = dict(state.sent)
+        for res in chosen:
+            sent[res.name] = res.version
+        held = _shared(sent, resources)
     new = replace(
         state,
-        sent=_shared(sent, resources),
+        sent=held,
         nonce=nonce,
         version=resources.version,
         resend=frozenset(),
@@ -349,35 +352,38 @@ def plan_delta(
         candidates = sorted(state.names)
     chosen: list[Resource] = []
     removed: list[str] = []
-    sent = dict(state.sent)
+    # Candidates are distinct, so each name's entry is read before it is changed:
+    # read the proxy's map as it was and apply the changes once, at the end.
+    prior = state.sent
     for name in candidates:
         res = resources.get(name)
         if res is None:
             # Tell the proxy a resource it holds is gone, and answer a new
             # subscription (the first request too) to a missing name so its
             # initialisation can finish.
-            if force_all or name in sent or name in forced:
+            if force_all or name in prior or name in forced:
                 removed.append(name)
-                sent.pop(name, None)
             continue
-        if state.resend_all or name in forced or sent.get(name) != res.version:
+        if state.resend_all or name in forced or prior.get(name) != res.version:
             chosen.append(res)
-            sent[res.name] = res.version
-    if state.wildcard:
-        gone = (
-            {n for n in candidates if n in sent and n not in resources.items}
-            if narrow
-            else set(sent) - resources.items.keys()
-        )
-        for name in sorted(gone - state.names):
-            removed.append(name)
-            del sent[name]
+    if state.wildcard and not narrow:
+        # (Narrow: a candidate it held that is gone was removed above.)
+        gone = prior.keys() - resources.items.keys() - set(removed)
+        removed.extend(sorted(gone - state.names))
     first = force_all and not state.responded
     if not chosen and not removed and not first:
         return _cleared(state), None
+    held = None if removed else _held_after(prior, chosen, resources)
+    if held is None:
+        sent = dict(prior)
+        for name in removed:
+            sent.pop(name, None)
+        for res in chosen:
+            sent[res.name] = res.version
+        held = _shared(sent, resources)
     new = replace(
         state,
-        sent=_shared(sent, resources),
+        sent=held,
         nonce=nonce,
         version=resources.version,
         resend=frozenset(),
@@ -385,6 +391,24 @@ def plan_delta(
         responded=True,
     )
     return new, DeltaReply(tuple(chosen), tuple(sorted(removed)))
+
+
+def _held_after(
+    prior: Mapping[str, str], chosen: Sequence[Resource], resources: ResourceSet
+) -> Mapping[str, str] | None:
+    """The set's shared name -> version map, when a proxy that held exactly the set's
+    base holds exactly the set once it has `chosen`: checked on the changed names
+    only, so a push to a stream in sync costs no copy of a map (None: not so)."""
+    base = resources.base
+    if base is None or prior is not base.__dict__.get("versions"):
+        return None
+    picked = {r.name for r in chosen}
+    items = resources.items
+    for name in resources.changed:
+        res = items.get(name)
+        if res is None or (name not in picked and prior.get(name) != res.version):
+            return None
+    return resources.versions
 
 
 def _shared(sent: dict[str, str], resources: ResourceSet) -> Mapping[str, str]:
