@@ -131,6 +131,37 @@ def _list_files(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
+def _refresh(
+    source: str, path: Path, st: os.stat_result, old: _FileState | None, opts: _Options
+) -> tuple[_FileState, FileContent | None, frozenset[str]]:
+    """One existing file: its new state, what to report (None: nothing) and the kinds touched.
+
+    Blocking: runs in a worker thread.
+    """
+    signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    if old is not None and old.signature == signature:
+        return old, None, frozenset()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        error = ConfigError(source, "", "", f"cannot read the file: {e.strerror or e}")
+        state = _FileState(signature, b"", old.kinds if old else frozenset())
+        return state, FileContent(source, ParseResult(errors=(error,), complete=False)), frozenset()
+    digest = hashlib.sha256(data).digest()
+    if old is not None and old.digest == digest:
+        return replace(old, signature=signature), None, frozenset()
+    result = load_yaml(
+        data,
+        source,
+        default_namespace=opts.default_namespace,
+        domain_suffix=opts.domain_suffix,
+    )
+    # An incomplete read keeps the old objects, so keep their kinds too.
+    file_kinds = result.kinds | (old.kinds if old and not result.complete else frozenset())
+    touched = file_kinds | (old.kinds if old else frozenset())
+    return _FileState(signature, digest, file_kinds), FileContent(source, result), touched
+
+
 def _scan(
     root: Path, previous: Mapping[str, _FileState], opts: _Options
 ) -> tuple[dict[str, _FileState], list[FileContent], frozenset[str]]:
@@ -143,33 +174,11 @@ def _scan(
             st = path.stat()
         except OSError:
             continue  # gone (or a dangling link) since listing: treat as absent
-        signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-        old = previous.get(source)
-        if old is not None and old.signature == signature:
-            states[source] = old
-            continue
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            error = ConfigError(source, "", "", f"cannot read the file: {e.strerror or e}")
-            states[source] = _FileState(signature, b"", old.kinds if old else frozenset())
-            contents.append(FileContent(source, ParseResult(errors=(error,), complete=False)))
-            continue
-        digest = hashlib.sha256(data).digest()
-        if old is not None and old.digest == digest:
-            states[source] = replace(old, signature=signature)
-            continue
-        result = load_yaml(
-            data,
-            source,
-            default_namespace=opts.default_namespace,
-            domain_suffix=opts.domain_suffix,
-        )
-        # An incomplete read keeps the old objects, so keep their kinds too.
-        file_kinds = result.kinds | (old.kinds if old and not result.complete else frozenset())
-        states[source] = _FileState(signature, digest, file_kinds)
-        contents.append(FileContent(source, result))
-        kinds |= file_kinds | (old.kinds if old else frozenset())
+        state, content, touched = _refresh(source, path, st, previous.get(source), opts)
+        states[source] = state
+        if content is not None:
+            contents.append(content)
+        kinds |= touched
     for source in sorted(previous.keys() - states.keys()):
         contents.append(FileContent(source, None))
         kinds |= previous[source].kinds
