@@ -552,7 +552,7 @@ def run_target(
     n = len(specs)
     address = f"127.0.0.1:{server.port}"
 
-    # -- idle: memory with no proxy, CPU of polling and timers
+    # -- idle: memory with no proxy, CPU of the folder watch and timers
     time.sleep(0.5)
     rss0 = server.rss()
     c0 = server.cpu()
@@ -863,7 +863,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--poll-interval",
         type=float,
         default=0.05,
-        help="xdsd's config folder poll, s (0.05: the folder stands in for a Kubernetes watch)",
+        help="xdsd's --poll-interval, s: the cap on batching folder events, and the folder "
+        "poll where events are unavailable (0.05: the folder stands in for a Kubernetes watch)",
     )
     p.add_argument("--targets", default="xdsd,floor", help="xdsd,floor (floor needs xdsd)")
     p.add_argument(
@@ -945,8 +946,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.streams_per_channel} ADS streams per client connection"
     )
     say(
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs; xdsd polls its config "
-        f"folder every {args.poll_interval * 1000:g} ms; churn: one pod replaced every "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs; xdsd watches its config "
+        f"folder (--poll-interval {args.poll_interval:g} s); churn: one pod replaced every "
         f"{args.churn_interval:g} ms for {args.churn_duration:g} s"
     )
     say()

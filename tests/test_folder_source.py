@@ -143,7 +143,7 @@ async def test_changes_generator_marks_synced_and_follows_edits(tmp_path: Path) 
         sleeps.append(delay)
         await asyncio.sleep(0)
 
-    src = FolderSource(tmp_path, poll_interval=0.25, sleep=fake_sleep)
+    src = FolderSource(tmp_path, poll_interval=0.25, sleep=fake_sleep, watch=False)
     assert not src.synced
     changes = src.changes()
     try:

@@ -89,6 +89,8 @@ class AppSettings:
     # Serve /debug/* to non-loopback clients too (off: debug output names everything).
     remote_debug: bool = False
     debounce: DebounceSettings = field(default_factory=DebounceSettings)
+    # The config folder's scan period when file events are unavailable (FolderSource);
+    # the remote secrets folder's poll.
     poll_interval: float = 0.5
     domain_suffix: str = "cluster.local"
     root_namespace: str = "istio-system"

@@ -96,7 +96,14 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes serving xDS on the same ports (SO_REUSEPORT); the config "
         "sources run once, in the serve process (1: one process; set it to the CPU limit)",
     )
-    serve.add_argument("--poll-interval", type=float, default=0.5, help="config dir poll (s)")
+    serve.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        help="seconds between scans of --config-dir when file events are unavailable (a "
+        "missing folder, no inotify watches left, WATCHFILES_FORCE_POLLING set); with events "
+        "it only caps their batching (at most 0.1 s). Also --remote-secrets-dir's poll",
+    )
     serve.add_argument("--debounce-quiet", type=float, default=0.1, help="quiet period (s)")
     serve.add_argument("--debounce-max", type=float, default=10.0, help="max push delay (s)")
     serve.add_argument(
