@@ -395,18 +395,31 @@ class XdsdServer(Server):
             time.sleep(0.1)
         return " / ".join(map(str, counts)) if counts else "unknown"
 
-    def gc_pauses(self) -> tuple[float, float]:
-        """(full collections, seconds in all collections) from xdsd's /metrics
-        (`xdsd_gc_pause_seconds`; with --server-workers, the supervisor's only)."""
+    def gc_pauses(self) -> tuple[float, float, float, float | None]:
+        """(full collections, seconds in them, seconds in all collections, the longest
+        pause's histogram bucket) from xdsd's /metrics (`xdsd_gc_pause_seconds`; with
+        --server-workers, the supervisor's only)."""
         url = f"http://127.0.0.1:{self.admin}/metrics"
-        full = total = 0.0
+        full = full_s = total = 0.0
+        buckets: dict[float, float] = {}
+        counts = 0.0
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
             for line in r.read().decode().splitlines():
+                value = line.rsplit(" ", 1)[-1]
                 if line.startswith("xdsd_gc_pause_seconds_sum{"):
-                    total += float(line.rsplit(" ", 1)[1])
-                elif line.startswith('xdsd_gc_pause_seconds_count{generation="2"}'):
-                    full = float(line.rsplit(" ", 1)[1])
-        return full, total
+                    total += float(value)
+                    if 'generation="2"' in line:
+                        full_s = float(value)
+                elif line.startswith("xdsd_gc_pause_seconds_count{"):
+                    counts += float(value)
+                    if 'generation="2"' in line:
+                        full = float(value)
+                elif line.startswith("xdsd_gc_pause_seconds_bucket{"):
+                    le = line.split('le="', 1)[1].split('"', 1)[0]
+                    bound = float("inf") if le == "+Inf" else float(le)
+                    buckets[bound] = buckets.get(bound, 0.0) + float(value)
+        longest = min((b for b, c in buckets.items() if c >= counts), default=None)
+        return full, full_s, total, longest
 
     # With --server-workers N the server is the supervisor and its N worker processes.
     def cpu(self) -> float:
@@ -650,7 +663,7 @@ def run_target(
         v["churn_gen_cpu"] = (workers.cpu() - w0) / (churn_wall + args.churn_grace) * 100
 
     if isinstance(server, XdsdServer):
-        v["gc_full"], v["gc_s"] = server.gc_pauses()
+        v["gc_full"], v["gc_full_s"], v["gc_s"], v["gc_max"] = server.gc_pauses()
 
     # -- stream health at the end
     stats = workers.call("stats")
@@ -779,7 +792,9 @@ ROWS: list[tuple[str, str, str | None, str]] = [
     ("rssN", "  server RSS, all connected (MiB)", "low", ""),
     ("kib_per_proxy", "  per connected proxy (KiB)", "low", "<= 100"),
     ("gc_full", "server full GC passes, whole run", None, ""),
-    ("gc_s", "  server time in GC pauses, whole run (s)", None, ""),
+    ("gc_full_s", "  server time in full GC passes (s)", None, ""),
+    ("gc_s", "  server time in all GC passes, young ones too (s)", None, ""),
+    ("gc_max", "  longest GC pause, at most (s)", None, ""),
     ("alive", "streams still open at the end", "high", "all"),
     ("errors", "stream failures (retried with backoff)", "low", "0"),
     ("sent_mib", "bytes received by the proxies (MiB)", None, ""),

@@ -10,6 +10,7 @@ from xdsd.heap import HeapKeeper
 class FakeGc:
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.threshold = (700, 10, 10)
 
     def collect(self) -> int:
         self.calls.append("collect")
@@ -24,6 +25,12 @@ class FakeGc:
     def get_freeze_count(self) -> int:
         return 0
 
+    def get_threshold(self) -> tuple[int, int, int]:
+        return self.threshold
+
+    def set_threshold(self, t0: int, t1: int, t2: int, /) -> None:
+        self.threshold = (t0, t1, t2)
+
 
 def test_nothing_before_settle_then_refreeze_once_per_interval() -> None:
     now = [100.0]
@@ -34,6 +41,7 @@ def test_nothing_before_settle_then_refreeze_once_per_interval() -> None:
     assert fake.calls == []
     heap.settle()
     assert fake.calls == ["unfreeze", "collect", "freeze"]
+    assert fake.threshold == (20_000, 10, 10)
     now[0] += 59.9
     assert heap.quiet() is False
     now[0] += 0.1
@@ -43,9 +51,15 @@ def test_nothing_before_settle_then_refreeze_once_per_interval() -> None:
     assert heap.refreezes == 2
 
 
-def test_interval_must_be_positive() -> None:
+def test_interval_zero_means_never_and_negative_is_refused() -> None:
+    now = [0.0]
+    fake = FakeGc()
+    heap = HeapKeeper(interval=0, clock=lambda: now[0], gc_module=fake)
+    heap.settle()
+    now[0] += 1e9
+    assert heap.quiet() is False
     with pytest.raises(ValueError, match="interval"):
-        HeapKeeper(interval=0)
+        HeapKeeper(interval=-1)
 
 
 def test_pauses_are_timed_until_closed() -> None:

@@ -113,6 +113,7 @@ class AppSettings:
     # Freeze the loaded heap so GC passes skip it (xdsd.heap); for a serving process,
     # not for one that hosts other work (tests).
     freeze_heap: bool = False
+    gc_collect_interval: float = 300.0  # the frozen heap's full collection; 0: never
 
     def __post_init__(self) -> None:
         sources = [self.config_dir is not None, self.kubeconfig is not None, self.in_cluster]
@@ -300,7 +301,9 @@ class XdsdApp:
             root_namespace=settings.root_namespace, domain_suffix=settings.domain_suffix
         )
         self.builder = SnapshotBuilder()  # reuses the work of the previous build
-        self.heap = HeapKeeper() if settings.freeze_heap else None
+        self.heap = (
+            HeapKeeper(interval=settings.gc_collect_interval) if settings.freeze_heap else None
+        )
         self.cache = GroupCache()
         self.contexts = _Contexts()
         self._config_kubeconfig: tuple[Mapping[str, Any] | None] | None = None

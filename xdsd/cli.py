@@ -112,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         default=100,
         help="responses written at once over all streams (100, as istiod's push throttle)",
     )
+    serve.add_argument(
+        "--gc-collect-interval",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="the loaded heap is frozen so GC passes skip it; every S seconds at most, "
+        "after a push, all of it is collected once (cyclic garbage); 0: never (300)",
+    )
     kube = serve.add_argument_group(
         "Kubernetes", "read config from a config cluster instead of --config-dir"
     )
@@ -442,6 +450,7 @@ async def _serve(args: argparse.Namespace) -> int:
             debounce=DebounceSettings(quiet=args.debounce_quiet, max_delay=args.debounce_max),
             server=ServerSettings(push_concurrency=args.push_concurrency),
             freeze_heap=True,
+            gc_collect_interval=args.gc_collect_interval,
         )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
@@ -453,6 +462,9 @@ async def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
     if args.push_concurrency < 1:
         print("xdsd: --push-concurrency must be at least 1", file=sys.stderr)
+        return 2
+    if args.gc_collect_interval < 0:
+        print("xdsd: --gc-collect-interval must not be negative", file=sys.stderr)
         return 2
     if args.workers < 1:
         print("xdsd: --workers must be at least 1", file=sys.stderr)
