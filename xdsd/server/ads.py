@@ -141,6 +141,9 @@ class Connection:
     converging: dict[str, tuple[str, float]] = field(default_factory=dict)
     # type URL -> the set the stream's state was last planned against (in sync with).
     planned: dict[str, ResourceSet] = field(default_factory=dict)
+    # SotW: type URL -> the last request's names (see `_names_key`), so that an ACK
+    # naming the same 1,000 clusters costs a bytes comparison, not 1,000 strings.
+    names: dict[str, tuple[bytes, tuple[str, ...], frozenset[str]]] = field(default_factory=dict)
     # Requests and at most one push token, consumed by the stream's task.
     inbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     push_queued: bool = False
@@ -221,12 +224,11 @@ class XdsServices:
                 finally:
                     await responses.aclose()
 
-            request_type = (
-                discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
-            )
             return grpc.stream_stream_rpc_method_handler(
                 handler,
-                request_deserializer=request_type.FromString,
+                request_deserializer=(
+                    discovery_pb2.DeltaDiscoveryRequest.FromString if delta else _RawSotw
+                ),
                 response_serializer=_identity,
             )
 
@@ -407,6 +409,9 @@ class XdsServices:
         context: grpc.aio.ServicerContext,
         only: frozenset[str] | None,
     ) -> list[bytes]:
+        raw = None
+        if isinstance(msg, _RawSotw):
+            raw, msg = msg.data, msg.msg
         if conn.watch is None:
             self._connect(conn, msg.node, context)
         type_url = msg.type_url
@@ -421,7 +426,7 @@ class XdsServices:
         if conn.delta:
             state, decision = p.on_delta_request(state, _delta_request(type_url, msg))
         else:
-            state, decision = p.on_sotw_request(state, _sotw_request(type_url, msg))
+            state, decision = p.on_sotw_request(state, _sotw_request(type_url, msg, raw, conn))
         conn.states[type_url] = state
         short = short_type(type_url)
         if decision.verdict is p.Verdict.NACK and state.nack is not None:
@@ -590,14 +595,86 @@ def _error(msg: Any) -> tuple[int, str] | None:
     return None
 
 
-def _sotw_request(type_url: str, msg: Any) -> p.SotwRequest:
+class _RawSotw:
+    """A DiscoveryRequest with the bytes it was read from."""
+
+    __slots__ = ("data", "msg")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.msg = discovery_pb2.DiscoveryRequest.FromString(data)
+
+
+def _sotw_request(
+    type_url: str, msg: Any, raw: bytes | None = None, conn: Connection | None = None
+) -> p.SotwRequest:
+    key = _names_key(raw, msg) if raw is not None and conn is not None else None
+    hit = conn.names.get(type_url) if key is not None and conn is not None else None
+    if key is not None and hit is not None and hit[0] == key:
+        names, name_set = hit[1], hit[2]
+    else:
+        names = tuple(msg.resource_names)
+        name_set = frozenset(n for n in names if n != p.WILDCARD)
+        if key is not None and conn is not None:
+            conn.names[type_url] = (key, names, name_set)
     return p.SotwRequest(
         type_url=type_url,
         version_info=msg.version_info,
-        names=tuple(msg.resource_names),
+        names=names,
         nonce=msg.response_nonce,
         error=_error(msg),
+        name_set=name_set,
     )
+
+
+def _names_key(data: bytes, msg: Any) -> bytes | None:
+    """The bytes of a DiscoveryRequest that hold its resource names, or None.
+
+    Encoders write fields in number order: version_info (1) and node (2), then the
+    names (3), then type_url (4), response_nonce (5) and error_detail (6). The key is
+    what is left between leading fields 1 and 2 and a tail that must be exactly the
+    encoding of fields 4-6 as parsed: every resource name is in it, so two requests
+    with the same key name the same resources. Anything else (another order, field 7,
+    an encoding of error_detail other than ours): None, and the names are read.
+    """
+    if len(msg.resource_locators):
+        return None
+    pos, end = 0, len(data)
+    for tag in (0x0A, 0x12):
+        if pos < end and data[pos] == tag:
+            length, pos = _varint(data, pos + 1)
+            pos += length
+    tail = _field(0x22, msg.type_url.encode()) + _field(0x2A, msg.response_nonce.encode())
+    if msg.HasField("error_detail"):
+        tail += _field(0x32, msg.error_detail.SerializeToString())
+    if pos > end - len(tail) or not data.endswith(tail):
+        return None
+    return data[pos : end - len(tail)]
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data):
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+    return len(data), pos  # truncated: past the end, so no key
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field's encoding ("" for an empty string: proto3 omits it)."""
+    if not payload:
+        return b""
+    n = len(payload)
+    head = bytearray([tag])
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + payload
 
 
 def _delta_request(type_url: str, msg: Any) -> p.DeltaRequest:

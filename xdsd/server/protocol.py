@@ -49,6 +49,9 @@ class SotwRequest:
     names: tuple[str, ...] = ()
     nonce: str = ""
     error: tuple[int, str] | None = None  # (grpc code, message) from error_detail
+    # `names` without "*", when the caller has it already (the same set object as the
+    # last request's when the names are the same: an ACK compares by identity).
+    name_set: frozenset[str] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,9 @@ def _wildcard_from_names(type_url: str, names: tuple[str, ...] | frozenset[str])
 
 
 def on_sotw_request(state: WatchState | None, req: SotwRequest) -> tuple[WatchState, Decision]:
-    names = frozenset(n for n in req.names if n != WILDCARD)
+    names = req.name_set
+    if names is None:
+        names = frozenset(n for n in req.names if n != WILDCARD)
     if state is not None and state.named and not req.names:
         wildcard = False  # legacy wildcard only until the stream names something
     else:
@@ -161,7 +166,7 @@ def on_sotw_request(state: WatchState | None, req: SotwRequest) -> tuple[WatchSt
     acked = replace(
         state, acked_nonce=req.nonce, acked_version=req.version_info, nack=None, named=named
     )
-    if wildcard == state.wildcard and names == state.names:
+    if wildcard == state.wildcard and (names is state.names or names == state.names):
         return acked, Decision(Verdict.ACK)
     added = names - state.names
     kept_sent = {n: v for n, v in state.sent.items() if wildcard or n in names}
