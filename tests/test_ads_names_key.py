@@ -3,12 +3,22 @@ per ACK); anything the shortcut cannot vouch for falls back to reading the names
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from xdsd.cache.resources import ENDPOINT
-from xdsd.server.ads import Connection, _names_key, _sotw_request
+from xdsd.server.ads import (
+    Connection,
+    RequestedNames,
+    XdsServices,
+    _names_key,
+    _sotw_request,
+)
+from xdsd.server.protocol import SotwRequest
 
 NAMES = [f"outbound|8080||svc-{i}.ns.svc.cluster.local" for i in range(300)]
 
@@ -51,20 +61,31 @@ def test_unusual_encodings_are_not_trusted() -> None:
     assert key(msg.SerializeToString()) is None
 
 
-def test_acks_with_the_same_names_share_one_name_set() -> None:
+def parsed(conn: Connection, data: bytes, shared: dict[bytes, RequestedNames]) -> SotwRequest:
+    msg = discovery_pb2.DiscoveryRequest.FromString(data)
+    return _sotw_request(ENDPOINT, msg, data, conn, shared)
+
+
+def test_acks_with_the_same_names_share_one_name_set_across_streams() -> None:
+    shared: dict[bytes, RequestedNames] = {}
     conn = Connection("c1", "peer", delta=False)
-    first_data = request(NAMES, "n1")
-    first = _sotw_request(
-        ENDPOINT, discovery_pb2.DiscoveryRequest.FromString(first_data), first_data, conn
-    )
-    again_data = request(NAMES, "n2", version="v2")
-    again = _sotw_request(
-        ENDPOINT, discovery_pb2.DiscoveryRequest.FromString(again_data), again_data, conn
-    )
+    first = parsed(conn, request(NAMES, "n1"), shared)
+    again = parsed(conn, request(NAMES, "n2", version="v2"), shared)
     assert again.name_set is first.name_set and again.names is first.names
     assert again.nonce == "n2" and again.version_info == "v2"
-    other_data = request(NAMES[:5], "n3")
-    other = _sotw_request(
-        ENDPOINT, discovery_pb2.DiscoveryRequest.FromString(other_data), other_data, conn
-    )
+    other = parsed(conn, request(NAMES[:5], "n3"), shared)
     assert other.name_set == frozenset(NAMES[:5]) and other.names == tuple(NAMES[:5])
+    # Another stream requesting the same names gets the same objects.
+    peer = parsed(Connection("c2", "peer", delta=False), request(NAMES, "x7"), shared)
+    assert peer.names is first.names and peer.name_set is first.name_set
+
+
+def test_requested_names_are_released_with_their_streams() -> None:
+    services = XdsServices.__new__(XdsServices)
+    services.requested_names = weakref.WeakValueDictionary()
+    conn = Connection("c1", "peer", delta=False)
+    parsed(conn, request(NAMES, "n1"), services.requested_names)  # type: ignore[arg-type]
+    assert len(services.requested_names) == 1
+    del conn
+    gc.collect()
+    assert len(services.requested_names) == 0
