@@ -251,7 +251,7 @@ async def _pump(requests: AsyncIterator[Any], inbox: asyncio.Queue[Any]) -> None
 
 def handlers(floor: Floor) -> list[grpc.GenericRpcHandler]:
     def make(delta: bool) -> Any:
-        async def handler(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[bytes]:
+        async def handler(requests: AsyncIterator[Any], context: Any) -> None:
             stream = Stream(floor, delta)
             floor.streams.add(stream)
             reader = asyncio.create_task(_pump(requests, stream.inbox))
@@ -261,12 +261,15 @@ def handlers(floor: Floor) -> list[grpc.GenericRpcHandler]:
                     if item is _EOF:
                         return
                     if item is _WAKE:
-                        for data in stream.on_wake():
-                            yield data
-                        continue
-                    out = stream.on_request(item)
-                    if out is not None:
-                        yield out
+                        outs = list(stream.on_wake())
+                    else:
+                        out = stream.on_request(item)
+                        outs = [] if out is None else [out]
+                        del out
+                    del item
+                    # As xdsd: written one at a time, and not held while waiting.
+                    while outs:
+                        await context.write(outs.pop(0))
             finally:
                 reader.cancel()
                 floor.streams.discard(stream)

@@ -232,7 +232,11 @@ class XdsServices:
                 responses = self._stream(requests, context, delta=delta, only=types)
                 try:
                     async for out in responses:
-                        if not await self._write(context, out):
+                        written = await self._write(context, out)
+                        # Not held while the stream waits for its next push: a
+                        # response is up to megabytes, and there are thousands of streams.
+                        del out
+                        if not written:
                             return
                 finally:
                     await responses.aclose()
@@ -366,12 +370,16 @@ class XdsServices:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                if item is _WAKE:
-                    for out in self._push(conn):
-                        yield out
-                    continue
-                for out in self._on_request(conn, item, context, only):
-                    yield out
+                outs = (
+                    self._push(conn)
+                    if item is _WAKE
+                    else self._on_request(conn, item, context, only)
+                )
+                del item
+                # Popped, not bound to a name: nothing here keeps the last response
+                # alive while the stream waits in inbox.get().
+                while outs:
+                    yield outs.pop(0)
         except NodeRejected as e:
             self.metrics.refused_streams.labels(reason=e.code.name.lower()).inc()
             log.warning("refused xDS stream from %s: %s", conn.peer, e.message)
