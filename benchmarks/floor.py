@@ -293,6 +293,9 @@ async def serve(captured: dict[str, Any], port: int) -> None:
         options=[
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            # As xdsd: gRPC's default cancels new streams past 1,000 waiting.
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 40_000),
             ("grpc.so_reuseport", 0),
         ]
     )

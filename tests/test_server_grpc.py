@@ -346,3 +346,15 @@ async def test_a_stalled_proxy_does_not_delay_others() -> None:
 
 def harness_metric(services: XdsServices, name: str) -> float:
     return services.metrics.registry.get_sample_value(name) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_concurrent_streams", 0, "max concurrent streams"),
+        ("max_pending_streams", 0, "max pending streams"),
+    ],
+)
+def test_stream_limits_must_be_positive(field: str, value: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GrpcSettings(port=0, **{field: value})  # type: ignore[arg-type]

@@ -44,6 +44,10 @@ class GrpcSettings:
     max_connection_age_s: float = 30 * 60.0  # istiod's chart: 30 min (0: unlimited)
     max_connection_age_grace_s: float = 10.0
     max_concurrent_streams: int = 100  # per connection
+    # New streams gRPC holds before the server takes them. gRPC's default (1,000, hard
+    # 3,000) cancels new streams at random once exceeded, which a connect storm of a
+    # few thousand proxies does while the loop is busy; admission control paces them.
+    max_pending_streams: int = 20_000
     # Share the ports with other processes that set it too (xdsd.workers); off, a
     # busy port is an error instead of a silently shared one.
     reuse_port: bool = False
@@ -64,6 +68,8 @@ class GrpcSettings:
             raise ValueError("connection age and grace must not be negative")
         if self.max_concurrent_streams < 1:
             raise ValueError("max concurrent streams must be at least 1")
+        if self.max_pending_streams < 1:
+            raise ValueError("max pending streams must be at least 1")
 
 
 class _CertFiles:
@@ -139,6 +145,8 @@ class XdsServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
             ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+            ("grpc.server.max_pending_requests", s.max_pending_streams),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * s.max_pending_streams),
         ]
         if s.max_connection_age_s > 0:
             options += [
