@@ -208,24 +208,3 @@ def test_resource_set_version_independent_of_order() -> None:
     assert ResourceSet(CLUSTER).version == "" and len(ResourceSet(CLUSTER)) == 0
     assert forward.size_bytes == sum(len(r.payload) for r in resources)
     assert forward.get("c") is resources[2] and forward.get("zz") is None
-
-
-def test_a_sets_joined_blocks_are_its_chunks_in_name_order() -> None:
-    from xdsd.cache.resources import delta_chunks, sotw_chunks
-
-    rs = ResourceSet.of(
-        CLUSTER, [Resource.from_message(n, CLUSTER, cluster(n)) for n in ("c", "a", "b")]
-    )
-    ordered = [rs.items[n] for n in ("a", "b", "c")]
-    assert rs.sotw_block == b"".join(sotw_chunks(ordered))
-    assert rs.delta_block == b"".join(delta_chunks(ordered))
-    msg = discovery_pb2.DiscoveryResponse.FromString(
-        wire.sotw_response(
-            version="v",
-            type_url=CLUSTER,
-            nonce="n",
-            resource_fields=[rs.sotw_block],
-            control_plane=b"",
-        )
-    )
-    assert [cluster_pb2.Cluster.FromString(a.value).name for a in msg.resources] == ["a", "b", "c"]

@@ -179,17 +179,6 @@ class ResourceSet:
         return ResourceSet._make(type_url, items)
 
     @functools.cached_property
-    def sotw_block(self) -> bytes:
-        """Every resource's SotW field entry, by name: what a full response carries,
-        joined once for all the streams that get the whole set."""
-        return b"".join(sotw_chunks(self.items[n] for n in sorted(self.items)))
-
-    @functools.cached_property
-    def delta_block(self) -> bytes:
-        """The same for Delta responses."""
-        return b"".join(delta_chunks(self.items[n] for n in sorted(self.items)))
-
-    @functools.cached_property
     def versions(self) -> Mapping[str, str]:
         """name -> version, shared by every stream that holds exactly this set."""
         return MappingProxyType({name: r.version for name, r in self.items.items()})

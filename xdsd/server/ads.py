@@ -543,9 +543,7 @@ class XdsServices:
                         system_version=resources.version,
                         type_url=type_url,
                         nonce=nonce,
-                        resource_fields=[resources.delta_block]
-                        if len(dreply.resources) == len(resources)
-                        else delta_chunks(dreply.resources),
+                        resource_fields=delta_chunks(dreply.resources),
                         removed=list(dreply.removed),
                         control_plane=self._control_plane,
                     )
@@ -559,9 +557,7 @@ class XdsServices:
                         version=sreply.version,
                         type_url=type_url,
                         nonce=nonce,
-                        resource_fields=[resources.sotw_block]
-                        if len(sreply.resources) == len(resources)
-                        else sotw_chunks(sreply.resources),
+                        resource_fields=sotw_chunks(sreply.resources),
                         control_plane=self._control_plane,
                     )
                     sent_names = {r.name for r in sreply.resources}
