@@ -17,7 +17,7 @@ from tests.meshgen import pod, service
 from xdsd.model.build import SnapshotBuilder, build_snapshot
 from xdsd.model.objects import key_of
 from xdsd.model.parse import parse_documents
-from xdsd.model.snapshot import index_workloads
+from xdsd.model.snapshot import MeshSnapshot, index_workloads
 from xdsd.model.store import ConfigChange, ConfigStore, FileContent
 
 NAMESPACES = ("a", "b")
@@ -156,6 +156,27 @@ def _files(store: ConfigStore) -> dict[str, list[Any]]:
     return {c.source: list(c.result.objects) for c in store.replay() if c.result is not None}
 
 
+def _check(
+    builder: SnapshotBuilder, stores: dict[str, ConfigStore], generation: int
+) -> MeshSnapshot:
+    """The builder's next snapshot, checked against a fresh build."""
+    kwargs: dict[str, Any] = {
+        "generation": generation,
+        "remotes": {"west": stores["west"]},
+        "config_cluster_id": "main",
+    }
+    got = builder.build(stores["main"], **kwargs)
+    want = build_snapshot(stores["main"], **kwargs)
+    assert got.services == want.services
+    assert list(got.endpoints.items()) == list(want.endpoints.items())
+    assert got.workloads == want.workloads
+    assert dict(got.configs) == dict(want.configs)
+    assert got.errors == want.errors
+    assert got == want
+    assert dict(got._workload_index) == dict(index_workloads(got.workloads))
+    return got
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPS)
 def test_incremental_builds_equal_fresh_builds(ops: list[tuple[str, int, Any]]) -> None:
@@ -171,20 +192,7 @@ def test_incremental_builds_equal_fresh_builds(ops: list[tuple[str, int, Any]]) 
                 assert list(store.objects(kind)) == [
                     o for o in _naive_objects(store) if o.ref.kind == kind
                 ]
-        kwargs: dict[str, Any] = {
-            "generation": generation,
-            "remotes": {"west": stores["west"]},
-            "config_cluster_id": "main",
-        }
-        got = builder.build(stores["main"], **kwargs)
-        want = build_snapshot(stores["main"], **kwargs)
-        assert got.services == want.services
-        assert dict(got.endpoints) == dict(want.endpoints)
-        assert list(got.endpoints) == list(want.endpoints)
-        assert got.workloads == want.workloads
-        assert dict(got.configs) == dict(want.configs)
-        assert got.errors == want.errors
-        assert got == want
+        _check(builder, stores, generation)
 
 
 def _random_doc(rng: random.Random, slot: str) -> dict[str, Any]:
@@ -248,15 +256,6 @@ def test_random_walks_of_single_object_files(seed: int) -> None:
         docs = None if rng.random() < 0.2 else [_random_doc(rng, slot)]
         result = None if docs is None else parse_documents(docs, source, cluster_id=cluster)
         stores[cluster].apply(ConfigChange((FileContent(source, result),)))
-        kwargs: dict[str, Any] = {
-            "generation": generation,
-            "remotes": {"west": stores["west"]},
-            "config_cluster_id": "main",
-        }
-        got = builder.build(stores["main"], **kwargs)
-        want = build_snapshot(stores["main"], **kwargs)
-        assert got == want
-        assert list(got.endpoints) == list(want.endpoints)
-        assert dict(got._workload_index) == dict(index_workloads(got.workloads))
+        got = _check(builder, stores, generation)
         endpoints_seen += sum(len(v) for v in got.endpoints.values())
     assert endpoints_seen > 0
