@@ -63,3 +63,24 @@ async def test_an_unexpected_source_error_is_survived(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_frozen_heap_is_given_back_when_the_app_stops(tmp_path: Path) -> None:
+    import dataclasses
+    import gc
+
+    write_docs(tmp_path / "a.yaml", [service("a", "ns", [("http", 80)])])
+    callbacks, threshold = len(gc.callbacks), gc.get_threshold()
+    app = XdsdApp(dataclasses.replace(settings(tmp_path), freeze_heap=True))
+    try:
+        async with app:
+            await app.ready.wait()
+            assert gc.get_freeze_count() > 0 and len(gc.callbacks) == callbacks + 1
+            gc.collect()
+            app._heap_chores()  # pauses reach the metric
+            assert app.registry.get_sample_value("xdsd_gc_pause_seconds_count", {"generation": "2"})
+    finally:
+        gc.unfreeze()  # whatever happened, leave this process's GC as it was
+    assert len(gc.callbacks) == callbacks
+    assert gc.get_threshold() == threshold
+    assert gc.get_freeze_count() == 0

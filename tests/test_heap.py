@@ -67,15 +67,29 @@ def test_pauses_are_timed_until_closed() -> None:
 
     seen: list[tuple[int, float]] = []
     heap = HeapKeeper()
-    heap.install(lambda gen, seconds: seen.append((gen, seconds)))
+    heap.install()
     try:
         gc.collect(1)
     finally:
         heap.close()
+    heap.drain(lambda gen, seconds: seen.append((gen, seconds)))
     assert seen and seen[-1][0] == 1 and seen[-1][1] >= 0
-    n = len(seen)
     gc.collect(0)
-    assert len(seen) == n  # closed: no callback left behind
+    heap.drain(lambda gen, seconds: seen.append((gen, seconds)))
+    assert len(seen) == 1  # closed: no callback left behind; drained once
+
+
+def test_close_gives_the_gc_back_its_threshold_and_the_heap() -> None:
+    fake = FakeGc()
+    heap = HeapKeeper(gc_module=fake)
+    heap.settle()
+    assert fake.threshold == (20_000, 10, 10)
+    fake.calls.clear()
+    heap.close()
+    assert fake.threshold == (700, 10, 10)
+    assert fake.calls == ["unfreeze"]
+    heap.close()  # twice: nothing more
+    assert fake.calls == ["unfreeze"]
 
 
 def test_survivors_of_a_full_collection_are_frozen_once_settled() -> None:

@@ -377,9 +377,6 @@ class XdsdApp:
         return self._admin.port if self._admin else self.settings.admin_port
 
     async def __aenter__(self) -> XdsdApp:
-        if self.heap is not None:
-            pause = self.m_gc_pause
-            self.heap.install(lambda gen, seconds: pause.labels(str(gen)).observe(seconds))
         if self.settings.kube and self.settings.security.ca_secret is not None:
             await self.security.load_ca_secret(
                 self._kubeconfig_of(self.settings.cluster_id)[1], self.settings.own_namespace
@@ -389,6 +386,9 @@ class XdsdApp:
                 self.services, self.settings.xds, self.security.handlers()
             ).__aenter__()
         try:
+            if self.heap is not None:
+                self.heap.install()
+                self._tasks.append(asyncio.create_task(self._heap_upkeep(), name="heap"))
             if self.settings.admin_port >= 0:
                 self._admin = await AdminServer(
                     self,
@@ -424,6 +424,13 @@ class XdsdApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        try:
+            await self._close_servers()
+        finally:
+            if self.heap is not None:
+                self.heap.close()
+
+    async def _close_servers(self) -> None:
         if self.root_certs is not None:
             await self.root_certs.aclose()
             self.root_certs = None
@@ -436,8 +443,6 @@ class XdsdApp:
         if self._admin is not None:
             await self._admin.__aexit__(None, None, None)
             self._admin = None
-        if self.heap is not None:
-            self.heap.close()
 
     async def serve_forever(self) -> None:
         await asyncio.Event().wait()
@@ -711,7 +716,19 @@ class XdsdApp:
             woken,
         )
         if self.heap is not None:
-            self.heap.quiet()
+            self._heap_chores()
+
+    def _heap_chores(self) -> None:
+        assert self.heap is not None
+        pause = self.m_gc_pause
+        self.heap.drain(lambda gen, seconds: pause.labels(str(gen)).observe(seconds))
+        self.heap.quiet()
+
+    async def _heap_upkeep(self) -> None:
+        """GC pause metrics, and the periodic full collection when no push comes."""
+        while True:
+            await asyncio.sleep(5.0)
+            self._heap_chores()
 
     # -- ConfigProvider (for the xDS server) ---------------------------------------------
 

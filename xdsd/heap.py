@@ -20,8 +20,9 @@ the moment its last reference goes. So:
   alone took ~8% of a core in the load benchmark (20,000: ~1.5%);
 - cyclic garbage among frozen objects waits for `quiet()`, a full collection
   of everything and a freeze again, at most every `interval` seconds and at a
-  moment the caller chooses (after a push): the leak is bounded and the one
-  long pause is paid once per interval, not every few pushes.
+  moment the caller chooses (after a push, else on its timer): the leak is
+  bounded by the interval and the one long pause is paid once per interval,
+  not every few pushes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
+
+_MAX_PAUSES = 100_000  # timed collections kept for `drain` (a bound, should it not run)
 
 
 class GcModule(Protocol):
@@ -63,10 +66,15 @@ class HeapKeeper:
         self.refreezes = 0
         self.freezes_after_full = 0
         self._callback: Callable[[str, dict[str, Any]], None] | None = None
+        self._threshold0: int | None = None  # the young threshold before `settle`
+        # (generation, seconds) of collections not yet taken by `drain`. The callback
+        # only appends here: it runs inside whatever allocated, e.g. a metrics scrape
+        # holding the histogram's lock, so it must not take locks itself.
+        self._pauses: list[tuple[int, float]] = []
 
-    def install(self, observe: Callable[[int, float], None] | None = None) -> None:
-        """Freeze the survivors of CPython's own full collections (once settled), and
-        report every collection's (generation, seconds) to `observe`; until `close`."""
+    def install(self) -> None:
+        """Freeze the survivors of CPython's own full collections (once settled) and
+        time every collection (see `drain`); until `close`."""
         self.close()
         started = [0.0]
 
@@ -75,8 +83,8 @@ class HeapKeeper:
                 started[0] = time.perf_counter()
                 return
             generation = int(info["generation"])
-            if observe is not None:
-                observe(generation, time.perf_counter() - started[0])
+            if len(self._pauses) < _MAX_PAUSES:
+                self._pauses.append((generation, time.perf_counter() - started[0]))
             if generation == 2 and self._last is not None:
                 self._gc.freeze()
                 self.freezes_after_full += 1
@@ -84,19 +92,36 @@ class HeapKeeper:
         self._callback = callback
         gc.callbacks.append(callback)
 
+    def drain(self, observe: Callable[[int, float], None]) -> None:
+        """Hand the collections timed since the last drain to `observe`."""
+        pauses, self._pauses = self._pauses, []
+        for generation, seconds in pauses:
+            observe(generation, seconds)
+
     def close(self) -> None:
+        """Stop timing and freezing; give the GC back its thresholds and the heap."""
         if self._callback is not None:
             gc.callbacks.remove(self._callback)
             self._callback = None
+        if self._threshold0 is not None:
+            _, threshold1, threshold2 = self._gc.get_threshold()
+            self._gc.set_threshold(self._threshold0, threshold1, threshold2)
+            self._threshold0 = None
+        if self._last is not None:
+            self._gc.unfreeze()
+            self._last = None
 
     def settle(self) -> None:
         """The long-lived state is loaded (e.g. the initial config): collect, then freeze."""
-        _, threshold1, threshold2 = self._gc.get_threshold()
+        threshold0, threshold1, threshold2 = self._gc.get_threshold()
+        if self._threshold0 is None:
+            self._threshold0 = threshold0
         self._gc.set_threshold(self.young_threshold, threshold1, threshold2)
         self._refreeze()
 
     def quiet(self) -> bool:
-        """A quiet moment (a push is done): refreeze if the interval has passed.
+        """A quiet moment (a push is done, or the caller's timer): refreeze if the
+        interval has passed.
 
         Returns whether it did. Nothing happens before the first `settle`, nor ever
         with an interval of 0.
