@@ -137,6 +137,16 @@ class SnapshotBuilder:
         self._workloads = _Memo()
         self._configs = _Memo()
         self._ips: tuple[tuple[Workload, ...], Mapping[str, tuple[Workload, ...]]] = ((), {})
+        # (cluster id, namespace, service name) -> its slices, the keys their addresses
+        # look pods up by, and the pods found (see `_slice_pods`).
+        self._found: dict[
+            tuple[str, str, str],
+            tuple[tuple[EndpointSet, ...], frozenset[object], tuple[Workload | None, ...]],
+        ] = {}
+        self._found_next: dict[
+            tuple[str, str, str],
+            tuple[tuple[EndpointSet, ...], frozenset[object], tuple[Workload | None, ...]],
+        ] = {}
 
     def build(
         self,
@@ -221,7 +231,9 @@ class SnapshotBuilder:
         for key in sorted(services):
             svc = services[key]
             entry = entry_of.get(svc.ref)
-            inputs = _endpoint_inputs(svc, entry, members.get(key, ()), entries_by_ns, pods_by_ns)
+            inputs = _endpoint_inputs(
+                svc, entry, members.get(key, ()), entries_by_ns, pods_by_ns, self._slice_pods
+            )
             hit = memo.get(key)
             if hit is not None and hit[0] == inputs:
                 by_port = hit[1]
@@ -233,6 +245,7 @@ class SnapshotBuilder:
             for port, eps in by_port.items():
                 endpoints[(key, port)] = eps
 
+        self._found, self._found_next = self._found_next, {}
         store_errors = store.errors() + tuple(
             e for cl in clusters[1:] for e in remotes[cl.cluster_id].errors()
         )
@@ -254,6 +267,43 @@ class SnapshotBuilder:
             domain_suffix=domain_suffix,
             stale_clusters=stale,
         )
+
+    def _slice_pods(
+        self, cl: _Cluster, own: Service, sets: Sequence[EndpointSet]
+    ) -> tuple[Workload | None, ...]:
+        """The pod behind each address of a service's slices (`_pod_for`), looked up again
+        only when the slices changed or a pod came or went under one of their keys."""
+        key = (cl.cluster_id, own.namespace, own.name)
+        slices = tuple(sets)
+        last = self._found.get(key)
+        changed = self._clusters[cl.cluster_id].pods.changed
+        if (
+            last is not None
+            and changed is not None
+            and last[0] == slices
+            and last[1].isdisjoint(changed)
+        ):
+            self._found_next[key] = last
+            return last[2]
+        addresses = [
+            (addr, ip)
+            for eps in slices
+            for subset in eps.subsets
+            for addr in subset.endpoints
+            for ip in addr.addresses
+        ]
+        found = tuple(
+            _pod_for(addr, ip, own.namespace, cl.pods_by_name, cl.pods_by_ip)
+            for addr, ip in addresses
+        )
+        refs: set[object] = {ip for _, ip in addresses}
+        refs.update(
+            (addr.target_ref.namespace, addr.target_ref.name)
+            for addr, _ in addresses
+            if addr.target_ref is not None and addr.target_ref.kind == "Pod"
+        )
+        self._found_next[key] = (slices, frozenset(refs), found)
+        return found
 
     def _index_ips(self, workloads: tuple[Workload, ...]) -> Mapping[str, tuple[Workload, ...]]:
         """`index_workloads(workloads)`, redoing only the addresses of workloads that
@@ -385,6 +435,10 @@ class _PodIndex:
         self._reset()
 
     def _reset(self) -> None:
+        # What the last update changed: the (namespace, name) and address of every pod
+        # that came or went (None: everything, e.g. a fresh index). An address's pod
+        # lookup (`_pod_for`) can only change when one of its keys is in here.
+        self.changed: set[object] | None = None
         self.source: Sequence[object] = ()
         # id(store object) -> (store object, resolved pod); holding the store
         # object keeps its id its own.
@@ -406,12 +460,16 @@ class _PodIndex:
             self._reset()
             self.context = context
         elif pod_objs is self.source:
+            self.changed = set()
             return
         raws = {id(o): o for o in pod_objs if isinstance(o, Workload)}
         default_network = networks.get(root_namespace, "")
         fresh = not self.by_id
+        changed: set[object] = set()
         for gone in self.by_id.keys() - raws.keys():
-            self._remove(self.by_id.pop(gone)[1])
+            pod = self.by_id.pop(gone)[1]
+            self._remove(pod)
+            changed.update(((pod.namespace, pod.name), pod.address))
         for i, raw in (
             raws.items() if fresh else ((i, raws[i]) for i in raws.keys() - self.by_id.keys())
         ):
@@ -424,9 +482,11 @@ class _PodIndex:
                     self.by_ns[pod.namespace].append(pod)
             else:
                 self._add(pod)
+                changed.update(((pod.namespace, pod.name), pod.address))
         by_id = self.by_id
         self.pods = [by_id[i][1] for i in raws]
         self.source = pod_objs
+        self.changed = None if fresh else changed
 
     def _add(self, pod: Workload) -> None:
         self.by_name[(pod.namespace, pod.name)] = pod
@@ -478,8 +538,10 @@ def _endpoint_inputs(
     members: Sequence[tuple[_Cluster, Service]],
     entries_by_ns: Mapping[str, Sequence[Workload]],
     pods_by_ns: Mapping[str, Sequence[Workload]],
+    slice_pods: Callable[[_Cluster, Service, Sequence[EndpointSet]], tuple[Workload | None, ...]],
 ) -> tuple[object, ...]:
-    """Everything `_service_endpoints` reads for `svc` (its memo key)."""
+    """Everything `_service_endpoints` reads for `svc` (its memo key); `slice_pods` gives
+    the pod behind each address of a service's slices."""
     if entry is not None:
         if entry.endpoints or svc.selector is None:
             return (svc, entry)
@@ -496,14 +558,7 @@ def _endpoint_inputs(
         if own.external_name:
             parts.append((cl.cluster_id, own))
         elif sets:
-            found = tuple(
-                _pod_for(addr, ip, own.namespace, cl.pods_by_name, cl.pods_by_ip)
-                for eps in sets
-                for subset in eps.subsets
-                for addr in subset.endpoints
-                for ip in addr.addresses
-            )
-            parts.append((cl.cluster_id, own, tuple(sets), cl.nodes, found))
+            parts.append((cl.cluster_id, own, tuple(sets), cl.nodes, slice_pods(cl, own, sets)))
         elif own.selector:
             in_ns = cl.pods_by_ns.get(own.namespace, ())
             parts.append((cl.cluster_id, own, tuple(_selected(in_ns, own.namespace, own.selector))))
