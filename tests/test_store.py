@@ -183,3 +183,33 @@ def test_parse_options_apply_to_raw_documents() -> None:
     obj = store.get("Service", "apps", "one")
     assert isinstance(obj, Service) and obj.hostname == "one.apps.svc.corp"
     assert store.apply_file("a.yaml", ParseResult()) == {("Service", "apps", "one")}
+
+
+def test_objects_of_a_kind_stay_in_order_as_files_come_go_and_overlap() -> None:
+    """Files of a few and of many objects (both ways of keeping the order), overlapping
+    names (duplicates across files), removals: objects(kind) is always sorted and exact."""
+    import random
+
+    from tests.meshgen import pod
+
+    rng = random.Random(7)
+    store = ConfigStore()
+    files: dict[str, list[dict[str, object]]] = {}
+    for _ in range(300):
+        name = f"f{rng.randrange(5)}"
+        if rng.random() < 0.1:
+            store.remove_file(name)
+            files.pop(name, None)
+            continue
+        picked = rng.sample(range(120), rng.choice((0, 3, 40)))
+        docs = [pod(f"p{i}", rng.choice("ab"), "10.0.0.1", {"app": "x"}) for i in picked]
+        store.apply_file(name, docs)
+        files[name] = docs  # type: ignore[assignment]
+        want = sorted(
+            {
+                ("Pod", d["metadata"]["namespace"], d["metadata"]["name"])  # type: ignore[index]
+                for ds in files.values()
+                for d in ds
+            }
+        )
+        assert [(o.ref.kind, o.ref.namespace, o.ref.name) for o in store.objects("Pod")] == want

@@ -17,6 +17,7 @@ does not import sources/).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -70,10 +71,8 @@ class ConfigStore:
         self._owners: dict[ObjectKey, set[str]] = {}
         self._keys_by_kind: dict[str, set[ObjectKey]] = {}
         self._served: dict[ObjectKey, ParsedObject] = {}  # the winner of each key
-        # Each kind's keys in order, re-sorted from the last order when keys come or go
-        # (an adaptive sort of an almost sorted list: about one comparison per key).
+        # Each kind's keys in order, kept sorted as keys come and go (`_reorder`).
         self._sorted_keys: dict[str, list[ObjectKey]] = {}
-        self._unsorted: set[str] = set()
         self._duplicates: set[ObjectKey] = set()  # keys held by more than one file
         self._generation = 0
         # Answers of objects()/errors(), kept until a change touches them: every
@@ -127,6 +126,8 @@ class ConfigStore:
             for kind in touched:
                 self._objects_memo.pop(kind, None)
         before = {k: self.get(*k) for k in old_keys}
+        came: list[ObjectKey] = []  # keys served from now on
+        gone: list[ObjectKey] = []  # keys no longer served
         if result is None:
             self._files.pop(source, None)
             new_keys: set[ObjectKey] = set()
@@ -146,14 +147,16 @@ class ConfigStore:
                 same_kind.discard(key)
                 if not same_kind:
                     del self._keys_by_kind[key[0]]
+                gone.append(key)
         for key in new_keys - old_keys:
             owners = self._owners.setdefault(key, set())
             owners.add(source)
             if len(owners) > 1:
                 self._duplicates.add(key)
+            else:
+                came.append(key)
             self._keys_by_kind.setdefault(key[0], set()).add(key)
-        if old_keys != new_keys:
-            self._unsorted.update(k[0] for k in old_keys ^ new_keys)
+        self._reorder(came, gone)
         changed = set()
         for key, old in before.items():
             obj = self.get(*key)
@@ -234,18 +237,32 @@ class ConfigStore:
         return memo
 
     def _keys_of(self, kind: str) -> list[ObjectKey]:
-        keys = self._sorted_keys.get(kind, [])
-        if kind in self._unsorted:
-            self._unsorted.discard(kind)
-            present = self._keys_by_kind.get(kind, set())
-            kept = [k for k in keys if k in present]
-            keys = kept + list(present.difference(kept))
-            keys.sort()
-            if keys:
-                self._sorted_keys[kind] = keys
+        return self._sorted_keys.get(kind, [])
+
+    def _reorder(self, came: list[ObjectKey], gone: list[ObjectKey]) -> None:
+        """Keep each kind's key list sorted: a few keys by bisection, many (a whole
+        file, the initial load) by one filter and one sort."""
+        by_kind: dict[str, tuple[list[ObjectKey], list[ObjectKey]]] = {}
+        for key in came:
+            by_kind.setdefault(key[0], ([], []))[0].append(key)
+        for key in gone:
+            by_kind.setdefault(key[0], ([], []))[1].append(key)
+        for kind, (added, removed) in by_kind.items():
+            keys = self._sorted_keys.setdefault(kind, [])
+            if len(added) + len(removed) > 16:
+                dropped = set(removed)
+                keys[:] = [k for k in keys if k not in dropped]
+                keys.extend(added)
+                keys.sort()
             else:
-                self._sorted_keys.pop(kind, None)
-        return keys
+                for key in removed:
+                    i = bisect.bisect_left(keys, key)
+                    if i < len(keys) and keys[i] == key:
+                        del keys[i]
+                for key in added:
+                    bisect.insort(keys, key)
+            if not keys:
+                del self._sorted_keys[kind]
 
     def kinds(self) -> tuple[str, ...]:
         """The kinds of the served objects, sorted."""
