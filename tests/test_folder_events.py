@@ -350,29 +350,26 @@ async def test_a_folder_that_appears_later_is_then_watched(tmp_path: Path) -> No
     try:
         first = await asyncio.wait_for(anext(changes), timeout=10)
         assert first.synced and first.files == () and not src.watching
-        a = write(root / "a.yaml", dump(svc("one")))
-        await changes_until(changes, [posix(a)], store)
-        # The next poll notices the folder and starts watching it; from then on
-        # polling would take an hour.
-        b = write(root / "b.yaml", dump(svc("two")))
-        await changes_until(changes, [posix(b)], store)
-        assert src.watching
-        c = write(root / "c.yaml", dump(svc("three")))
-        await changes_until(changes, [posix(c)], store)
-        assert port_of(store, "three") == 80
 
+        async def three_files(*names: str) -> list[Path]:
+            # The first is found by a poll, which then starts watching the folder; from
+            # then on polling would take an hour, so the third arrives by an event.
+            written = []
+            for i, name in enumerate(names):
+                path = write(root / f"{name}.yaml", dump(svc(name)))
+                await changes_until(changes, [posix(path)], store)
+                written.append(path)
+                if i == 1:
+                    assert src.watching
+            assert port_of(store, names[-1]) == 80
+            return written
+
+        paths = await three_files("one", "two", "three")
         # The folder removed and made again: watched again.
         shutil.rmtree(root)
-        await changes_until(changes, [posix(a), posix(b), posix(c)], store)
+        await changes_until(changes, [posix(p) for p in paths], store)
         assert port_of(store, "one") is None
-        d = write(root / "d.yaml", dump(svc("four")))
-        await changes_until(changes, [posix(d)], store)
-        e = write(root / "e.yaml", dump(svc("five")))
-        await changes_until(changes, [posix(e)], store)
-        assert src.watching
-        f = write(root / "f.yaml", dump(svc("six")))
-        await changes_until(changes, [posix(f)], store)
-        assert port_of(store, "six") == 80
+        await three_files("four", "five", "six")
     finally:
         await changes.aclose()
 
