@@ -566,11 +566,12 @@ class XdsServices:
                 continue
             out.append(data)
             short = short_type(type_url)
-            self.metrics.push_time.labels(type=short).observe(time.perf_counter() - t0)
+            per_type = self.metrics.by_type(short)
+            per_type.push_time.observe(time.perf_counter() - t0)
             if started is not None:
                 conn.converging[type_url] = (nonce, started)
-            self.metrics.pushes.labels(type=short).inc()
-            self.metrics.config_size.labels(type=short).observe(len(data))
+            per_type.pushes.inc()
+            per_type.config_size.observe(len(data))
             if type_url == CLUSTER and sent_names and ENDPOINT in conn.states:
                 # Updated clusters warm until their endpoints arrive again: resend
                 # them, right after the clusters (Envoy and istiod do the same).

@@ -6,14 +6,27 @@ globals), so tests and several servers in one process do not collide.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _SIZE_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7)
 
 
+@dataclass(frozen=True, slots=True)
+class TypeMetrics:
+    """The per-type children a push updates (looked up once, not per response)."""
+
+    push_time: Any
+    pushes: Any
+    config_size: Any
+
+
 class XdsMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._by_type: dict[str, TypeMetrics] = {}
         self.connected = Gauge(
             "pilot_xds",
             "Proxies connected over xDS, by Istio version.",
@@ -92,3 +105,13 @@ class XdsMetrics:
             ["reason"],
             registry=registry,
         )
+
+    def by_type(self, short: str) -> TypeMetrics:
+        found = self._by_type.get(short)
+        if found is None:
+            found = self._by_type[short] = TypeMetrics(
+                self.push_time.labels(type=short),
+                self.pushes.labels(type=short),
+                self.config_size.labels(type=short),
+            )
+        return found
