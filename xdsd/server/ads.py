@@ -677,6 +677,12 @@ def _sotw_request(
     )
 
 
+# DiscoveryRequest fields around the resource names (3): the leading ones by their
+# one-byte tags (number << 3 | length-delimited), the tail ones by number.
+_REQ_VERSION_TAG, _REQ_NODE_TAG = 0x0A, 0x12
+_REQ_TYPE_URL, _REQ_NONCE, _REQ_ERROR_DETAIL = 4, 5, 6
+
+
 def _names_key(data: bytes, msg: Any) -> bytes | None:
     """The bytes of a DiscoveryRequest that hold its resource names, or None.
 
@@ -690,13 +696,15 @@ def _names_key(data: bytes, msg: Any) -> bytes | None:
     if len(msg.resource_locators):
         return None
     pos, end = 0, len(data)
-    for tag in (0x0A, 0x12):
+    for tag in (_REQ_VERSION_TAG, _REQ_NODE_TAG):
         if pos < end and data[pos] == tag:
             length, pos = _varint(data, pos + 1)
             pos += length
-    tail = _field(0x22, msg.type_url.encode()) + _field(0x2A, msg.response_nonce.encode())
+    tail = wire.field_str(_REQ_TYPE_URL, msg.type_url) + wire.field_str(
+        _REQ_NONCE, msg.response_nonce
+    )
     if msg.HasField("error_detail"):
-        tail += _field(0x32, msg.error_detail.SerializeToString())
+        tail += wire.field_bytes(_REQ_ERROR_DETAIL, msg.error_detail.SerializeToString())
     if pos > end - len(tail) or not data.endswith(tail):
         return None
     return data[pos : end - len(tail)]
@@ -712,19 +720,6 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
         shift += 7
     return len(data), pos  # truncated: past the end, so no key
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    """A length-delimited field's encoding ("" for an empty string: proto3 omits it)."""
-    if not payload:
-        return b""
-    n = len(payload)
-    head = bytearray([tag])
-    while n >= 0x80:
-        head.append((n & 0x7F) | 0x80)
-        n >>= 7
-    head.append(n)
-    return bytes(head) + payload
 
 
 def _delta_request(type_url: str, msg: Any) -> p.DeltaRequest:
