@@ -119,6 +119,11 @@ class _ClusterMemo:
         self.pods = _PodIndex()
 
 
+# (cluster id, namespace, service name) -> its slices, the keys their addresses look
+# pods up by, and the pods found (see `SnapshotBuilder._slice_pods`).
+_SlicePods = tuple[tuple[EndpointSet, ...], frozenset[object], tuple[Workload | None, ...]]
+
+
 class SnapshotBuilder:
     """Builds one snapshot after another, redoing only the work whose inputs changed.
 
@@ -137,16 +142,9 @@ class SnapshotBuilder:
         self._workloads = _Memo()
         self._configs = _Memo()
         self._ips: tuple[tuple[Workload, ...], Mapping[str, tuple[Workload, ...]]] = ((), {})
-        # (cluster id, namespace, service name) -> its slices, the keys their addresses
-        # look pods up by, and the pods found (see `_slice_pods`).
-        self._found: dict[
-            tuple[str, str, str],
-            tuple[tuple[EndpointSet, ...], frozenset[object], tuple[Workload | None, ...]],
-        ] = {}
-        self._found_next: dict[
-            tuple[str, str, str],
-            tuple[tuple[EndpointSet, ...], frozenset[object], tuple[Workload | None, ...]],
-        ] = {}
+        # The last build's and this build's `_slice_pods` answers.
+        self._found: dict[tuple[str, str, str], _SlicePods] = {}
+        self._found_next: dict[tuple[str, str, str], _SlicePods] = {}
 
     def build(
         self,

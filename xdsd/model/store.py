@@ -232,12 +232,9 @@ class ConfigStore:
         if kind is None:
             memo = tuple(o for k in self.kinds() for o in self.objects(k))
         else:
-            memo = tuple(map(self._served.__getitem__, self._keys_of(kind)))
+            memo = tuple(map(self._served.__getitem__, self._sorted_keys.get(kind, ())))
         self._objects_memo[kind] = memo
         return memo
-
-    def _keys_of(self, kind: str) -> list[ObjectKey]:
-        return self._sorted_keys.get(kind, [])
 
     def _reorder(self, came: list[ObjectKey], gone: list[ObjectKey]) -> None:
         """Keep each kind's key list sorted: a few keys by bisection, many (a whole
