@@ -221,6 +221,10 @@ def test_translate_and_serve_name_bad_arguments(tmp_path: Path) -> None:
     for flag in ("--push-concurrency", "--workers"):
         result = run_cli("serve", "--config-dir", str(EXAMPLE), "--admin-port", "-1", flag, "0")
         assert result.returncode == 2 and f"{flag} must be at least 1" in result.stderr
+    result = run_cli(
+        "serve", "--config-dir", str(EXAMPLE), "--admin-port", "-1", "--gc-collect-interval", "-1"
+    )
+    assert result.returncode == 2 and "--gc-collect-interval must not be negative" in result.stderr
 
 
 @needs_envoy

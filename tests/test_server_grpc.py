@@ -358,3 +358,39 @@ def harness_metric(services: XdsServices, name: str) -> float:
 def test_stream_limits_must_be_positive(field: str, value: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         GrpcSettings(port=0, **{field: value})  # type: ignore[arg-type]
+
+
+async def test_a_stream_does_not_hold_its_last_response_while_it_waits(harness: Harness) -> None:
+    """A response can be megabytes and thousands of streams wait between pushes: once
+    written, nothing on the stream's side keeps it (it did, in two locals)."""
+    import gc
+    import tracemalloc
+
+    big = cluster_pb2.Cluster(name="big", alt_stat_name="x" * (2 << 20))
+    harness.provider.sets[CLUSTER] = ResourceSet.of(
+        CLUSTER, [Resource.from_message("big", CLUSTER, big)]
+    )
+    harness.provider.ready.set()
+    tracemalloc.start()
+    try:
+        call = harness.ads.StreamAggregatedResources()
+        await call.write(sotw(CLUSTER))
+        resp = await asyncio.wait_for(call.read(), 5)
+        await call.write(sotw(CLUSTER, nonce=resp.nonce, version=resp.version_info, node=False))
+        conn = next(iter(harness.services.connections.values()))
+        for _ in range(500):  # the ACK handled: the stream waits for its next push
+            if conn.states[CLUSTER].acked_nonce == resp.nonce:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.states[CLUSTER].acked_nonce == resp.nonce
+        del resp
+        gc.collect()
+        held = [
+            stat
+            for stat in tracemalloc.take_snapshot().statistics("lineno")
+            if stat.size >= 1 << 20 and stat.traceback[0].filename.endswith("cache/wire.py")
+        ]
+    finally:
+        tracemalloc.stop()
+    assert held == []
+    call.cancel()
