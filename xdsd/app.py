@@ -471,10 +471,7 @@ class XdsdApp:
             before = self.store.generation
             self.store.apply(change)
             if not self.ready.is_set() and self.source.synced.is_set():
-                self._rebuild(PushRequest(reason="initial"))
-                self.ready.set()
-                if self.heap is not None:
-                    self.heap.settle()
+                self._open_gate()
                 log.info(
                     "initial config loaded: %d services, %d errors",
                     len(self.snapshot.services),
@@ -601,17 +598,21 @@ class XdsdApp:
         """The gate opens once the config cluster (and remotes, up to a timeout) synced."""
         assert self.clusters is not None
         await self.clusters.initial_sync.wait()
-        self._rebuild(PushRequest(reason="initial"))
-        self.ready.set()
+        self._open_gate()
         self._update_status()
-        if self.heap is not None:
-            self.heap.settle()
         log.info(
             "initial config loaded from %d clusters: %d services, %d errors",
             len(self.clusters.cluster_ids()),
             len(self.snapshot.services),
             len(self.snapshot.errors),
         )
+
+    def _open_gate(self) -> None:
+        """The initial load is in: the first snapshot, readiness, and the heap settles."""
+        self._rebuild(PushRequest(reason="initial"))
+        self.ready.set()
+        if self.heap is not None:
+            self.heap.settle()
 
     def _cluster_changed(self, cluster_id: str, kinds: frozenset[str]) -> None:
         # Before the gate opens, the initial build takes everything in.

@@ -117,8 +117,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=300.0,
         metavar="S",
-        help="the loaded heap is frozen so GC passes skip it; every S seconds at most, "
-        "after a push, all of it is collected once (cyclic garbage); 0: never (300)",
+        help="the loaded heap is frozen so GC passes skip it; every S seconds, after a "
+        "push or else on a timer, all of it is collected once (cyclic garbage); 0: never (300)",
     )
     kube = serve.add_argument_group(
         "Kubernetes", "read config from a config cluster instead of --config-dir"
