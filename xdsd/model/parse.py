@@ -153,6 +153,7 @@ class _Meta:
     deleting: bool
     owner_kind: str
     owner_name: str
+    created: str = ""
 
 
 def parse_documents(
@@ -303,6 +304,7 @@ def _metadata(
     labels = f.get_str_map(iss, meta, "labels", mp)
     annotations = f.get_str_map(iss, meta, "annotations", mp)
     generation = f.get_int(iss, meta, "generation", mp, lo=0, hi=2**63 - 1) or 0
+    created = meta.get("creationTimestamp")
     owner_kind = owner_name = ""
     for where, owner in f.items(
         iss, f.get_list(iss, meta, "ownerReferences", mp), f.join(mp, "ownerReferences")
@@ -320,7 +322,18 @@ def _metadata(
         deleting=meta.get("deletionTimestamp") is not None,
         owner_kind=owner_kind,
         owner_name=owner_name,
+        # RFC 3339 UTC ("2024-01-02T03:04:05Z") compares in time order as text; YAML
+        # may have read it as a datetime.
+        created=_timestamp(created),
     )
+
+
+def _timestamp(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "strftime"):
+        return str(value.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return ""
 
 
 def _spec(
@@ -885,6 +898,7 @@ def _config(
         labels=meta.labels,
         annotations=meta.annotations,
         generation=meta.generation,
+        created=meta.created,
     )
 
 

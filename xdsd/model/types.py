@@ -190,6 +190,9 @@ class ConfigObject:
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     annotations: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     generation: int = 0
+    # metadata.creationTimestamp (RFC 3339, "" when absent): Istio resolves conflicts
+    # between equal policies by age, oldest first (`istio_order`).
+    created: str = ""
     # The typed, validated form (xdsd.model.istio.*) for kinds that have one.
     # Derived from spec, so it takes no part in equality.
     typed: Any = field(default=None, compare=False)
