@@ -61,7 +61,7 @@ from xdsd.model.istio.gateway import TLS_VERSIONS, ServerTLS
 from xdsd.model.istio.virtualservice import Destination, RouteDestination
 from xdsd.model.types import Service
 from xdsd.translate import _common as c
-from xdsd.translate import vs_index
+from xdsd.translate import inbound, vs_index
 from xdsd.translate.context import ProxyContext
 from xdsd.translate.gateway_plan import (
     CA_SUFFIX,
@@ -226,7 +226,8 @@ def tcp_route_filter(ctx: ProxyContext, gs: GatewayServer) -> listener_component
 
 
 def gateway_hcm(ctx: ProxyContext, route: str, stat_prefix: str) -> listener_components_pb2.Filter:
-    base = _hcm(stat_prefix, rds=route)  # the sidecar HCM's filters and defaults
+    # The sidecar HCM's filters and defaults, with the gateway's authn/authz filters.
+    base = _hcm(stat_prefix, rds=route, security=inbound.http_security_filters(ctx))
     hcm = HCM()
     base.typed_config.Unpack(hcm)
     hcm.use_remote_address.value = True
@@ -262,6 +263,7 @@ def gateway_listener(
     http_done = False
     seen_sni: set[str] = set()
     needs_inspector = False
+    rbac_filters = inbound.network_security_filters(ctx)  # TCP chains: AuthorizationPolicy
     for gs in plan.servers:
         server = gs.server
         who = f"Gateway {gs.gateway} port {server.port.name} ({server.port.number})"
@@ -280,7 +282,7 @@ def gateway_listener(
             if f is None:
                 problems.append(f"{who}: no VirtualService tcp route for this server; no chain")
                 continue
-            chains.append(_chain([f], gs.sni_hosts, server.tls))
+            chains.append(_chain([*rbac_filters, f], gs.sni_hosts, server.tls))
             needs_inspector = True
         elif server.is_passthrough:
             for vs in _bound_virtual_services(ctx, gs):
@@ -303,14 +305,14 @@ def gateway_listener(
                         if f is None:
                             continue
                         seen_sni.update(m.sni_hosts)
-                        chains.append(_chain([f], m.sni_hosts))
+                        chains.append(_chain([*rbac_filters, f], m.sni_hosts))
                         needs_inspector = True
         else:
             f = tcp_route_filter(ctx, gs)
             if f is None:
                 problems.append(f"{who}: no VirtualService tcp route for this server; no chain")
                 continue
-            chains.append(_chain([f]))
+            chains.append(_chain([*rbac_filters, f]))
     if not chains:
         problems.append(f"listener {plan.name}: no filter chains; left out")
         return None
