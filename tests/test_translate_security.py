@@ -548,3 +548,33 @@ def test_envoy_accepts_security_config(tmp_path: Path) -> None:
     boot = static_bootstrap(res, NODE)
     result = envoy_validate(boot, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_broken_policy_fails_closed_without_a_last_good_version() -> None:
+    broken = policy(
+        "AuthorizationPolicy",
+        "deny-typo",
+        NS,
+        {
+            "selector": {"matchLabels": {"app": "httpbin"}},
+            "action": "DENY",
+            "rules": [{"when": [{"key": "request.hedaers[x]", "values": ["1"]}]}],
+        },
+    )
+    store = ConfigStore()
+    store.apply_file("base.yaml", load_yaml(BASE.encode(), "base.yaml"))
+    store.apply_file("policy.yaml", load_yaml(broken.encode(), "policy.yaml"))
+    snap = build_snapshot(store, generation=1)
+    messages = [f"{e.path}: {e.message}" for e in snap.errors]
+    assert any("unknown attribute 'request.hedaers[x]'" in m for m in messages), messages
+    assert any("denies all requests" in m for m in messages), messages
+    (cfg,) = rbac_filters(snap)
+    assert cfg["rules"].get("action", "ALLOW") == "ALLOW" and list(cfg["rules"]["policies"]) == [
+        f"ns[{NS}]-policy[deny-typo]-rule[0]"
+    ]
+    # Fixed, then broken again: the last good version is served, not the fallback.
+    good = broken.replace("request.hedaers[x]", "request.headers[x]")
+    store.apply_file("policy.yaml", load_yaml(good.encode(), "policy.yaml"))
+    store.apply_file("policy.yaml", load_yaml(broken.encode(), "policy.yaml"))
+    (cfg,) = rbac_filters(build_snapshot(store, generation=2))
+    assert cfg["rules"]["action"] == "DENY"

@@ -29,7 +29,9 @@ from typing import Any
 from xdsd.model import fields as f
 from xdsd.model.credentials import pem_problems
 from xdsd.model.fields import Issues
+from xdsd.model.istio.authorizationpolicy import AuthorizationPolicy
 from xdsd.model.istio.registry import PARSERS
+from xdsd.model.istio.workload_selector import parse_selector
 from xdsd.model.objects import (
     EndpointAddress,
     EndpointPort,
@@ -121,6 +123,9 @@ class ParseResult:
     # False when the file could not be read to its end (YAML syntax error):
     # objects it held before that are missing now were not removed, just unread.
     complete: bool = True
+    # Served in place of a failed object that has no last good version: a broken
+    # AuthorizationPolicy denies everything it selects (fail closed, never open).
+    fallbacks: tuple[ParsedObject, ...] = ()
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -141,6 +146,7 @@ class _Out:
     objects: list[ParsedObject]
     errors: list[ConfigError]
     failed: set[ObjectKey]
+    fallbacks: list[ParsedObject] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,13 @@ def parse_document(
 
 
 def _result(out: _Out, complete: bool) -> ParseResult:
-    return ParseResult(tuple(out.objects), tuple(out.errors), frozenset(out.failed), complete)
+    return ParseResult(
+        tuple(out.objects),
+        tuple(out.errors),
+        frozenset(out.failed),
+        complete,
+        tuple(out.fallbacks),
+    )
 
 
 _Parser = Callable[
@@ -238,6 +250,8 @@ def _dispatch(iss: Issues, doc: object, source: str, base: str, opts: _Options, 
     obj = parser(iss, doc, meta, ref, opts, base)
     if iss.failed:
         out.failed.add(key_of(ref))
+        if kind == "AuthorizationPolicy" and group == "security.istio.io":
+            out.fallbacks.append(_deny_all_fallback(iss, doc, meta, ref, base))
     elif obj is not None:
         out.objects.append(obj)
 
@@ -934,6 +948,28 @@ def _istio_config(
         if iss.failed:
             return None
     return dataclasses.replace(_config(ref, meta, group, version, spec), typed=typed)
+
+
+def _deny_all_fallback(
+    iss: Issues, doc: Mapping[Any, Any], meta: _Meta, ref: ObjectRef, base: str
+) -> ConfigObject:
+    """An invalid AuthorizationPolicy, where it has no last good version, denies every
+    request to the workloads it (as far as can be read) selects: istiod denies what it
+    cannot represent, and a policy must never fail open."""
+    spec = doc.get("spec") if isinstance(doc.get("spec"), Mapping) else {}
+    scratch = Issues(iss.source, iss.obj)
+    selector = parse_selector(scratch, spec or {}, f.join(base, "spec"))
+    if scratch.failed:
+        selector = None  # an unreadable selector: the whole namespace
+    iss.warn(
+        f.join(base, "spec"),
+        "invalid AuthorizationPolicy with no last good version: it denies all requests to "
+        "the workloads it selects until fixed",
+    )
+    group, version = _api(doc)
+    typed = AuthorizationPolicy(selector, "ALLOW", "", ())
+    config = _config(ref, meta, group, version, MappingProxyType({}))
+    return dataclasses.replace(config, typed=typed)
 
 
 def _secret(
