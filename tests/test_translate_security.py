@@ -644,3 +644,25 @@ def test_custom_ext_authz_runs_only_for_its_rules(tmp_path: Path) -> None:
     assert list(bad["rules"]["policies"]) == [
         f"istio-ext-authz-my-authz-ns[{NS}]-policy[ext]-rule[0]-deny-due-to-bad-CUSTOM-action"
     ]
+
+
+@pytest.mark.parametrize(
+    ("api", "kind"),
+    [
+        ("telemetry.istio.io/v1", "Telemetry"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        ("networking.istio.io/v1", "WorkloadGroup"),
+        ("networking.istio.io/v1beta1", "ProxyConfig"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin"),
+    ],
+)
+def test_untranslated_kinds_are_reported_on_each_object(api: str, kind: str) -> None:
+    from xdsd.model.parse import parse_documents
+
+    doc = {"apiVersion": api, "kind": kind, "metadata": {"name": "x", "namespace": NS}, "spec": {}}
+    result = parse_documents([doc], "f.yaml")
+    (warning,) = result.errors
+    assert warning.severity == "warning" and warning.path == "spec"
+    assert f"{kind} is not translated by xdsd" in warning.message
+    assert warning.object == f"{kind} {NS}/x"
+    assert len(result.objects) == 1  # kept (for status), just not translated

@@ -63,6 +63,7 @@ UNREAD_KINDS = frozenset(
         "EnvoyFilter",
         "WorkloadGroup",
         "ProxyConfig",
+        "WasmPlugin",
     }
 )
 # Sidecars do not read Gateways or Secrets either (those are for router proxies).
