@@ -294,6 +294,7 @@ def virtual_inbound(ctx: ProxyContext) -> listener_pb2.Listener:
         chains.extend(
             port_chains(ctx, c.listener_name(ctx.wildcard, ip.port), ip.port, ip.protocol)
         )
+    listeners.dedupe_chains(chains)
     return listener_pb2.Listener(
         name=c.VIRTUAL_INBOUND,
         address=c.socket_address(ctx.wildcard, c.PROXY_INBOUND_LISTEN_PORT),
