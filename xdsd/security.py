@@ -31,6 +31,7 @@ from xdsd.server.auth import (
     TokenReviewer,
 )
 from xdsd.server.limits import TokenBucket
+from xdsd.server.token_cache import DEFAULT_MAX_TTL_S, CachedTokenReviewer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class SecuritySettings:
     # TokenReview: the audience tokens must be for, and (folder mode) the cluster that reviews.
     token_audience: str = "istio-ca"
     token_review_kubeconfig: Path | None = None
+    # An authenticated token is trusted again without a review until it expires, at
+    # most this long (seconds; 0: review every call). See xdsd/server/token_cache.py.
+    token_review_cache_ttl: float = DEFAULT_MAX_TTL_S
     # New xDS streams and CA calls per second (0: unlimited), and the burst allowed.
     new_streams_per_second: float = 100.0
     new_streams_burst: float = 200.0
@@ -68,6 +72,8 @@ class SecuritySettings:
             raise ValueError("give the CA as files or as a Secret, not both")
         if self.new_streams_per_second < 0:
             raise ValueError("new streams per second must not be negative")
+        if self.token_review_cache_ttl < 0:
+            raise ValueError("the token review cache TTL must not be negative")
 
 
 class Security:
@@ -81,6 +87,7 @@ class Security:
         default_cluster_id: str = "Kubernetes",
     ) -> None:
         self.settings = settings
+        self._registry_for_cache = registry
         self.ca: CertificateAuthority | None = None
         if settings.ca_cert_file is not None and settings.ca_key_file is not None:
             # CAError names the files, never their content.
@@ -179,9 +186,14 @@ class Security:
             kubeconfigs = lookup
         if kubeconfigs is None:
             return None
-        self._reviewer = KubeTokenReviewer(
+        reviewer: Any = KubeTokenReviewer(
             kubeconfigs, default_cluster_id, audiences=(s.token_audience,)
         )
+        if s.token_review_cache_ttl > 0:
+            reviewer = CachedTokenReviewer(
+                reviewer, self._registry_for_cache, max_ttl=s.token_review_cache_ttl
+            )
+        self._reviewer = reviewer
         return self._reviewer  # type: ignore[no-any-return]
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
