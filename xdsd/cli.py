@@ -366,11 +366,6 @@ def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         plaintext = args.plaintext_port if args.plaintext_port is not None else args.xds_port
         if plaintext is None:
             plaintext = 15010
-        logging.getLogger("xdsd").warning(
-            "no TLS certificate: serving plaintext xDS without authentication on port %d "
-            "(give --tls-cert-file/--tls-key-file or --dev-certs for TLS)",
-            plaintext,
-        )
     grpc_settings = GrpcSettings(
         host=args.xds_host,
         port=plaintext,
@@ -429,6 +424,10 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.config_dir is not None and not args.config_dir.is_dir():
         print(f"xdsd: --config-dir {args.config_dir} is not a directory", file=sys.stderr)
         return 2
+    bad_port = _port_out_of_range(args)
+    if bad_port:
+        print(f"xdsd: {bad_port}", file=sys.stderr)
+        return 2
     try:
         grpc_settings, security = _security_settings(args)
         settings = AppSettings(
@@ -455,11 +454,6 @@ async def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     if args.push_concurrency < 1:
         print("xdsd: --push-concurrency must be at least 1", file=sys.stderr)
         return 2
@@ -469,6 +463,21 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("xdsd: --workers must be at least 1", file=sys.stderr)
         return 2
+    taken = _port_taken(args, grpc_settings)
+    if taken:
+        print(f"xdsd: {taken}", file=sys.stderr)
+        return 2
+    if grpc_settings.tls_port < 0:
+        logging.getLogger("xdsd").warning(
+            "no TLS certificate: serving plaintext xDS without authentication on port %d "
+            "(give --tls-cert-file/--tls-key-file or --dev-certs for TLS)",
+            grpc_settings.port,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     if args.workers > 1:
         return await _serve_workers(args, settings, stop)
     try:
@@ -477,7 +486,15 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"xdsd: {e}", file=sys.stderr)
         return 2
     what = args.config_dir or f"Kubernetes cluster {settings.cluster_id}"
-    async with xdsd_app as app:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            app = await stack.enter_async_context(xdsd_app)
+        except (OSError, RuntimeError) as e:
+            # A port taken between the check above and the bind (grpc: "Failed to bind").
+            if not _bind_failure(e):
+                raise
+            print(f"xdsd: cannot listen: {_one_line(e)}", file=sys.stderr)
+            return 2
         ports = [f"TLS {app.tls_port}"] if app.tls_port >= 0 else []
         if app.xds_port >= 0:
             ports.append(f"plaintext {app.xds_port}")
@@ -534,6 +551,88 @@ def _worker(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run_worker(args.fd, args.parent))
     return 0
+
+
+def _bind_failure(e: BaseException) -> bool:
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+    return "Failed to bind" in str(e)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# The serve flags that name a port, with the flag of the address each listens on.
+_PORT_FLAGS = (
+    ("xds_port", "--xds-port"),
+    ("plaintext_port", "--plaintext-port"),
+    ("mtls_port", "--mtls-port"),
+    ("admin_port", "--admin-port"),
+)
+
+
+def _port_out_of_range(args: argparse.Namespace) -> str:
+    """The first port flag that is no port (0-65535, or -1 for off), as an error line."""
+    for attr, flag in _PORT_FLAGS:
+        port = getattr(args, attr)
+        if port is not None and not -1 <= port <= 65535:
+            return f"{flag} {port}: not a port (0-65535, or -1 for off)"
+    return ""
+
+
+def _port_taken(args: argparse.Namespace, grpc: Any) -> str:
+    """The first listen address `serve` cannot bind, as one line naming its flag ("" if none).
+
+    Checked before anything starts, so a busy port is one line and exit 2, not a traceback
+    from grpc ("Failed to bind") or aiohttp (EADDRINUSE). Port 0 (any free port) and -1
+    (off) need no check.
+    """
+    tls = grpc.tls_port >= 0
+    listens = [
+        (
+            "--xds-port" if not tls and args.plaintext_port is None else "--plaintext-port",
+            "--xds-host",
+            args.xds_host,
+            grpc.port,
+        ),
+        ("--xds-port", "--xds-host", args.xds_host, grpc.tls_port),
+        ("--mtls-port", "--xds-host", args.xds_host, grpc.mtls_port),
+        ("--admin-port", "--admin-host", args.admin_host, args.admin_port),
+    ]
+    for port_flag, host_flag, host, port in listens:
+        if port <= 0:
+            continue
+        why = _cannot_bind(host, port)
+        if why:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return f"{port_flag} {port}: cannot listen on {where} ({host_flag}): {why}"
+    return ""
+
+
+def _cannot_bind(host: str, port: int) -> str:
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as e:
+        return f"cannot resolve {host!r}: {e.strerror or e}"
+    family, _, _, _, addr = infos[0]
+    # No SO_REUSEPORT here: grpc binds with it, so a port another process holds the
+    # same way would otherwise be shared silently.
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(addr)
+        except OSError as e:
+            return "address in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+    return ""
 
 
 def _kubeconfig_from_env() -> Path | None:
