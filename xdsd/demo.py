@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -303,6 +304,32 @@ def default_example() -> Path:
 
 
 async def run_demo(config_dir: Path | None, *, requests: int = 6, once: bool = False) -> int:
+    """The demo until Ctrl-C or SIGTERM; either way Envoy, the backends and Envoy's
+    temporary folder go (SIGTERM's default action would exit without cleaning up)."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        main.cancel()
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await _run_demo(config_dir, requests=requests, once=once)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        return 0
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_demo(config_dir: Path | None, *, requests: int, once: bool) -> int:
     config_dir = config_dir or default_example()
     out = sys.stdout
     settings = AppSettings(
