@@ -171,7 +171,7 @@ def test_bootstrap_is_valid_envoy_config(tmp_path: Path) -> None:
     for delta in (False, True):
         out = tmp_path / f"bootstrap-{delta}.json"
         args = ["bootstrap", "--node-id", NODE, "--metadata", '{"NAMESPACE": "shop"}']
-        result = run_cli(*args, "--output", str(out), *(["--delta"] if delta else []))
+        result = run_cli(*args, "--output-file", str(out), *(["--delta"] if delta else []))
         assert result.returncode == 0, result.stderr
         doc = json.loads(out.read_text())
         assert doc["node"]["id"] == NODE
