@@ -266,6 +266,10 @@ async def test_pilot_xds_names_a_version_for_a_plain_envoy(config_dir: Path) -> 
         assert len(lines) == 1 and re.fullmatch(
             r'pilot_xds\{version="envoy-\d+\.\d+\.\d+"\} 1\.0', lines[0]
         ), lines
+        # The bootstrap and the example's resources: nothing Envoy calls deprecated, and
+        # a downstream connection limit (Envoy warns without one).
+        log = envoy.log()
+        assert "deprecated" not in log and "no configured limit" not in log, log
 
 
 def test_pilot_xds_version_label() -> None:
