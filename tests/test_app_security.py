@@ -151,4 +151,5 @@ def test_bootstrap_sends_the_token(tmp_path: Path, capsys: pytest.CaptureFixture
         "/etc/certs/root-cert.pem"
     )
     token.write_text("")
-    assert cli.main(["bootstrap", "--node-id", "x", "--token-file", str(token)]) == 2
+    node = "sidecar~10.0.0.1~cart-1.shop~shop.svc.cluster.local"
+    assert cli.main(["bootstrap", "--node-id", node, "--token-file", str(token)]) == 2

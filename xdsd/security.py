@@ -62,6 +62,8 @@ class SecuritySettings:
     # New xDS streams and CA calls per second (0: unlimited), and the burst allowed.
     new_streams_per_second: float = 100.0
     new_streams_burst: float = 200.0
+    # The port where client certificates authenticate (-1: none), for the warning below.
+    mtls_port: int = -1
 
     def __post_init__(self) -> None:
         if (self.ca_cert_file is None) != (self.ca_key_file is None):
@@ -108,10 +110,19 @@ class Security:
                 authenticators.append(
                     BearerTokenAuthenticator(reviewer, lambda u: identity_from_username(u, td))
                 )
-            else:
+            elif settings.mtls_port >= 0:
                 log.warning(
                     "no Kubernetes cluster to review tokens: only client certificates "
-                    "authenticate (give a kubeconfig, or --token-review-kubeconfig)"
+                    "authenticate (on --mtls-port %d); add --token-review-kubeconfig PATH to "
+                    "accept service-account tokens",
+                    settings.mtls_port,
+                )
+            else:
+                log.warning(
+                    "no Kubernetes cluster to review tokens and no --mtls-port: every proxy "
+                    "will be refused; add --token-review-kubeconfig PATH (service-account "
+                    "tokens), --mtls-port PORT (client certificates) or --insecure-no-auth "
+                    "(a trusted lab)"
                 )
         self.auth = StreamAuth(
             authenticators,

@@ -126,6 +126,19 @@ class ConfigProvider(Protocol):
         ...
 
 
+def proxy_version(node: Any, metadata: Mapping[str, Any]) -> str:
+    """pilot_xds's version label: the proxy's ISTIO_VERSION (as istiod), else the Envoy
+    build a plain Envoy reports ("envoy-1.40.0"), else "unknown" (never an empty label)."""
+    istio = metadata.get("ISTIO_VERSION")
+    if isinstance(istio, str) and istio:
+        return istio
+    if node.HasField("user_agent_build_version"):
+        v = node.user_agent_build_version.version
+        name = node.user_agent_name or "envoy"
+        return f"{name}-{v.major_number}.{v.minor_number}.{v.patch}"
+    return "unknown"
+
+
 @dataclass
 class Connection:
     """One xDS stream, for debug output and pushes. Mutated only by its own task."""
@@ -136,6 +149,7 @@ class Connection:
     node_id: str = ""
     proxy_id: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    version: str = ""  # pilot_xds's version label (see `proxy_version`)
     # Who the stream authenticated as (None when authentication is off).
     caller: Caller | None = None
     watch: ProxyWatch | None = None
@@ -405,8 +419,8 @@ class XdsServices:
         conn.watch = watch
         conn.proxy_id = watch.proxy_id
         self.connections[conn.conn_id] = conn
-        version = metadata.get("ISTIO_VERSION")
-        self.metrics.connected.labels(version=version if isinstance(version, str) else "").inc()
+        conn.version = proxy_version(node, metadata)
+        self.metrics.connected.labels(version=conn.version).inc()
         log.info(
             "proxy %s connected (%s, %s)",
             conn.proxy_id,
@@ -417,8 +431,7 @@ class XdsServices:
     def _disconnect(self, conn: Connection) -> None:
         if self.connections.pop(conn.conn_id, None) is None:
             return
-        version = conn.metadata.get("ISTIO_VERSION")
-        self.metrics.connected.labels(version=version if isinstance(version, str) else "").dec()
+        self.metrics.connected.labels(version=conn.version).dec()
         if conn.watch is not None:
             conn.watch.close()
         log.info("proxy %s disconnected", conn.proxy_id)
