@@ -91,6 +91,7 @@ class Security:
         self.settings = settings
         self._registry_for_cache = registry
         self.ca: CertificateAuthority | None = None
+        self._ca_entries: dict[str, bytes] = {}  # what `ca` was made from (Secret mode)
         if settings.ca_cert_file is not None and settings.ca_key_file is not None:
             # CAError names the files, never their content.
             self.ca = CertificateAuthority.from_files(
@@ -156,6 +157,7 @@ class Security:
         from xdsd.sources.kube.rootcert import read_cacerts_secret
 
         entries = await read_cacerts_secret(kubeconfig, namespace, name)
+        self._ca_entries = dict(entries)
         self.ca = CertificateAuthority.from_cacerts(
             entries, max_ttl=self.settings.max_cert_ttl, source=f"Secret {namespace}/{name}"
         )
@@ -167,6 +169,25 @@ class Security:
             self.ca.root.subject.rfc4514_string(),
         )
         self._make_ca_service()
+
+    def rotate_ca(self, entries: Mapping[str, bytes], source: str) -> bool:
+        """Serve a new CA from Istio's cacerts layout (a rotated Secret); False if unchanged.
+
+        ValueError (naming `source`, never key material) leaves the current CA serving.
+        """
+        if entries == self._ca_entries:
+            return False
+        ca = CertificateAuthority.from_cacerts(
+            entries, max_ttl=self.settings.max_cert_ttl, source=source
+        )
+        self._ca_entries = dict(entries)
+        self.ca = ca
+        if self.ca_service is not None:
+            self.ca_service.ca = ca  # the server keeps its handlers; they sign with this
+        else:
+            self._make_ca_service()
+        log.info("CA rotated from %s: %r, root %s", source, ca, ca.root.subject.rfc4514_string())
+        return True
 
     def _token_reviewer(
         self, kubeconfigs: KubeconfigLookup | None, default_cluster_id: str
