@@ -311,6 +311,10 @@ class IstioProxy:
                 out[stat["name"]] = stat["value"]
         return out
 
+    async def rejected(self) -> int:
+        """Envoy's NACKs: the update_rejected counters of every xDS subscription."""
+        return sum((await self.stats("update_rejected")).values())
+
     async def config_dump(self, query: str = "") -> dict[str, Any]:
         status, body = await self.admin(f"/config_dump{query}")
         if status != 200:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 from cryptography import x509
+from cryptography.x509.verification import PolicyBuilder, Store
 from prometheus_client import CollectorRegistry
 
 from tests import istio_bin
@@ -152,15 +153,65 @@ async def get(port: int, host: str) -> tuple[int, str]:
         return r.status, (await r.text()).strip()
 
 
+def workload_identity(chain_pem: bytes, root_pem: bytes) -> list[str]:
+    """Verify the agent's workload chain against xdsd's root; the leaf's URI SANs."""
+    certs = x509.load_pem_x509_certificates(chain_pem)
+    root = x509.load_pem_x509_certificate(root_pem)
+    intermediates = [c for c in certs[1:] if c != root]
+    PolicyBuilder().store(Store([root])).build_client_verifier().verify(certs[0], intermediates)
+    san = certs[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def connection(mesh: Mesh, proxy_id: str) -> Any:
+    conns = [c for c in mesh.app.services.connections.values() if c.proxy_id == proxy_id]
+    assert len(conns) == 1, [c.proxy_id for c in mesh.app.services.connections.values()]
+    return conns[0]
+
+
 async def test_istio_proxy_gets_its_certificate_and_config_from_xdsd(mesh: Mesh) -> None:
     token = service_account_jwt(NS, "client")
     mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:client")
     async with IstioProxy(mesh.spec(token)) as proxy:
+        # Istio's readiness probe (Envoy's 15021 /healthz/ready, answered by the
+        # agent's status port): Envoy is LIVE and got its first CDS and LDS.
         await proxy.wait_ready(timeout=40)
-        conns = list(mesh.app.services.connections.values())
-        for c in conns:
-            print(c.node_id, c.delta, json.dumps(c.metadata, indent=1), sorted(c.states))
-        print(await proxy.stats("update_rejected"))
+        assert (await proxy.http(proxy.status_port, "/healthz/ready"))[0] == 200
+
+        # The workload certificate: the agent's CSR signed by xdsd's CA for the token's
+        # identity, served to Envoy over the agent's SDS socket with the root.
+        root_pem = mesh.root_cert.read_bytes()
         secret = await proxy.sds_secret("default")
-        print(secret.tls_certificate.certificate_chain.inline_bytes[:300])
-        print(proxy.log()[-3000:])
+        chain = secret.tls_certificate.certificate_chain.inline_bytes
+        assert workload_identity(chain, root_pem) == [f"spiffe://cluster.local/ns/{NS}/sa/client"]
+        rootca = await proxy.sds_secret("ROOTCA")
+        trusted = rootca.validation_context.trusted_ca.inline_bytes
+        assert x509.load_pem_x509_certificate(root_pem) in x509.load_pem_x509_certificates(trusted)
+        reviews = [r for r in mesh.api.requests if r.verb == "tokenreview"]
+        assert reviews and all(r.status == 201 for r in reviews)
+
+        # Envoy's ADS goes to the agent's xDS proxy (a unix socket), which carries it
+        # to xdsd with the pod's token: one Delta stream, authenticated as the pod.
+        dump = await proxy.config_dump()
+        boot = next(c for c in dump["configs"] if "bootstrap" in c)["bootstrap"]
+        xds = next(c for c in boot["static_resources"]["clusters"] if c["name"] == "xds-grpc")
+        pipe = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        assert pipe["pipe"]["path"].endswith("etc/istio/proxy/XDS")
+        conn = connection(mesh, f"client-0.{NS}")
+        assert conn.delta  # Istio's default (ISTIO_DELTA_XDS)
+        assert conn.caller.identities == (f"spiffe://cluster.local/ns/{NS}/sa/client",)
+        assert conn.caller.method == "kubernetes token"
+
+        # Real HTTP through Envoy's outbound listener (NONE: 127.0.0.1:PORT) to reviews.
+        async def routed() -> bool:
+            return await get(mesh.backend_port, HOST) == (200, "reviews")
+
+        await poll(routed, timeout=20, what="reviews answering through istio-proxy")
+
+        # Nothing rejected, on either side.
+        assert await proxy.rejected() == 0, proxy.log()[-4000:]
+        rejects = mesh.registry.get_sample_value("pilot_total_xds_rejects_total") or 0.0
+        assert rejects == 0
+        for type_url, state in conn.states.items():
+            assert state.nack is None, (type_url, state.nack)
+        assert proxy.exited() is None
