@@ -250,10 +250,8 @@ class IstioProxy:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                pass
         # Whatever is left of the group (Envoy), and reap the agent.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)

@@ -13,8 +13,11 @@ listeners bind 127.0.0.1 at each service port.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import ipaddress
 import json
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -51,6 +54,8 @@ NS = "shop"
 CLUSTER_ID = "remote-1"
 XDSD_HOST = "istiod.istio-system.svc"  # the name the agent verifies (ISTIOD_SAN)
 HOST = "reviews.shop.svc.cluster.local"
+REVIEWS_VIP = "127.0.0.81"  # the ClusterIP (only ever an answer in DNS here)
+NAME_TABLE = "type.googleapis.com/istio.networking.nds.v1.NameTable"
 
 
 def service_account_jwt(namespace: str, sa: str) -> str:
@@ -112,7 +117,13 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     write_docs(
         config / "mesh.yaml",
         [
-            service("reviews", NS, [("http", backend_port)], selector={"app": "reviews"}),
+            service(
+                "reviews",
+                NS,
+                [("http", backend_port)],
+                selector={"app": "reviews"},
+                cluster_ip=REVIEWS_VIP,
+            ),
             pod("reviews-0", NS, "127.0.0.71", {"app": "reviews"}),
         ],
     )
@@ -215,3 +226,97 @@ async def test_istio_proxy_gets_its_certificate_and_config_from_xdsd(mesh: Mesh)
         for type_url, state in conn.states.items():
             assert state.nack is None, (type_url, state.nack)
         assert proxy.exited() is None
+
+
+def dns_query(name: str, qid: int) -> bytes:
+    """A DNS query for the A records of `name` (RFC 1035), recursion desired."""
+    header = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split("."))
+    return header + labels + b"\0" + struct.pack(">HH", 1, 1)
+
+
+def _skip_name(data: bytes, i: int) -> int:
+    while True:
+        n = data[i]
+        if n == 0:
+            return i + 1
+        if n & 0xC0 == 0xC0:  # a compression pointer ends the name
+            return i + 2
+        i += 1 + n
+
+
+def dns_a_answers(data: bytes, qid: int) -> tuple[int, list[str]]:
+    """(rcode, the A records' addresses) of a DNS response to query `qid`."""
+    rid, flags, qd, an, _, _ = struct.unpack(">HHHHHH", data[:12])
+    assert rid == qid
+    i = 12
+    for _ in range(qd):
+        i = _skip_name(data, i) + 4
+    ips = []
+    for _ in range(an):
+        i = _skip_name(data, i)
+        rtype, _, _, length = struct.unpack(">HHIH", data[i : i + 10])
+        i += 10
+        if rtype == 1 and length == 4:
+            ips.append(str(ipaddress.IPv4Address(data[i : i + 4])))
+        i += length
+    return flags & 0xF, ips
+
+
+async def resolve(port: int, name: str, qid: int) -> tuple[int, list[str]]:
+    """Ask the agent's DNS proxy (UDP on loopback) for `name`'s A records."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[bytes] = loop.create_future()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            if not answer.done():
+                answer.set_result(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+    try:
+        transport.sendto(dns_query(name, qid))
+        return dns_a_answers(await asyncio.wait_for(answer, 5), qid)
+    finally:
+        transport.close()
+
+
+async def test_dns_proxying_resolves_mesh_names_from_xdsd_name_table(mesh: Mesh) -> None:
+    """ISTIO_META_DNS_CAPTURE: the agent asks xdsd for the NDS name table
+    (istio.networking.nds.v1.NameTable) and answers DNS for the mesh's services."""
+    token = service_account_jwt(NS, "client")
+    mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:client")
+    async with IstioProxy(mesh.spec(token, dns_capture=True)) as proxy:
+        await proxy.wait_ready(timeout=40)
+        conn = connection(mesh, f"client-0.{NS}")
+
+        async def requested() -> bool:
+            return NAME_TABLE in conn.states
+
+        await poll(requested, timeout=10, what="the agent's NDS request")
+
+        # The agent's own view of the table (its status port, /debug/ndsz). Only names
+        # in it are asked below: the agent forwards other names to the host's resolver.
+        async def table() -> dict[str, Any]:
+            status, body = await proxy.http(proxy.status_port, "/debug/ndsz")
+            assert status == 200, body
+            result: dict[str, Any] = json.loads(body).get("table", {})
+            return result
+
+        async def has_reviews() -> bool:
+            return HOST in await table()
+
+        await poll(has_reviews, timeout=10, what="reviews in the agent's name table")
+        entry = (await table())[HOST]
+        assert entry == {
+            "ips": [REVIEWS_VIP],
+            "registry": "Kubernetes",
+            "shortname": "reviews",
+            "namespace": NS,
+        }
+        # Names the agent derives from it (FQDN, name.namespace, the short name in its
+        # own namespace), answered by the agent itself.
+        for qid, name in enumerate((HOST, "reviews.shop", "reviews", "reviews.shop.svc"), 1):
+            assert await resolve(proxy.dns_port, name, qid) == (0, [REVIEWS_VIP]), name
+        assert conn.states[NAME_TABLE].nack is None
+        assert await proxy.rejected() == 0
