@@ -37,6 +37,7 @@ from tests.meshgen import pod, service, write_docs
 from xdsd.app import AppSettings, XdsdApp
 from xdsd.ca.authority import ensure_dev_certs
 from xdsd.demo import Backends, envoy_binary, free_port, poll
+from xdsd.model.proxy import CLUSTER_LABEL
 from xdsd.push.debounce import DebounceSettings
 from xdsd.security import SecuritySettings
 from xdsd.server.grpc_server import GrpcSettings
@@ -212,6 +213,21 @@ async def test_istio_proxy_gets_its_certificate_and_config_from_xdsd(mesh: Mesh)
         assert conn.delta  # Istio's default (ISTIO_DELTA_XDS)
         assert conn.caller.identities == (f"spiffe://cluster.local/ns/{NS}/sa/client",)
         assert conn.caller.method == "kubernetes token"
+
+        # The node metadata the real agent sent, as xdsd parsed it (istiod's fields).
+        parsed = conn.watch.proxy
+        assert parsed.id == f"client-0.{NS}" and parsed.ip_addresses == ("127.0.0.1",)
+        assert (parsed.cluster_id, parsed.mesh_id, parsed.workload_name) == (
+            CLUSTER_ID,
+            "mesh1",
+            "client",
+        )
+        assert parsed.owner == f"kubernetes://apis/apps/v1/namespaces/{NS}/deployments/client"
+        assert parsed.istio_version == conn.metadata["ISTIO_VERSION"] != ""
+        assert dict(parsed.labels) == {"app": "client", "version": "v1", CLUSTER_LABEL: CLUSTER_ID}
+        assert parsed.proxy_config["discoveryAddress"] == f"127.0.0.1:{mesh.app.tls_port}"
+        assert parsed.proxy_config["proxyAdminPort"] == proxy.admin_port
+        assert parsed.interception_mode.value == "NONE"
 
         # Real HTTP through Envoy's outbound listener (NONE: 127.0.0.1:PORT) to reviews.
         async def routed() -> bool:
