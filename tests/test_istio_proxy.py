@@ -57,6 +57,7 @@ XDSD_HOST = "istiod.istio-system.svc"  # the name the agent verifies (ISTIOD_SAN
 HOST = "reviews.shop.svc.cluster.local"
 REVIEWS_VIP = "127.0.0.81"  # the ClusterIP (only ever an answer in DNS here)
 NAME_TABLE = "type.googleapis.com/istio.networking.nds.v1.NameTable"
+PROXY_CONFIG_TYPE = "type.googleapis.com/istio.mesh.v1alpha1.ProxyConfig"
 
 
 def service_account_jwt(namespace: str, sa: str) -> str:
@@ -336,3 +337,30 @@ async def test_dns_proxying_resolves_mesh_names_from_xdsd_name_table(mesh: Mesh)
             assert await resolve(proxy.dns_port, name, qid) == (0, [REVIEWS_VIP]), name
         assert conn.states[NAME_TABLE].nack is None
         assert await proxy.rejected() == 0
+
+
+async def test_a_type_xdsd_does_not_serve_leaves_the_agent_working(mesh: Mesh) -> None:
+    """PROXY_CONFIG_XDS_AGENT: the agent also asks for PCDS (istio.mesh.v1alpha1.ProxyConfig,
+    the mesh trust bundle). xdsd answers it as istiod without a multi-root trust bundle
+    does: with no resources; the agent carries on and the data plane works."""
+    token = service_account_jwt(NS, "client")
+    mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:client")
+    spec = mesh.spec(token, extra_env={"PROXY_CONFIG_XDS_AGENT": "true"})
+    async with IstioProxy(spec) as proxy:
+        await proxy.wait_ready(timeout=40)
+        conn = connection(mesh, f"client-0.{NS}")
+
+        async def answered() -> bool:
+            state = conn.states.get(PROXY_CONFIG_TYPE)
+            return state is not None and state.responded
+
+        await poll(answered, timeout=10, what="xdsd answering the agent's PCDS request")
+
+        async def routed() -> bool:
+            return await get(mesh.backend_port, HOST) == (200, "reviews")
+
+        await poll(routed, timeout=20, what="reviews answering through istio-proxy")
+        assert await proxy.ready()
+        assert await proxy.rejected() == 0
+        assert all(s.nack is None for s in conn.states.values())
+        assert proxy.exited() is None

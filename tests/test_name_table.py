@@ -170,7 +170,9 @@ async def test_a_kubernetes_service_wins_over_a_service_entry_of_its_host(
 
 
 async def test_routers_get_no_table(tmp_path: Path) -> None:
-    write_docs(tmp_path / "mesh.yaml", [service("a", "shop", [("http", 80)], cluster_ip="10.0.0.1")])
+    write_docs(
+        tmp_path / "mesh.yaml", [service("a", "shop", [("http", 80)], cluster_ip="10.0.0.1")]
+    )
     snapshot = await load_snapshot(tmp_path)
     router = parse_proxy("router~127.0.0.1~gw-0.shop~shop.svc.cluster.local", {})
     ctx = proxy_context(snapshot, router)
