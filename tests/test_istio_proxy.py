@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import json
+import os
+import re
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from tests import istio_bin
 from tests.istio_proxy import IstioProxy, IstioProxySpec
-from tests.kube.apiserver import KubeApiServer
+from tests.kube.apiserver import KubeApiServer, ResourceType
 from tests.meshgen import pod, service, write_docs
 from xdsd.app import AppSettings, XdsdApp
 from xdsd.ca.authority import ensure_dev_certs
@@ -52,6 +56,13 @@ pytestmark = [
 ]
 
 NS = "shop"
+WEBHOOKS = ResourceType(
+    "admissionregistration.k8s.io",
+    ("v1",),
+    "mutatingwebhookconfigurations",
+    "MutatingWebhookConfiguration",
+    False,
+)
 CLUSTER_ID = "remote-1"
 XDSD_HOST = "istiod.istio-system.svc"  # the name the agent verifies (ISTIOD_SAN)
 HOST = "reviews.shop.svc.cluster.local"
@@ -113,6 +124,19 @@ class Mesh:
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    async with make_mesh(tmp_path) as m:
+        yield m
+
+
+@pytest.fixture
+async def mesh_plain(tmp_path: Path) -> AsyncIterator[Mesh]:
+    """Also a plaintext xDS port (istiod's 15010), for istioctl without credentials."""
+    async with make_mesh(tmp_path, plaintext=True) as m:
+        yield m
+
+
+@contextlib.asynccontextmanager
+async def make_mesh(tmp_path: Path, *, plaintext: bool = False) -> AsyncIterator[Mesh]:
     backend_port = free_port()
     config = tmp_path / "config"
     config.mkdir()
@@ -130,14 +154,21 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
         ],
     )
     certs = ensure_dev_certs(tmp_path / "xdsd-certs", [XDSD_HOST, "127.0.0.1"])
-    async with KubeApiServer() as api, Backends() as backends:
+    # istioctl (client-go) sends no bearer token to an http:// API server: for the
+    # istioctl tests the API test server takes requests without one.
+    async with (
+        KubeApiServer(token=None if plaintext else "test-token") as api,
+        Backends() as backends,
+    ):
+        # istioctl proxy-status lists the injection webhooks (revisions) first.
+        api.register(WEBHOOKS)
         await backends.http("reviews", "127.0.0.71", backend_port)
         (tmp_path / "kubeconfig").write_text(api.kubeconfig_yaml())
         settings = AppSettings(
             config_dir=config,
             cluster_id=CLUSTER_ID,
             xds=GrpcSettings(
-                port=-1,
+                port=0 if plaintext else -1,
                 tls_port=0,
                 tls_cert_file=certs.server_cert,
                 tls_key_file=certs.server_key,
@@ -156,6 +187,42 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
         registry = CollectorRegistry()
         async with XdsdApp(settings, registry) as app:
             yield Mesh(app, api, registry, certs.root_cert, backend_port)
+
+
+async def istioctl(tmp_path: Path, mesh: Mesh, *args: str, timeout: float = 30) -> str:
+    """Run the built istioctl with a clean environment: its kubeconfig is the
+    Kubernetes API test server's (loopback), HOME a temporary folder."""
+    binary = istio_bin.binary("istioctl")
+    if binary is None:
+        pytest.skip(istio_bin.skip_reason("istioctl") or "no istioctl")
+    home = tmp_path / "istioctl-home"
+    home.mkdir(exist_ok=True)
+    kubeconfig = home / "kubeconfig"
+    kubeconfig.write_text(mesh.api.kubeconfig_yaml())
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "KUBECONFIG": str(kubeconfig)}
+    log = home / "istioctl.out"
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            *args,
+            env=env,
+            cwd=home,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=sink,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise TimeoutError(
+                f"istioctl {' '.join(args)} still running after {timeout}s:\n"
+                f"{log.read_text(errors='replace')}"
+            ) from None
+    text = log.read_text(errors="replace")
+    assert proc.returncode == 0, f"istioctl {' '.join(args)} exited {proc.returncode}:\n{text}"
+    return text
 
 
 async def get(port: int, host: str) -> tuple[int, str]:
@@ -364,3 +431,74 @@ async def test_a_type_xdsd_does_not_serve_leaves_the_agent_working(mesh: Mesh) -
         assert await proxy.rejected() == 0
         assert all(s.nack is None for s in conn.states.values())
         assert proxy.exited() is None
+
+
+def rows(table: str) -> list[list[str]]:
+    """istioctl's table output, split into cells (columns are 2+ spaces apart)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in table.strip().splitlines()]
+
+
+async def test_istioctl_proxy_status_and_proxy_config(mesh_plain: Mesh, tmp_path: Path) -> None:
+    """istioctl against xdsd (`--xds-address`, its plaintext port: istioctl would get a
+    token for the TLS port from the Kubernetes TokenRequest API) and on the real
+    istio-proxy's Envoy config (`--file`, as it reads it through a port-forward)."""
+    token = service_account_jwt(NS, "client")
+    mesh_plain.api.add_token(token, username=f"system:serviceaccount:{NS}:client")
+    async with IstioProxy(mesh_plain.spec(token, dns_capture=True)) as proxy:
+        await proxy.wait_ready(timeout=40)
+        conn = connection(mesh_plain, f"client-0.{NS}")
+
+        async def all_acked() -> bool:
+            return all(s.responded and s.nack is None for s in conn.states.values()) and (
+                NAME_TABLE in conn.states
+            )
+
+        await poll(all_acked, timeout=10, what="every type answered")
+        xds = ("--xds-address", f"127.0.0.1:{mesh_plain.app.xds_port}", "--plaintext")
+        instance = f"{os.environ.get('POD_NAME') or socket.gethostname()}.{os.getpid()}"
+
+        # proxy-status: the proxy, its cluster, which xdsd instance holds it (from the
+        # control plane identifier, istiod's JSON shape) and its Istio version.
+        out = await istioctl(tmp_path, mesh_plain, "proxy-status", *xds)
+        header, *lines = rows(out)
+        assert header == ["NAME", "CLUSTER", "ISTIOD", "VERSION", "SUBSCRIBED TYPES"]
+        assert lines == [
+            [f"client-0.{NS}", CLUSTER_ID, instance, "1.31-dev", "5 (CDS,LDS,EDS,RDS,NDS)"]
+        ]
+        # Every xDS type: SYNCED for those the proxy holds (NDS too), IGNORED for ECDS.
+        out = await istioctl(tmp_path, mesh_plain, "proxy-status", *xds, "-v", "1")
+        header, *lines = rows(out)
+        assert dict(zip(header, lines[0], strict=True)) == {
+            "NAME": f"client-0.{NS}",
+            "CLUSTER": CLUSTER_ID,
+            "CDS": "SYNCED",
+            "ECDS": "IGNORED",
+            "EDS": "SYNCED",
+            "LDS": "SYNCED",
+            "RDS": "SYNCED",
+            "NDS": "SYNCED",
+            "ISTIOD": instance,
+            "VERSION": "1.31-dev",
+        }
+
+        # proxy-config on the real Envoy's config dump, and proxy-status comparing it
+        # with what xdsd holds for the proxy (istio.io/debug/config_dump).
+        dump = tmp_path / "config_dump.json"
+        dump.write_text(json.dumps(await proxy.config_dump()))
+        clusters = tmp_path / "clusters.json"
+        clusters.write_text((await proxy.admin("/clusters?format=json"))[1])
+        mesh, port = mesh_plain, str(mesh_plain.backend_port)
+        out = await istioctl(tmp_path, mesh, "proxy-config", "cluster", "-f", str(dump))
+        assert [HOST, port, "-", "outbound", "EDS"] in rows(out)
+        out = await istioctl(tmp_path, mesh, "proxy-config", "listener", "-f", str(dump))
+        # (its ADDRESSES PORT MATCH columns are one space apart)
+        assert [f"127.0.0.1 {port} ALL", f"Route: {port}"] in rows(out), out
+        out = await istioctl(tmp_path, mesh, "proxy-config", "route", "-f", str(dump))
+        assert any(r[:2] == [port, f"{HOST}:{port}"] for r in rows(out)), out
+        out = await istioctl(tmp_path, mesh, "proxy-config", "endpoint", "-f", str(clusters))
+        assert [f"127.0.0.71:{port}", "HEALTHY", "OK", f"outbound|{port}||{HOST}"] in rows(out)
+        out = await istioctl(
+            tmp_path, mesh, "proxy-status", f"client-0.{NS}", "--file", str(dump), *xds
+        )
+        assert out.splitlines()[:2] == ["Clusters Match", "Listeners Match"], out
+        assert out.splitlines()[2].startswith("Routes Match"), out
