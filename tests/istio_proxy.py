@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from aiohttp import ClientSession, ClientTimeout
+from aiohttp import ClientError, ClientSession, ClientTimeout
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -322,7 +322,10 @@ class IstioProxy:
 
     async def ready(self) -> bool:
         """Istio's readiness probe: Envoy's status listener /healthz/ready (15021)."""
-        status, _ = await self.http(self.envoy_status_port, "/healthz/ready")
+        try:
+            status, _ = await self.http(self.envoy_status_port, "/healthz/ready")
+        except (OSError, ClientError):
+            return False  # Envoy opens its static listeners only once initialised
         return status == 200
 
     async def wait_ready(self, timeout: float = 30) -> None:

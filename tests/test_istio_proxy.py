@@ -502,3 +502,26 @@ async def test_istioctl_proxy_status_and_proxy_config(mesh_plain: Mesh, tmp_path
         )
         assert out.splitlines()[:2] == ["Clusters Match", "Listeners Match"], out
         assert out.splitlines()[2].startswith("Routes Match"), out
+
+
+async def test_a_token_of_another_namespace_gets_no_config(mesh: Mesh) -> None:
+    """The pod says namespace shop, its token is for namespace other: xdsd denies the
+    xDS stream (the identity's namespace must be the proxy's), so Envoy gets no
+    config and the pod never turns ready; nothing is served to it."""
+    token = service_account_jwt("other", "client")
+    mesh.api.add_token(token, username="system:serviceaccount:other:client")
+    async with IstioProxy(mesh.spec(token)) as proxy:
+
+        async def denied() -> bool:
+            value = mesh.registry.get_sample_value(
+                "xdsd_auth_denied_total", {"reason": "unauthorized"}
+            )
+            return (value or 0.0) >= 1
+
+        await poll(denied, timeout=20, what="xdsd denying the agent's stream")
+        assert not mesh.app.services.connections
+        assert proxy.exited() is None
+        assert not await proxy.ready()
+        assert (await proxy.stats("cluster_manager.cds.update_success")) == {
+            "cluster_manager.cds.update_success": 0
+        }
