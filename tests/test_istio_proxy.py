@@ -100,6 +100,7 @@ class Mesh:
     registry: CollectorRegistry
     root_cert: Path
     backend_port: int
+    config_dir: Path
 
     def spec(self, token: str, **kw: Any) -> IstioProxySpec:
         addr = f"127.0.0.1:{self.app.tls_port}"
@@ -186,7 +187,7 @@ async def make_mesh(tmp_path: Path, *, plaintext: bool = False) -> AsyncIterator
         )
         registry = CollectorRegistry()
         async with XdsdApp(settings, registry) as app:
-            yield Mesh(app, api, registry, certs.root_cert, backend_port)
+            yield Mesh(app, api, registry, certs.root_cert, backend_port, config)
 
 
 async def istioctl(tmp_path: Path, mesh: Mesh, *args: str, timeout: float = 30) -> str:
@@ -525,3 +526,48 @@ async def test_a_token_of_another_namespace_gets_no_config(mesh: Mesh) -> None:
         assert (await proxy.stats("cluster_manager.cds.update_success")) == {
             "cluster_manager.cds.update_success": 0
         }
+
+
+async def test_sotw_agent_follows_config_changes(mesh: Mesh) -> None:
+    """ISTIO_DELTA_XDS=false (state of the world between agent and xdsd): a service
+    added to the config reaches Envoy (listener, route, cluster, endpoints) and the
+    agent's DNS name table, pushed through the agent's xDS proxy."""
+    token = service_account_jwt(NS, "client")
+    mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:client")
+    spec = mesh.spec(token, dns_capture=True, extra_env={"ISTIO_DELTA_XDS": "false"})
+    async with IstioProxy(spec) as proxy, Backends() as backends:
+        await proxy.wait_ready(timeout=40)
+        conn = connection(mesh, f"client-0.{NS}")
+        assert not conn.delta
+        ratings_port = free_port()
+        await backends.http("ratings", "127.0.0.72", ratings_port)
+        write_docs(
+            mesh.config_dir / "ratings.yaml",
+            [
+                service(
+                    "ratings",
+                    NS,
+                    [("http", ratings_port)],
+                    selector={"app": "ratings"},
+                    cluster_ip="127.0.0.82",
+                ),
+                pod("ratings-0", NS, "127.0.0.72", {"app": "ratings"}),
+            ],
+        )
+        ratings = f"ratings.{NS}.svc.cluster.local"
+
+        async def routed() -> bool:
+            return await get(ratings_port, ratings) == (200, "ratings")
+
+        await poll(routed, timeout=20, what="ratings answering through istio-proxy")
+
+        async def in_table() -> bool:
+            _, body = await proxy.http(proxy.status_port, "/debug/ndsz")
+            entry = json.loads(body).get("table", {}).get(ratings, {})
+            return bool(entry.get("ips") == ["127.0.0.82"])
+
+        await poll(in_table, timeout=10, what="ratings in the agent's name table")
+        assert await resolve(proxy.dns_port, ratings, 7) == (0, ["127.0.0.82"])
+        assert await get(mesh.backend_port, HOST) == (200, "reviews")
+        assert await proxy.rejected() == 0
+        assert all(s.nack is None for s in conn.states.values())
