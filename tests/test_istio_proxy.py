@@ -68,6 +68,7 @@ XDSD_HOST = "istiod.istio-system.svc"  # the name the agent verifies (ISTIOD_SAN
 HOST = "reviews.shop.svc.cluster.local"
 REVIEWS_VIP = "127.0.0.81"  # the ClusterIP (only ever an answer in DNS here)
 NAME_TABLE = "type.googleapis.com/istio.networking.nds.v1.NameTable"
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 PROXY_CONFIG_TYPE = "type.googleapis.com/istio.mesh.v1alpha1.ProxyConfig"
 
 
@@ -503,6 +504,27 @@ async def test_istioctl_proxy_status_and_proxy_config(mesh_plain: Mesh, tmp_path
         )
         assert out.splitlines()[:2] == ["Clusters Match", "Listeners Match"], out
         assert out.splitlines()[2].startswith("Routes Match"), out
+
+        # A NACK shows as such: a service on a port taken on 127.0.0.1 gives a listener
+        # Envoy cannot bind (NONE mode binds for real), so it rejects that LDS update.
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            write_docs(
+                mesh.config_dir / "web.yaml",
+                [service("web", NS, [("http", taken.getsockname()[1])], cluster_ip="127.0.0.83")],
+            )
+
+            async def nacked() -> bool:
+                state = conn.states.get(LISTENER_TYPE)
+                return state is not None and state.nack is not None
+
+            await poll(nacked, timeout=20, what="Envoy's LDS NACK through the agent")
+            out = await istioctl(tmp_path, mesh, "proxy-status", *xds, "-v", "1")
+            header, *lines = rows(out)
+            status = dict(zip(header, lines[0], strict=True))
+            assert (status["LDS"], status["CDS"], status["NDS"]) == ("ERROR", "SYNCED", "SYNCED")
+            assert await proxy.rejected() >= 1
 
 
 async def test_a_token_of_another_namespace_gets_no_config(mesh: Mesh) -> None:
