@@ -68,7 +68,7 @@ mkdir -p "$bin"
 # One build at a time per cache folder: a second caller waits, then finds the
 # stamp and does nothing.
 exec 9> "$cache/.lock"
-flock 9
+if command -v flock > /dev/null 2>&1; then flock 9; fi
 if [[ -f "$stamp" ]]; then
   echo "build.sh: Istio $version was built by another run in $bin"
   exit 0
