@@ -47,6 +47,8 @@ from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
 from xdsd.sources.folder import FolderSource
+from xdsd.translate.auto_mtls import endpoints_need_mtls
+from xdsd.translate.checks import config_problems
 from xdsd.translate.generate import (
     GENERATORS,
     SERVED_TYPES,
@@ -262,11 +264,15 @@ def _endpoint_services(old: MeshSnapshot, new: MeshSnapshot) -> frozenset[Servic
     """
     if new.services != old.services or new.configs != old.configs:
         return None
-    changed = {
-        k[0]
-        for k in old.endpoints.keys() | new.endpoints.keys()
-        if old.endpoints.get(k) != new.endpoints.get(k)
-    }
+    changed: set[ServiceKey] = set()
+    for k in old.endpoints.keys() | new.endpoints.keys():
+        before, after = old.endpoints.get(k, ()), new.endpoints.get(k, ())
+        if before != after:
+            # A service's first (or last) sidecar endpoint turns auto mTLS on (off) in
+            # its clusters: a cluster change.
+            if endpoints_need_mtls(old, before) != endpoints_need_mtls(new, after):
+                return None
+            changed.add(k[0])
     by_key = {
         (s.hostname, s.namespace): s for s in new.services if (s.hostname, s.namespace) in changed
     }
@@ -655,6 +661,9 @@ class XdsdApp:
             config_cluster_id=self.settings.cluster_id,
             stale=clusters.stale() if clusters else frozenset(),
         )
+        extra = config_problems(snapshot)  # e.g. CUSTOM policies without their provider
+        if extra:
+            snapshot = dataclasses.replace(snapshot, errors=snapshot.errors + tuple(extra))
         self.snapshot = snapshot
         self._build_errors = snapshot.errors[len(self._store_errors()) :]
         endpoint_services = None

@@ -13,6 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+# Set by Istio's injector on pods with a sidecar: clients send them mTLS (auto mTLS).
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
 
 
 def frozen_map(values: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -190,6 +192,9 @@ class ConfigObject:
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     annotations: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     generation: int = 0
+    # metadata.creationTimestamp (RFC 3339, "" when absent): Istio resolves conflicts
+    # between equal policies by age, oldest first (`istio_order`).
+    created: str = ""
     # The typed, validated form (xdsd.model.istio.*) for kinds that have one.
     # Derived from spec, so it takes no part in equality.
     typed: Any = field(default=None, compare=False)

@@ -45,7 +45,8 @@ from xdsd.translate.gateway import (
     generate_gateway_routes,
     generate_secrets,
 )
-from xdsd.translate.listeners import generate_inbound_listeners, generate_outbound_listeners
+from xdsd.translate.inbound import generate_inbound_listeners
+from xdsd.translate.listeners import generate_outbound_listeners
 from xdsd.translate.name_table import generate_name_table
 from xdsd.translate.routes import generate_routes
 from xdsd.translate.sidecar_ingress import with_ingress_clusters, with_ingress_listeners
@@ -54,17 +55,17 @@ Generator = Callable[[ProxyContext], list[tuple[str, Message]]]
 # Regenerates only the assignments of some services (EDS on an endpoint-only change).
 ByService = Callable[[ProxyContext, frozenset[ServiceKey]], list[tuple[str, Message]]]
 
-# Config kinds generation never reads: kept for validation and status only.
+# Config kinds generation never reads: kept for validation and status only (each
+# object of these kinds gets a warning saying so). The security kinds are read:
+# inbound chains (mTLS, RBAC, JWT), outbound clusters (auto mTLS), gateways; and
+# ConfigMaps, for MeshConfig (ConfigMap `istio`: extensionProviders of CUSTOM policies).
 UNREAD_KINDS = frozenset(
     {
-        "PeerAuthentication",
-        "AuthorizationPolicy",
-        "RequestAuthentication",
         "Telemetry",
         "EnvoyFilter",
         "WorkloadGroup",
         "ProxyConfig",
-        "ConfigMap",
+        "WasmPlugin",
     }
 )
 # Sidecars do not read Gateways or Secrets either (those are for router proxies).
@@ -102,7 +103,12 @@ class Part:
 _VS = frozenset({"VirtualService"})
 # The name table reads the Sidecar scope's services and headless endpoints only
 # (as istiod's skippedNdsConfigs; WorkloadEntries stay read: headless ServiceEntries).
-_NDS_UNREAD = _SIDECAR_UNREAD | {"DestinationRule"}
+_NDS_UNREAD = _SIDECAR_UNREAD | {
+    "DestinationRule",
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+}
 
 # Sidecars: the outbound side (most of the bytes) is shared by every app of a namespace
 # (outbound_key); only the inbound side depends on the app's own ports (group_key).
