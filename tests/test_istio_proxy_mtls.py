@@ -1,4 +1,5 @@
-"""Two real istio-proxies talk Istio mTLS with certificates from xdsd's CA.
+"""Two real istio-proxies talk Istio mTLS with certificates from xdsd's CA (with an
+ISTIO_MUTUAL DestinationRule, and by auto mTLS).
 
     client app --HTTP--> client istio-proxy (127.0.0.1:9080, outbound)
         --mTLS (workload certs from xdsd's CA, SNI outbound_.9080_._.reviews...)-->
@@ -74,11 +75,21 @@ async def xfcc_app(port: int) -> web.AppRunner:
     return runner
 
 
-async def test_two_istio_proxies_over_mtls(mesh: Mesh) -> None:
+@pytest.mark.parametrize("explicit", [True, False], ids=["istio-mutual-dr", "auto-mtls"])
+async def test_two_istio_proxies_over_mtls(mesh: Mesh, explicit: bool) -> None:
+    """With a DestinationRule ISTIO_MUTUAL, and without one (auto mTLS: the server's
+    pod is labelled security.istio.io/tlsMode=istio, as injection labels it)."""
     inbound_port, app_port = free_port(SERVER_IP), free_port()
+    dr = istio_config(
+        "DestinationRule",
+        "reviews",
+        NS,
+        {"host": HOST, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}},
+    )
     write_docs(
         mesh.config_dir / "mesh.yaml",
         [
+            *([dr] if explicit else []),
             service(
                 "reviews",
                 NS,
@@ -99,12 +110,6 @@ async def test_two_istio_proxies_over_mtls(mesh: Mesh) -> None:
                 NS,
                 {"mtls": {"mode": "STRICT"}},
                 api_version="security.istio.io/v1",
-            ),
-            istio_config(
-                "DestinationRule",
-                "reviews",
-                NS,
-                {"host": HOST, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}},
             ),
             istio_config(
                 "Sidecar",
