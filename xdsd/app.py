@@ -51,6 +51,7 @@ from xdsd.translate.auto_mtls import endpoints_need_mtls
 from xdsd.translate.checks import config_problems
 from xdsd.translate.generate import (
     GENERATORS,
+    SERVED_TYPES,
     ProxyContext,
     context_key,
     group_key,
@@ -200,7 +201,7 @@ class _Watch:
         return self._ctx, self._key
 
     def resources(self, type_url: str) -> ResourceSet:
-        if type_url not in GENERATORS:
+        if type_url not in SERVED_TYPES:
             return ResourceSet.of(type_url, ())
         ctx, key = self._context()
         return self.app.cache.get(ctx, key, type_url)

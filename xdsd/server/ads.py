@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import logging
+import os
 import secrets
+import socket
 import sys
 import time
 import weakref
@@ -35,6 +38,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
+from xdsd import __version__
 from xdsd.cache import wire
 from xdsd.cache.resources import (
     CLUSTER,
@@ -187,9 +191,26 @@ class Connection:
             self.inbox.put_nowait(_WAKE)
 
 
+def instance_id() -> str:
+    """This server process's name among replicas (and workers): the pod's name, as
+    istiod uses POD_NAME, else the host's; with the process id, so that two xdsd
+    processes on one host answer istioctl as two control planes."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}.{os.getpid()}"
+
+
+def istio_control_plane_identifier(component: str, instance: str, version: str) -> str:
+    """ControlPlane.identifier as istiod writes it on `istio.io/debug/syncz` answers
+    (pilot/pkg/xds IstioControlPlaneInstance as JSON): istioctl proxy-status reads
+    the ID for its ISTIOD column and keys the answers of replicas by it."""
+    info = {"version": version, "revision": "", "golang_version": "", "status": "", "tag": ""}
+    return json.dumps({"Component": component, "ID": instance, "Info": info})
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     control_plane_id: str = "xdsd"
+    # The version debug answers report in their control plane identifier.
+    version: str = __version__
     # Responses being written at once, over all streams (istiod PILOT_PUSH_THROTTLE):
     # bounds the bytes queued in gRPC during a push to every proxy.
     push_concurrency: int = 100
@@ -225,6 +246,12 @@ class XdsServices:
         # New streams per second; over the limit a stream ends RESOURCE_EXHAUSTED.
         self.new_streams = new_streams
         self._control_plane = wire.control_plane(self.settings.control_plane_id)
+        # Debug answers (syncz, config_dump) name the instance the way istiod does.
+        self._debug_control_plane = wire.control_plane(
+            istio_control_plane_identifier(
+                self.settings.control_plane_id, instance_id(), self.settings.version
+            )
+        )
         self.connections: dict[str, Connection] = {}
         # The names SotW streams request, shared by the streams that request the same.
         self.requested_names: weakref.WeakValueDictionary[bytes, RequestedNames] = (
@@ -502,7 +529,7 @@ class XdsServices:
             type_url=type_url,
             nonce=nonce,
             resource_fields=sotw_chunks(resources),
-            control_plane=self._control_plane,
+            control_plane=self._debug_control_plane,
         )
 
     def _push(self, conn: Connection) -> list[bytes]:
