@@ -651,8 +651,14 @@ def _merge(
         names.add(p.name)
     clusters = dict.fromkeys(have.clusters or (first.cluster_id,))
     clusters.update(dict.fromkeys(svc.clusters or (cl.cluster_id,)))
+    per_cluster = dict(have.cluster_addresses)
+    if svc.addresses and svc.addresses != have.addresses and cl.cluster_id not in per_cluster:
+        per_cluster[cl.cluster_id] = svc.addresses
     return dataclasses.replace(
-        have, ports=tuple(sorted(ports, key=lambda p: p.port)), clusters=tuple(clusters)
+        have,
+        ports=tuple(sorted(ports, key=lambda p: p.port)),
+        clusters=tuple(clusters),
+        cluster_addresses=tuple(sorted(per_cluster.items())),
     )
 
 

@@ -113,6 +113,16 @@ class Service:
     # Kubernetes clusters defining this Service (merged by hostname across clusters);
     # empty for ServiceEntries and for config read from a folder.
     clusters: tuple[str, ...] = ()
+    # Each cluster's own ClusterIPs where they differ from `addresses` (the first
+    # cluster's): istiod gives a proxy its own cluster's VIP of a multi-cluster Service.
+    cluster_addresses: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def addresses_for(self, cluster_id: str) -> tuple[str, ...]:
+        """The service's addresses as a proxy in `cluster_id` sees them."""
+        for cid, addrs in self.cluster_addresses:
+            if cid == cluster_id:
+                return addrs
+        return self.addresses
 
     def port_by_number(self, number: int) -> ServicePort | None:
         for p in self.ports:

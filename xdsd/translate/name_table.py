@@ -124,10 +124,11 @@ def build_name_table(ctx: ProxyContext) -> Message:
     services = ctx.sidecar.services if ctx.sidecar is not None else ctx.services
     for service in services:
         kubernetes = service.ref.kind == "Service"
-        if service.headless or (service.resolution is Resolution.NONE and not service.addresses):
+        addresses = service.addresses_for(ctx.proxy.cluster_id)
+        if service.headless or (service.resolution is Resolution.NONE and not addresses):
             ips = _headless_ips(ctx, service) if service.ports else []
         else:
-            ips = _ips(service.addresses)
+            ips = _ips(addresses)
         if not ips:
             continue  # nothing the agent could answer: the name goes upstream
         if service.hostname in msg.table:
