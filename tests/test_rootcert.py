@@ -316,6 +316,35 @@ async def test_root_cert_configmaps_in_annotated_clusters(
             await poll(main_written, timeout=DEADLINE, what="root cert in main once annotated")
 
 
+async def test_root_certs_only_in_namespaces_of_the_revision(
+    tmp_path: Path, main: KubeApiServer
+) -> None:
+    root = TestCA("mesh root")
+    main.apply(annotated("istio-system", "*"))
+    blue = namespace("shop")
+    blue["metadata"]["labels"] = {"istio.io/rev": "blue"}
+    main.apply(blue)
+    main.apply(namespace("web"))  # unlabelled: not blue's
+    cert_file, key_file = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
+    cert_file.write_bytes(root.cert_pem)
+    key_file.write_bytes(_key_pem(root.key))
+    settings = kube_settings(
+        tmp_path,
+        main,
+        revision="blue",
+        security=SecuritySettings(ca_cert_file=cert_file, ca_key_file=key_file),
+    )
+    async with XdsdApp(settings):
+        root_pem = root.cert_pem.decode()
+        await until(
+            lambda: (
+                _root_of(main, "shop") == root_pem and _root_of(main, "istio-system") == root_pem
+            ),
+            "root cert in blue's namespaces",
+        )
+        assert _root_of(main, "web") is None
+
+
 async def test_no_configmaps_without_a_ca(tmp_path: Path, main: KubeApiServer) -> None:
     main.apply(annotated("istio-system", "main"))
     async with XdsdApp(kube_settings(tmp_path, main)) as app:

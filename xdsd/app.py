@@ -104,6 +104,9 @@ class AppSettings:
     own_namespace: str = "istio-system"  # where the istio/multiCluster Secrets are
     remote_secrets_dir: Path | None = None  # kubeconfig files instead of Secrets
     cluster_id: str = "Kubernetes"  # the config cluster's id
+    # istio.io/rev of this control plane (several per external cluster): other revisions'
+    # Istio config and remote secrets are not read. None: every object is ours.
+    revision: str | None = None
     remote_sync_timeout: float = 30.0  # a slower remote cluster does not hold readiness
     sync_progress_interval: float = 5.0  # log progress of a long initial sync
     kube_backoff: Backoff | None = None  # reconnect delays after API errors (None: default)
@@ -504,7 +507,11 @@ class XdsdApp:
     def _new_source(self) -> FolderLike:
         def folder() -> FolderSource:
             assert self.settings.config_dir is not None
-            return FolderSource(self.settings.config_dir, poll_interval=self.settings.poll_interval)
+            return FolderSource(
+                self.settings.config_dir,
+                poll_interval=self.settings.poll_interval,
+                revision=self.settings.revision,
+            )
 
         return folder() if self.hooks.folder is None else self.hooks.folder(folder)
 
@@ -517,7 +524,7 @@ class XdsdApp:
         s = self.settings
         backoff = s.kube_backoff or DEFAULT_BACKOFF
         kubeconfig = None if s.kubeconfig is None else load_kubeconfig(s.kubeconfig)
-        config = ClusterSpec(s.cluster_id, kubeconfig, "config", s.namespaces)
+        config = ClusterSpec(s.cluster_id, kubeconfig, "config", s.namespaces, s.revision)
 
         def remote_secrets() -> RemoteSource:
             if s.remote_secrets_dir is not None:
@@ -534,6 +541,7 @@ class XdsdApp:
                 namespaces=s.namespaces,
                 backoff=backoff,
                 watch_timeout=s.kube_watch_timeout,
+                revision=s.revision,
             )
 
         hook = self.hooks.remotes

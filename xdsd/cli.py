@@ -166,6 +166,13 @@ def _parser() -> argparse.ArgumentParser:
         "--cluster-id", default="Kubernetes", help="the config cluster's id (Kubernetes)"
     )
     kube.add_argument(
+        "--revision",
+        metavar="REV",
+        help="this control plane's istio.io/rev: Istio config and remote secrets labelled "
+        "for another revision are not read; root certs only in namespaces of this revision "
+        "(default: none, everything)",
+    )
+    kube.add_argument(
         "--remote-sync-timeout",
         type=float,
         default=30.0,
@@ -504,6 +511,7 @@ async def _serve(args: argparse.Namespace) -> int:
             own_namespace=args.own_namespace,
             remote_secrets_dir=args.remote_secrets_dir,
             cluster_id=args.cluster_id,
+            revision=args.revision or None,
             remote_sync_timeout=args.remote_sync_timeout,
             write_status=args.write_status,
             xds=grpc_settings,

@@ -94,6 +94,8 @@ class ClusterSpec:
     kubeconfig: Mapping[str, Any] | None = field(default=None, repr=False, hash=False)
     role: ClusterRole = "config"
     namespaces: frozenset[str] | None = None
+    # This control plane's revision: other revisions' Istio config is not read.
+    revision: str | None = None
 
     @property
     def server(self) -> str:
@@ -509,6 +511,7 @@ class ClusterSource:
                 source,
                 domain_suffix=self._domain_suffix,
                 cluster_id=self.spec.cluster_id,
+                revision=self.spec.revision,
             )
             out.append(FileContent(source, result))
         return out
