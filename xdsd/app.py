@@ -33,11 +33,12 @@ from xdsd.cache.groups import Change, GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
 from xdsd.heap import HeapKeeper
 from xdsd.model.build import SnapshotBuilder
+from xdsd.model.jwks import is_fetched_source
 from xdsd.model.objects import key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot, ServiceKey
 from xdsd.model.store import ConfigStore
-from xdsd.model.types import ConfigError, Endpoint, Resolution
+from xdsd.model.types import ConfigError, ConfigObject, Endpoint, Resolution
 from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource, Source
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
@@ -47,6 +48,7 @@ from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
 from xdsd.sources.folder import FolderSource
+from xdsd.sources.jwks import JwksResolver, JwksSettings, wanted_by
 from xdsd.translate.auto_mtls import endpoints_need_mtls
 from xdsd.translate.generate import (
     GENERATORS,
@@ -115,6 +117,8 @@ class AppSettings:
     # not for one that hosts other work (tests).
     freeze_heap: bool = False
     gc_collect_interval: float = 300.0  # the frozen heap's full collection; 0: never
+    # Fetching the key sets RequestAuthentications name by jwksUri (xdsd.sources.jwks).
+    jwks: JwksSettings = field(default_factory=JwksSettings)
 
     def __post_init__(self) -> None:
         sources = [self.config_dir is not None, self.kubeconfig is not None, self.in_cluster]
@@ -172,6 +176,10 @@ class SourceHooks:
     serve_xds: bool = True  # the supervisor serves no proxies
     push: bool = True  # rebuild after changes (the supervisor: only for --write-status)
     writer: bool = True  # --write-status and the root-cert ConfigMaps (not in workers)
+    # JWKS fetching (the supervisor's, shipped to workers as store changes).
+    fetch_jwks: bool = True
+    # Called with each fetched-JWKS change the app applied (the supervisor ships it).
+    fetched: Callable[[ConfigChange], None] | None = None
 
 
 # -- end of worker hooks ----------------------------------------------------------------------
@@ -328,6 +336,10 @@ class XdsdApp:
         )
         self.debouncer = Debouncer(self._push, settings.debounce)
         self.source: FolderLike | None = None if settings.kube else self._new_source()
+        self.jwks: JwksResolver | None = None
+        if self.hooks.fetch_jwks:
+            self.jwks = JwksResolver(settings.jwks, registry=self.registry)
+        self._jwks_seen: tuple[object, ...] | None = None
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: XdsServer | None = None
@@ -414,6 +426,8 @@ class XdsdApp:
                 self._tasks.append(asyncio.create_task(self._watch_source(), name="config-source"))
             if self.hooks.push:
                 self._tasks.append(asyncio.create_task(self.debouncer.run(), name="debounce"))
+            if self.jwks is not None:
+                self._tasks.append(asyncio.create_task(self._follow_jwks(), name="jwks"))
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -475,6 +489,7 @@ class XdsdApp:
                 change = self._as_resync(change)
             before = self.store.generation
             self.store.apply(change)
+            self._track_jwks()
             if not self.ready.is_set() and self.source.synced.is_set():
                 self._open_gate()
                 log.info(
@@ -616,10 +631,12 @@ class XdsdApp:
         """The initial load is in: the first snapshot, readiness, and the heap settles."""
         self._rebuild(PushRequest(reason="initial"))
         self.ready.set()
+        self._track_jwks()
         if self.heap is not None:
             self.heap.settle()
 
     def _cluster_changed(self, cluster_id: str, kinds: frozenset[str]) -> None:
+        self._track_jwks()
         # Before the gate opens, the initial build takes everything in.
         if self.ready.is_set():
             self.debouncer.request(
@@ -641,8 +658,51 @@ class XdsdApp:
     def _as_resync(self, change: ConfigChange) -> ConfigChange:
         """A full load after a restart: files the store has but the scan lacks are gone."""
         present = {c.source for c in change.files}
-        gone = tuple(FileContent(s, None) for s in self.store.sources() if s not in present)
+        gone = tuple(
+            FileContent(s, None)
+            for s in self.store.sources()
+            if s not in present and not is_fetched_source(s)
+        )
         return ConfigChange(change.files + gone, change.kinds, synced=True)
+
+    # -- JWKS (RequestAuthentication jwksUri) ------------------------------------------------
+
+    def _track_jwks(self) -> None:
+        """Tell the resolver which URLs the RequestAuthentications name. Only once the
+        gate is open: a worker started later gets the fetched key sets in the replay."""
+        if self.jwks is None or not self.ready.is_set():
+            return
+        objs = self.store.objects("RequestAuthentication")
+        if objs is not self._jwks_seen:  # the store hands out the same tuple until a change
+            self._jwks_seen = objs
+            self.jwks.want(wanted_by(o for o in objs if isinstance(o, ConfigObject)))
+
+    async def _follow_jwks(self) -> None:
+        assert self.jwks is not None
+        while True:
+            try:
+                async for change in self.jwks.changes():
+                    self._apply_fetched(change)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("JWKS resolver failed; keeping the fetched key sets, restarting")
+                await asyncio.sleep(1.0)
+
+    def _apply_fetched(self, change: ConfigChange) -> None:
+        """Fetched key sets into the config store (and to the workers), then a push."""
+        before = self.store.generation
+        self.store.apply(change)
+        if self.hooks.fetched is not None:
+            self.hooks.fetched(change)  # no await since the apply: workers' replay stays exact
+        if not self.ready.is_set():
+            return
+        if self.store.generation != before:
+            self.debouncer.request(
+                PushRequest(kinds=change.kinds, reason="jwks", started=time.monotonic())
+            )
+        else:
+            self._refresh_errors()
 
     def _rebuild(self, req: PushRequest) -> frozenset[ServiceKey] | None:
         """A new snapshot; returns the services whose endpoints changed when nothing else did."""

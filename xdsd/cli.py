@@ -120,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
         help="the loaded heap is frozen so GC passes skip it; every S seconds, after a "
         "push or else on a timer, all of it is collected once (cyclic garbage); 0: never (300)",
     )
+    serve.add_argument(
+        "--jwks-refresh-interval",
+        type=float,
+        default=1200.0,
+        metavar="S",
+        help="RequestAuthentication jwksUri key sets are fetched by xdsd and inlined; each is "
+        "fetched again every S seconds (a failed fetch is retried sooner) (1200, as istiod)",
+    )
     kube = serve.add_argument_group(
         "Kubernetes", "read config from a config cluster instead of --config-dir"
     )
@@ -415,6 +423,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from xdsd.app import AppSettings, XdsdApp
     from xdsd.push.debounce import DebounceSettings
     from xdsd.server.ads import ServerSettings
+    from xdsd.sources.jwks import JwksSettings
 
     kubeconfig = args.kubeconfig
     if args.config_dir is None and kubeconfig is None and not args.in_cluster:
@@ -451,6 +460,7 @@ async def _serve(args: argparse.Namespace) -> int:
             server=ServerSettings(push_concurrency=args.push_concurrency),
             freeze_heap=True,
             gc_collect_interval=args.gc_collect_interval,
+            jwks=JwksSettings(refresh_interval=args.jwks_refresh_interval),
         )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
