@@ -85,7 +85,7 @@ def test_virtual_inbound() -> None:
     # The inspector is off on declared ports (no sniffing there).
     for lf in vi.listener_filters[1:]:
         rules = lf.filter_disabled.or_match.rules
-        assert sorted(r.destination_port_range.start for r in rules) == [5001, 9081, 9090]
+        assert sorted(r.destination_port_range.start for r in rules) == [5001, 9081, 9090, 15006]
     by_name: dict[str, list[listener_components_pb2.FilterChain]] = {}
     for ch in vi.filter_chains:
         by_name.setdefault(ch.name, []).append(ch)

@@ -578,3 +578,91 @@ def test_broken_policy_fails_closed_without_a_last_good_version() -> None:
     store.apply_file("policy.yaml", load_yaml(broken.encode(), "policy.yaml"))
     (cfg,) = rbac_filters(build_snapshot(store, generation=2))
     assert cfg["rules"]["action"] == "DENY"
+
+
+MESH_CM = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: my-authz
+      envoyExtAuthzHttp:
+        service: legacy.foo.svc.cluster.local
+        port: 80
+        includeRequestHeadersInCheck: [x-ext-authz]
+---
+"""
+
+
+def _http_filter_names(snap: MeshSnapshot) -> list[str]:
+    chain = chains_for(virtual_inbound(snap), 8080)[-1]
+    hcm = hcm_pb2.HttpConnectionManager()
+    chain.filters[0].typed_config.Unpack(hcm)
+    return [f.name for f in hcm.http_filters]
+
+
+def test_custom_ext_authz_runs_only_for_its_rules(tmp_path: Path) -> None:
+    from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+
+    custom = policy(
+        "AuthorizationPolicy",
+        "ext",
+        NS,
+        {
+            "action": "CUSTOM",
+            "provider": {"name": "my-authz"},
+            "rules": [{"to": [{"operation": {"paths": ["/headers"]}}]}],
+        },
+    )
+    snap = mesh(MESH_CM + custom)
+    assert _http_filter_names(snap)[:2] == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.ext_authz",
+    ]
+    chain = chains_for(virtual_inbound(snap), 8080)[-1]
+    hcm = hcm_pb2.HttpConnectionManager()
+    chain.filters[0].typed_config.Unpack(hcm)
+    shadow = http_rbac_pb2.RBAC()
+    hcm.http_filters[0].typed_config.Unpack(shadow)
+    assert shadow.shadow_rules_stat_prefix == "istio_ext_authz_"
+    assert list(shadow.shadow_rules.policies) == [
+        f"istio-ext-authz-my-authz-ns[{NS}]-policy[ext]-rule[0]"
+    ]
+    ea = ext_authz_pb2.ExtAuthz()
+    hcm.http_filters[1].typed_config.Unpack(ea)
+    assert ea.http_service.server_uri.cluster == f"outbound|80||legacy.{NS}.svc.cluster.local"
+    assert ea.filter_enabled_metadata.value.string_match.prefix == "istio-ext-authz-my-authz"
+    assert [p.exact for p in ea.allowed_headers.patterns] == ["x-ext-authz"]
+    if envoy_binary() is not None:
+        result = envoy_validate(static_bootstrap(resources(snap), NODE), tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    # Without the provider the CUSTOM rules deny (fail closed).
+    (bad,) = rbac_filters(mesh(custom))
+    assert bad["rules"]["action"] == "DENY"
+    assert list(bad["rules"]["policies"]) == [
+        f"istio-ext-authz-my-authz-ns[{NS}]-policy[ext]-rule[0]-deny-due-to-bad-CUSTOM-action"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("api", "kind"),
+    [
+        ("telemetry.istio.io/v1", "Telemetry"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        ("networking.istio.io/v1", "WorkloadGroup"),
+        ("networking.istio.io/v1beta1", "ProxyConfig"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin"),
+    ],
+)
+def test_untranslated_kinds_are_reported_on_each_object(api: str, kind: str) -> None:
+    from xdsd.model.parse import parse_documents
+
+    doc = {"apiVersion": api, "kind": kind, "metadata": {"name": "x", "namespace": NS}, "spec": {}}
+    result = parse_documents([doc], "f.yaml")
+    (warning,) = result.errors
+    assert warning.severity == "warning" and warning.path == "spec"
+    assert f"{kind} is not translated by xdsd" in warning.message
+    assert warning.object == f"{kind} {NS}/x"
+    assert len(result.objects) == 1  # kept (for status), just not translated

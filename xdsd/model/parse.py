@@ -87,7 +87,13 @@ _ISTIO_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}),
     ),
     "telemetry.istio.io": (frozenset({"v1", "v1alpha1"}), frozenset({"Telemetry"})),
+    "extensions.istio.io": (frozenset({"v1alpha1"}), frozenset({"WasmPlugin"})),
 }
+# Istio kinds xdsd reads but does not translate: every object says so (never dropped
+# silently), as a warning in logs, `xdsd validate`, /debug/configz and status.
+UNTRANSLATED_KINDS = frozenset(
+    {"Telemetry", "EnvoyFilter", "WorkloadGroup", "ProxyConfig", "WasmPlugin"}
+)
 _NETWORKING_VERSIONS = _ISTIO_KINDS["networking.istio.io"][0]
 
 # Common kinds that are fine to find in a manifest folder but mean nothing here.
@@ -941,6 +947,11 @@ def _istio_config(
     if spec is None:
         return None
     group, version = _api(doc)
+    if ref.kind in UNTRANSLATED_KINDS:
+        iss.warn(
+            f.join(base, "spec"),
+            f"{ref.kind} is not translated by xdsd: this object has no effect on any proxy",
+        )
     typed = None
     parser = PARSERS.get(ref.kind)
     if parser is not None and group in ("networking.istio.io", "security.istio.io"):

@@ -61,8 +61,10 @@ from xdsd.model.istio.gateway import TLS_VERSIONS, ServerTLS
 from xdsd.model.istio.virtualservice import Destination, RouteDestination
 from xdsd.model.types import Service
 from xdsd.translate import _common as c
-from xdsd.translate import inbound, vs_index
+from xdsd.translate import inbound, sni_dnat, vs_index
 from xdsd.translate.context import ProxyContext
+from xdsd.translate.destination_rule import SDS_DEFAULT, SDS_ROOT
+from xdsd.translate.destination_rule import _sds as agent_sds
 from xdsd.translate.gateway_plan import (
     CA_SUFFIX,
     GatewayListener,
@@ -140,7 +142,15 @@ def downstream_tls_context(tls: ServerTLS) -> tls_pb2.DownstreamTlsContext:
         require_client_certificate=wrappers_pb2.BoolValue(value=tls.requires_client_cert),
     )
     common = ctx.common_tls_context
-    if tls.credential_name:
+    if tls.mode == "ISTIO_MUTUAL":
+        # The gateway's own workload certificate and the mesh roots, from its agent.
+        common.tls_certificate_sds_secret_configs.append(agent_sds(SDS_DEFAULT))
+        combined = common.combined_validation_context
+        combined.default_validation_context.match_typed_subject_alt_names.extend(
+            _san_matchers(tls.subject_alt_names)
+        )
+        combined.validation_context_sds_secret_config.CopyFrom(agent_sds(SDS_ROOT))
+    elif tls.credential_name:
         name = credential_resource(tls.credential_name)
         common.tls_certificate_sds_secret_configs.append(_sds(name))
         if tls.validates_client:
@@ -284,6 +294,15 @@ def gateway_listener(
                 continue
             chains.append(_chain([*rbac_filters, f], gs.sni_hosts, server.tls))
             needs_inspector = True
+        elif server.tls is not None and server.tls.mode == "AUTO_PASSTHROUGH":
+            for name, _oc in sni_dnat.targets(ctx, gs):
+                if name in seen_sni:
+                    continue
+                seen_sni.add(name)
+                tp = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=name)
+                tcp = Filter(name=TCP_PROXY_FILTER, typed_config=c.pack(tp))
+                chains.append(_chain([*rbac_filters, tcp], [name]))
+                needs_inspector = True
         elif server.is_passthrough:
             for vs in _bound_virtual_services(ctx, gs):
                 if not _matching_hosts(gs.hosts, vs):

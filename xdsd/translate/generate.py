@@ -55,14 +55,15 @@ ByService = Callable[[ProxyContext, frozenset[ServiceKey]], list[tuple[str, Mess
 
 # Config kinds generation never reads: kept for validation and status only (each
 # object of these kinds gets a warning saying so). The security kinds are read:
-# inbound chains (mTLS, RBAC, JWT), outbound clusters (auto mTLS), gateways.
+# inbound chains (mTLS, RBAC, JWT), outbound clusters (auto mTLS), gateways; and
+# ConfigMaps, for MeshConfig (ConfigMap `istio`: extensionProviders of CUSTOM policies).
 UNREAD_KINDS = frozenset(
     {
         "Telemetry",
         "EnvoyFilter",
         "WorkloadGroup",
         "ProxyConfig",
-        "ConfigMap",
+        "WasmPlugin",
     }
 )
 # Sidecars do not read Gateways or Secrets either (those are for router proxies).

@@ -32,7 +32,7 @@ from google.protobuf.message import Message
 from xdsd.model.proxy import InterceptionMode
 from xdsd.model.types import Protocol
 from xdsd.translate import _common as c
-from xdsd.translate import listeners, rbac
+from xdsd.translate import ext_authz, listeners, rbac
 from xdsd.translate.context import ProxyContext
 from xdsd.translate.destination_rule import SDS_DEFAULT, SDS_ROOT, _sds
 from xdsd.translate.jwt_authn import jwt_authn_filter
@@ -145,12 +145,17 @@ def http_security_filters(ctx: ProxyContext) -> list[hcm_pb2.HttpFilter]:
     jwt = jwt_authn_filter(ctx)
     if jwt is not None:
         out.append(jwt)
-    out.extend(rbac.http_filters(ctx.security.authz))
+    authz = ctx.security.authz
+    if authz.custom:
+        out.extend(ext_authz.http_filters(ctx.snapshot, authz.custom))
+    out.extend(rbac.http_filters(authz))
     return out
 
 
 def network_security_filters(ctx: ProxyContext) -> list[listener_components_pb2.Filter]:
-    return rbac.network_filters(ctx.security.authz)
+    authz = ctx.security.authz
+    out = ext_authz.network_filters(ctx.snapshot, authz.custom) if authz.custom else []
+    return out + rbac.network_filters(authz)
 
 
 def inbound_chains(
@@ -243,10 +248,15 @@ def listener_inspectors(
         if not any(flags.values()):
             continue
         inspector = listeners._listener_filter(filter_name, config)
-        if not flags.get(0, False):
+        if flags.get(0, False):
+            # Any port may need it: off only where a declared port's chains do not.
             off = sorted(p for p, needed in flags.items() if p and not needed)
             if off:
                 inspector.filter_disabled.CopyFrom(_port_predicate(off))
+        else:
+            # Only some declared ports need it: off everywhere else.
+            on = sorted(p for p, needed in flags.items() if p and needed)
+            inspector.filter_disabled.not_match.CopyFrom(_port_predicate(on))
         out.append(inspector)
     return out
 
@@ -284,6 +294,7 @@ def virtual_inbound(ctx: ProxyContext) -> listener_pb2.Listener:
         chains.extend(
             port_chains(ctx, c.listener_name(ctx.wildcard, ip.port), ip.port, ip.protocol)
         )
+    listeners.dedupe_chains(chains)
     return listener_pb2.Listener(
         name=c.VIRTUAL_INBOUND,
         address=c.socket_address(ctx.wildcard, c.PROXY_INBOUND_LISTEN_PORT),

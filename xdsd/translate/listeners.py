@@ -122,6 +122,34 @@ def _passthrough_chain(ctx: ProxyContext) -> listener_components_pb2.FilterChain
     )
 
 
+def dedupe_chains(chains: list[listener_components_pb2.FilterChain]) -> None:
+    """Drop what an earlier chain already matches, in place (the first definition wins).
+
+    Envoy rejects a whole listener when two chains match the same traffic ("has the
+    same matching rules defined"); services, ServiceEntries and VirtualService tls
+    routes on one port may all name one SNI host. istiod merges them the same way.
+    """
+    claimed: dict[bytes, set[str]] = {}
+    keep: list[listener_components_pb2.FilterChain] = []
+    for chain in chains:
+        rest = FilterChainMatch()
+        rest.CopyFrom(chain.filter_chain_match)
+        rest.ClearField("server_names")
+        key = rest.SerializeToString(deterministic=True)
+        taken = claimed.setdefault(key, set())
+        names = list(chain.filter_chain_match.server_names) or [""]
+        fresh = [n for n in names if n not in taken]
+        if not fresh:
+            continue
+        taken.update(fresh)
+        if fresh != names:
+            del chain.filter_chain_match.server_names[:]
+            chain.filter_chain_match.server_names.extend(fresh)
+        keep.append(chain)
+    del chains[:]
+    chains.extend(keep)
+
+
 def outbound_listener(ctx: ProxyContext, plan: ListenerPlan) -> listener_pb2.Listener:
     ls = Listener(
         name=plan.name,
@@ -185,6 +213,7 @@ def outbound_listener(ctx: ProxyContext, plan: ListenerPlan) -> listener_pb2.Lis
             ls.filter_chains.append(tcp_chain)
     elif plan.passthrough_default:
         ls.default_filter_chain.CopyFrom(_passthrough_chain(ctx))
+    dedupe_chains(ls.filter_chains)
     return ls
 
 
