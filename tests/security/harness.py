@@ -141,6 +141,11 @@ class Reply:
         return str(self.echo.get("backend", ""))
 
     @property
+    def namespace_seen(self) -> str:
+        """The namespace of the backend that answered."""
+        return str(self.echo.get("namespace", ""))
+
+    @property
     def seen_headers(self) -> CIMultiDict[str]:
         return CIMultiDict(self.echo.get("headers", {}))
 
@@ -661,6 +666,14 @@ class Mesh:
 
         await self.until(present, f"listeners {sorted(wanted)} active on {w}")
 
+    async def wait_listener(self, w: Workload, name: str, timeout: float = 15) -> None:
+        """Wait until listener `name` (e.g. 0.0.0.0_PORT on a gateway) is active on `w`."""
+
+        async def present() -> bool:
+            return name in await self.active_listeners(w)
+
+        await self.until(present, f"listener {name} active on {w}", timeout)
+
     async def active_listeners(self, w: Workload) -> set[str]:
         dump = await w.proxy().config_dump("dynamic_listeners")
         return {
@@ -779,6 +792,17 @@ class Mesh:
     # ---- traffic
 
     @staticmethod
+    async def attempt(send: Awaitable[Reply]) -> Reply | None:
+        """The reply, or None when the connection was refused, reset or closed before
+        any HTTP response (as a STRICT sidecar does to a plaintext client)."""
+        from aiohttp import ClientConnectionError, ClientPayloadError
+
+        try:
+            return await send
+        except (ClientConnectionError, ClientPayloadError, ConnectionError):
+            return None
+
+    @staticmethod
     async def _http(
         url: str,
         host: str,
@@ -861,17 +885,16 @@ class Mesh:
 
     @staticmethod
     async def _tcp(ip: str, port: int, payload: bytes, source: str | None = None) -> str:
-        """One TCP connection: send, read the answer ('' when closed without one)."""
+        """One TCP connection: send, read the answer ('' when closed or reset without one)."""
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(ip, port, local_addr=(source, 0) if source else None), 5
         )
         try:
             writer.write(payload)
             await writer.drain()
-            try:
-                return (await asyncio.wait_for(reader.read(65536), 5)).decode()
-            except ConnectionError:
-                return ""
+            return (await asyncio.wait_for(reader.read(65536), 5)).decode()
+        except ConnectionError:
+            return ""
         finally:
             writer.close()
             with contextlib.suppress(Exception):
