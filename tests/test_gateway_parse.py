@@ -292,15 +292,6 @@ def test_gateway_level_errors() -> None:
             {
                 "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
                 "hosts": ["*"],
-                "tls": {"mode": "ISTIO_MUTUAL"},
-            },
-            "spec.servers[0].tls.mode",
-            "ISTIO_MUTUAL not supported yet",
-        ),
-        (
-            {
-                "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                "hosts": ["*"],
                 "tls": {"mode": "SIMPLE", "credentialName": "c", "caCrl": "/crl"},
             },
             "spec.servers[0].tls.caCrl",

@@ -407,9 +407,22 @@ def test_conflicting_servers_are_reported_not_crashed_on() -> None:
     text = "\n".join(ctx.conflicts)
     assert "Gateway istio-system/b server 0 (port tcp 9000): conflicts with istio-system/a" in text
     assert "duplicate host names ['x.example.com']" in text
-    assert "TLS mode ISTIO_MUTUAL not supported yet" in text
+    assert "ISTIO_MUTUAL" not in text
     out = generate_all(snap(docs), router())
-    assert [n for n, _ in out[LISTENER_TYPE]] == ["0.0.0.0_9000", "0.0.0.0_9443"]
+    listeners = dict(out[LISTENER_TYPE])
+    assert list(listeners) == ["0.0.0.0_9000", "0.0.0.0_9443", "0.0.0.0_9444"]
+    # ISTIO_MUTUAL: the gateway's workload certificate and the mesh roots from its agent,
+    # a client certificate required (istiod ApplyToCommonTLSContext).
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    tls = tls_pb2.DownstreamTlsContext()
+    listeners["0.0.0.0_9444"].filter_chains[0].transport_socket.typed_config.Unpack(tls)
+    common = tls.common_tls_context
+    assert tls.require_client_certificate.value
+    (cert,) = common.tls_certificate_sds_secret_configs
+    assert cert.name == "default"
+    assert cert.sds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name == "sds-grpc"
+    assert common.combined_validation_context.validation_context_sds_secret_config.name == "ROOTCA"
 
 
 def test_http_servers_of_two_gateways_share_one_route() -> None:

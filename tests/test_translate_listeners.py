@@ -76,15 +76,16 @@ def test_virtual_outbound() -> None:
 def test_virtual_inbound() -> None:
     vi = listeners(sample_mesh())["virtualInbound"]
     assert vi.address.socket_address.port_value == 15006
+    # Not a mesh workload (no tlsMode label): PERMISSIVE means plaintext chains only, so
+    # no chain needs the TLS inspector (istiod derives inspectors from the chains).
     assert [f.name for f in vi.listener_filters] == [
         "envoy.filters.listener.original_dst",
-        "envoy.filters.listener.tls_inspector",
         "envoy.filters.listener.http_inspector",
     ]
-    # The inspectors are off on declared ports (no sniffing there).
+    # The inspector is off on declared ports (no sniffing there).
     for lf in vi.listener_filters[1:]:
         rules = lf.filter_disabled.or_match.rules
-        assert sorted(r.destination_port_range.start for r in rules) == [5001, 9081, 9090]
+        assert sorted(r.destination_port_range.start for r in rules) == [5001, 9081, 9090, 15006]
     by_name: dict[str, list[listener_components_pb2.FilterChain]] = {}
     for ch in vi.filter_chains:
         by_name.setdefault(ch.name, []).append(ch)

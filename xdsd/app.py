@@ -47,6 +47,7 @@ from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
 from xdsd.sources.folder import FolderSource
+from xdsd.translate.auto_mtls import endpoints_need_mtls
 from xdsd.translate.generate import (
     GENERATORS,
     ProxyContext,
@@ -261,11 +262,15 @@ def _endpoint_services(old: MeshSnapshot, new: MeshSnapshot) -> frozenset[Servic
     """
     if new.services != old.services or new.configs != old.configs:
         return None
-    changed = {
-        k[0]
-        for k in old.endpoints.keys() | new.endpoints.keys()
-        if old.endpoints.get(k) != new.endpoints.get(k)
-    }
+    changed: set[ServiceKey] = set()
+    for k in old.endpoints.keys() | new.endpoints.keys():
+        before, after = old.endpoints.get(k, ()), new.endpoints.get(k, ())
+        if before != after:
+            # A service's first (or last) sidecar endpoint turns auto mTLS on (off) in
+            # its clusters: a cluster change.
+            if endpoints_need_mtls(before) != endpoints_need_mtls(after):
+                return None
+            changed.add(k[0])
     by_key = {
         (s.hostname, s.namespace): s for s in new.services if (s.hostname, s.namespace) in changed
     }

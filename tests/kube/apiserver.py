@@ -159,6 +159,7 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
         )
     ),
     _istio("telemetry.istio.io", ("v1", "v1alpha1"), "telemetries", "Telemetry"),
+    _istio("extensions.istio.io", ("v1alpha1",), "wasmplugins", "WasmPlugin"),
 )
 
 # --------------------------------------------------------------------------- selectors

@@ -194,6 +194,8 @@ class ConfigStore:
                 if key in prev.objects:
                     objects[key] = prev.objects[key]
                     kept.add(key)
+        for fallback in result.fallbacks:
+            objects.setdefault(key_of(fallback.ref), fallback)
         if kept:
             labels = {object_label(k) for k in kept}
             errors = [

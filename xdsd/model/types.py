@@ -13,6 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+# Set by Istio's injector on pods with a sidecar: clients send them mTLS (auto mTLS).
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
 
 
 def frozen_map(values: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from xdsd.model.proxy import InterceptionMode
 from xdsd.model.types import Protocol
 from xdsd.translate import _common as c
+from xdsd.translate.auto_mtls import apply_auto_mtls
 from xdsd.translate.context import ClusterKind, InboundPort, OutboundCluster, ProxyContext
 from xdsd.translate.destination_rule import apply_cluster_policy
 
@@ -119,6 +120,7 @@ def outbound_cluster(ctx: ProxyContext, oc: OutboundCluster) -> cluster_pb2.Clus
         )
     _protocol_options(cl, oc.port.protocol)
     apply_cluster_policy(ctx, oc, cl)  # DestinationRule traffic policy, if any
+    apply_auto_mtls(ctx, oc, cl)  # ISTIO_MUTUAL to endpoints with a sidecar, if no DR TLS
     return cl
 
 

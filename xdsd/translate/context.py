@@ -21,6 +21,7 @@ from xdsd.translate import sidecar_scope as scoping
 from xdsd.translate import vs_index
 from xdsd.translate.gateway_plan import MergedGateway, merge_gateways
 from xdsd.translate.gateway_plan import port_map as gateway_port_map
+from xdsd.translate.security_plan import SecurityPlan, plan_security
 from xdsd.translate.sidecar_scope import IngressPlan, SidecarScope
 
 
@@ -112,6 +113,8 @@ class ProxyContext:
     ingress: tuple[IngressPlan, ...] = ()
     # Router proxies: the Gateways selecting it, merged (xdsd.translate.gateway_plan).
     gateway: MergedGateway | None = None
+    # mTLS modes, AuthorizationPolicies, RequestAuthentications (security_plan).
+    security: SecurityPlan = field(default_factory=SecurityPlan)
 
     @property
     def is_sidecar(self) -> bool:
@@ -595,6 +598,7 @@ def proxy_context(snapshot: MeshSnapshot, proxy: Proxy) -> ProxyContext:
         sidecar=scope,
         ingress=ingress,
         gateway=gateway,
+        security=plan_security(snapshot, proxy, namespace, workloads),
     )
 
 
@@ -603,7 +607,7 @@ def group_key(ctx: ProxyContext) -> Hashable:
 
     The rest of generation reads only the snapshot (the cache keys by generation).
     """
-    return (*_shared_key(ctx), ctx.inbound, ctx.ingress)
+    return (*_shared_key(ctx), ctx.inbound, ctx.ingress, ctx.security.key())
 
 
 def outbound_key(ctx: ProxyContext) -> Hashable:

@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from xdsd.model.snapshot import ServiceKey
 from xdsd.model.types import Endpoint, Locality
 from xdsd.translate import _common as c
+from xdsd.translate.auto_mtls import endpoint_match_metadata, has_sidecar
 from xdsd.translate.context import ClusterKind, ProxyContext
 from xdsd.translate.destination_rule import apply_endpoint_policy, subset_endpoints
 
@@ -37,11 +38,14 @@ def _canonical(ep: Endpoint) -> tuple[str, str]:
 
 
 def _metadata(ep: Endpoint) -> base_pb2.Metadata | None:
-    """filter_metadata.istio.workload = "NAME;NAMESPACE;CANONICAL;REVISION;CLUSTER" (istiod)."""
+    """filter_metadata.istio.workload = "NAME;NAMESPACE;CANONICAL;REVISION;CLUSTER" (istiod),
+    and the tlsMode the cluster's transport socket matches read (auto mTLS)."""
     if not ep.workload_name:
         return None
     name, rev = _canonical(ep)
     md = base_pb2.Metadata()
+    if has_sidecar(ep):
+        endpoint_match_metadata(md)
     istio = struct_pb2.Struct()
     istio["workload"] = ";".join((ep.workload_name, ep.namespace, name, rev, ep.cluster_id))
     md.filter_metadata["istio"].CopyFrom(istio)

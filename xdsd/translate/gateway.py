@@ -61,8 +61,10 @@ from xdsd.model.istio.gateway import TLS_VERSIONS, ServerTLS
 from xdsd.model.istio.virtualservice import Destination, RouteDestination
 from xdsd.model.types import Service
 from xdsd.translate import _common as c
-from xdsd.translate import vs_index
+from xdsd.translate import inbound, vs_index
 from xdsd.translate.context import ProxyContext
+from xdsd.translate.destination_rule import SDS_DEFAULT, SDS_ROOT
+from xdsd.translate.destination_rule import _sds as agent_sds
 from xdsd.translate.gateway_plan import (
     CA_SUFFIX,
     GatewayListener,
@@ -140,7 +142,15 @@ def downstream_tls_context(tls: ServerTLS) -> tls_pb2.DownstreamTlsContext:
         require_client_certificate=wrappers_pb2.BoolValue(value=tls.requires_client_cert),
     )
     common = ctx.common_tls_context
-    if tls.credential_name:
+    if tls.mode == "ISTIO_MUTUAL":
+        # The gateway's own workload certificate and the mesh roots, from its agent.
+        common.tls_certificate_sds_secret_configs.append(agent_sds(SDS_DEFAULT))
+        combined = common.combined_validation_context
+        combined.default_validation_context.match_typed_subject_alt_names.extend(
+            _san_matchers(tls.subject_alt_names)
+        )
+        combined.validation_context_sds_secret_config.CopyFrom(agent_sds(SDS_ROOT))
+    elif tls.credential_name:
         name = credential_resource(tls.credential_name)
         common.tls_certificate_sds_secret_configs.append(_sds(name))
         if tls.validates_client:
@@ -226,7 +236,8 @@ def tcp_route_filter(ctx: ProxyContext, gs: GatewayServer) -> listener_component
 
 
 def gateway_hcm(ctx: ProxyContext, route: str, stat_prefix: str) -> listener_components_pb2.Filter:
-    base = _hcm(stat_prefix, rds=route)  # the sidecar HCM's filters and defaults
+    # The sidecar HCM's filters and defaults, with the gateway's authn/authz filters.
+    base = _hcm(stat_prefix, rds=route, security=inbound.http_security_filters(ctx))
     hcm = HCM()
     base.typed_config.Unpack(hcm)
     hcm.use_remote_address.value = True
@@ -262,6 +273,7 @@ def gateway_listener(
     http_done = False
     seen_sni: set[str] = set()
     needs_inspector = False
+    rbac_filters = inbound.network_security_filters(ctx)  # TCP chains: AuthorizationPolicy
     for gs in plan.servers:
         server = gs.server
         who = f"Gateway {gs.gateway} port {server.port.name} ({server.port.number})"
@@ -280,7 +292,7 @@ def gateway_listener(
             if f is None:
                 problems.append(f"{who}: no VirtualService tcp route for this server; no chain")
                 continue
-            chains.append(_chain([f], gs.sni_hosts, server.tls))
+            chains.append(_chain([*rbac_filters, f], gs.sni_hosts, server.tls))
             needs_inspector = True
         elif server.is_passthrough:
             for vs in _bound_virtual_services(ctx, gs):
@@ -303,14 +315,14 @@ def gateway_listener(
                         if f is None:
                             continue
                         seen_sni.update(m.sni_hosts)
-                        chains.append(_chain([f], m.sni_hosts))
+                        chains.append(_chain([*rbac_filters, f], m.sni_hosts))
                         needs_inspector = True
         else:
             f = tcp_route_filter(ctx, gs)
             if f is None:
                 problems.append(f"{who}: no VirtualService tcp route for this server; no chain")
                 continue
-            chains.append(_chain([f]))
+            chains.append(_chain([*rbac_filters, f]))
     if not chains:
         problems.append(f"listener {plan.name}: no filter chains; left out")
         return None

@@ -251,7 +251,7 @@ def _route_problems(snapshot: MeshSnapshot, namespace: str, gs: GatewayServer) -
 
 
 def _unsupported(server: Server) -> str:
-    if server.tls is not None and server.tls.mode in ("ISTIO_MUTUAL", "AUTO_PASSTHROUGH"):
+    if server.tls is not None and server.tls.mode == "AUTO_PASSTHROUGH":
         return f"TLS mode {server.tls.mode} not supported yet"
     if server.port.protocol == "UDP":
         return "UDP servers not supported yet"

@@ -44,7 +44,8 @@ from xdsd.translate.gateway import (
     generate_gateway_routes,
     generate_secrets,
 )
-from xdsd.translate.listeners import generate_inbound_listeners, generate_outbound_listeners
+from xdsd.translate.inbound import generate_inbound_listeners
+from xdsd.translate.listeners import generate_outbound_listeners
 from xdsd.translate.routes import generate_routes
 from xdsd.translate.sidecar_ingress import with_ingress_clusters, with_ingress_listeners
 
@@ -52,17 +53,17 @@ Generator = Callable[[ProxyContext], list[tuple[str, Message]]]
 # Regenerates only the assignments of some services (EDS on an endpoint-only change).
 ByService = Callable[[ProxyContext, frozenset[ServiceKey]], list[tuple[str, Message]]]
 
-# Config kinds generation never reads: kept for validation and status only.
+# Config kinds generation never reads: kept for validation and status only (each
+# object of these kinds gets a warning saying so). The security kinds are read:
+# inbound chains (mTLS, RBAC, JWT), outbound clusters (auto mTLS), gateways; and
+# ConfigMaps, for MeshConfig (ConfigMap `istio`: extensionProviders of CUSTOM policies).
 UNREAD_KINDS = frozenset(
     {
-        "PeerAuthentication",
-        "AuthorizationPolicy",
-        "RequestAuthentication",
         "Telemetry",
         "EnvoyFilter",
         "WorkloadGroup",
         "ProxyConfig",
-        "ConfigMap",
+        "WasmPlugin",
     }
 )
 # Sidecars do not read Gateways or Secrets either (those are for router proxies).

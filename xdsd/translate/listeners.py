@@ -11,7 +11,6 @@ from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
-from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -22,11 +21,9 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from xdsd.model.proxy import InterceptionMode
-from xdsd.model.types import Protocol
 from xdsd.translate import _common as c
 from xdsd.translate import vs_tcp
 from xdsd.translate.context import ListenerPlan, OutboundPolicy, ProxyContext
-from xdsd.translate.routes import inbound_route_configuration
 
 Listener = listener_pb2.Listener
 FilterChain = listener_components_pb2.FilterChain
@@ -51,8 +48,15 @@ def _hcm(
     rds: str | None = None,
     route_config: route_pb2.RouteConfiguration | None = None,
     http2: bool = False,
+    inbound: bool = False,
+    security: Sequence[hcm_pb2.HttpFilter] = (),
 ) -> listener_components_pb2.Filter:
-    """An HTTP connection manager with istiod's defaults (buildHTTPConnectionManager)."""
+    """An HTTP connection manager with istiod's defaults (buildHTTPConnectionManager).
+
+    `inbound`: a sidecar's inbound side, which tells the app the peer's identity
+    (x-forwarded-client-cert, as istiod's sidecar inbound HCM). `security`: the
+    authentication and authorization filters, ahead of the rest.
+    """
     hcm = HCM(
         codec_type=HCM.AUTO,
         stat_prefix=stat_prefix,
@@ -62,12 +66,20 @@ def _hcm(
         upgrade_configs=[HCM.UpgradeConfig(upgrade_type="websocket")],
         stream_idle_timeout=c.seconds(0),
         http_filters=[
+            *security,
             # istiod: empty fault and CORS filters, configured per route (VirtualService).
             hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=c.pack(fault_pb2.HTTPFault())),
             hcm_pb2.HttpFilter(name=CORS_FILTER, typed_config=c.pack(cors_pb2.Cors())),
             hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=c.pack(router_pb2.Router())),
         ],
     )
+    if inbound:
+        hcm.forward_client_cert_details = HCM.APPEND_FORWARD
+        hcm.set_current_client_cert_details.CopyFrom(
+            HCM.SetCurrentClientCertDetails(
+                subject=wrappers_pb2.BoolValue(value=True), dns=True, uri=True
+            )
+        )
     if rds is not None:
         hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=c.ads_config_source(), route_config_name=rds))
     elif route_config is not None:
@@ -108,6 +120,34 @@ def _passthrough_chain(ctx: ProxyContext) -> listener_components_pb2.FilterChain
         filter_chain_match=FilterChainMatch(),
         filters=[_tcp_proxy(_egress_cluster(ctx))],
     )
+
+
+def dedupe_chains(chains: list[listener_components_pb2.FilterChain]) -> None:
+    """Drop what an earlier chain already matches, in place (the first definition wins).
+
+    Envoy rejects a whole listener when two chains match the same traffic ("has the
+    same matching rules defined"); services, ServiceEntries and VirtualService tls
+    routes on one port may all name one SNI host. istiod merges them the same way.
+    """
+    claimed: dict[bytes, set[str]] = {}
+    keep: list[listener_components_pb2.FilterChain] = []
+    for chain in chains:
+        rest = FilterChainMatch()
+        rest.CopyFrom(chain.filter_chain_match)
+        rest.ClearField("server_names")
+        key = rest.SerializeToString(deterministic=True)
+        taken = claimed.setdefault(key, set())
+        names = list(chain.filter_chain_match.server_names) or [""]
+        fresh = [n for n in names if n not in taken]
+        if not fresh:
+            continue
+        taken.update(fresh)
+        if fresh != names:
+            del chain.filter_chain_match.server_names[:]
+            chain.filter_chain_match.server_names.extend(fresh)
+        keep.append(chain)
+    del chains[:]
+    chains.extend(keep)
 
 
 def outbound_listener(ctx: ProxyContext, plan: ListenerPlan) -> listener_pb2.Listener:
@@ -173,6 +213,7 @@ def outbound_listener(ctx: ProxyContext, plan: ListenerPlan) -> listener_pb2.Lis
             ls.filter_chains.append(tcp_chain)
     elif plan.passthrough_default:
         ls.default_filter_chain.CopyFrom(_passthrough_chain(ctx))
+    dedupe_chains(ls.filter_chains)
     return ls
 
 
@@ -210,98 +251,6 @@ def _port_ranges(ports: Sequence[int]) -> listener_components_pb2.ListenerFilter
     return Predicate(or_match=Predicate.MatchSet(rules=rules))
 
 
-def virtual_inbound(ctx: ProxyContext) -> listener_pb2.Listener:
-    chains: list[listener_components_pb2.FilterChain] = [
-        FilterChain(
-            name=c.VIRTUAL_INBOUND_BLACKHOLE,
-            filter_chain_match=FilterChainMatch(
-                destination_port=c.uint32(c.PROXY_INBOUND_LISTEN_PORT)
-            ),
-            filters=[_tcp_proxy(c.BLACKHOLE_CLUSTER)],
-        ),
-        # Passthrough: traffic to ports no service declares, HTTP (sniffed) and TCP.
-        FilterChain(
-            name=c.VIRTUAL_INBOUND_CATCHALL_HTTP,
-            filter_chain_match=_http_alpn_match(),
-            filters=[
-                _hcm(
-                    c.INBOUND_PASSTHROUGH_CLUSTER,
-                    route_config=inbound_route_configuration(
-                        c.INBOUND_PASSTHROUGH_CLUSTER, 0, Protocol.AUTO
-                    ),
-                )
-            ],
-        ),
-        FilterChain(
-            name=c.VIRTUAL_INBOUND,
-            filter_chain_match=FilterChainMatch(),
-            filters=[_tcp_proxy(c.INBOUND_PASSTHROUGH_CLUSTER)],
-        ),
-    ]
-    no_sniff: list[int] = []
-    for ip in ctx.inbound:
-        if ip.port in c.RESERVED_PORTS:
-            continue
-        cluster = c.inbound_cluster_name(ip.port)
-        chain_name = c.listener_name(ctx.wildcard, ip.port)
-        http = _hcm(
-            f"inbound_{chain_name}",
-            route_config=inbound_route_configuration(cluster, ip.port, ip.protocol),
-            http2=c.is_http2(ip.protocol),
-        )
-        if ip.protocol.is_http:
-            no_sniff.append(ip.port)
-            chains.append(
-                FilterChain(
-                    name=chain_name,
-                    filter_chain_match=FilterChainMatch(
-                        destination_port=c.uint32(ip.port), transport_protocol=c.RAW_BUFFER
-                    ),
-                    filters=[http],
-                )
-            )
-            continue
-        if ip.protocol is Protocol.AUTO:
-            chains.append(
-                FilterChain(
-                    name=chain_name, filter_chain_match=_http_alpn_match(ip.port), filters=[http]
-                )
-            )
-        else:
-            no_sniff.append(ip.port)
-        chains.append(
-            FilterChain(
-                name=chain_name,
-                filter_chain_match=FilterChainMatch(destination_port=c.uint32(ip.port)),
-                filters=[_tcp_proxy(cluster)],
-            )
-        )
-    tls_inspector = _listener_filter(TLS_INSPECTOR_FILTER, tls_inspector_pb2.TlsInspector())
-    http_inspector = _listener_filter(HTTP_INSPECTOR_FILTER, http_inspector_pb2.HttpInspector())
-    if no_sniff:
-        # istiod: inspectors only run where a chain needs them, so server-first protocols
-        # on declared ports are not held up waiting for client bytes. (No chain matches
-        # TLS until mTLS arrives; the TLS inspector then matters for undeclared ports.)
-        tls_inspector.filter_disabled.CopyFrom(_port_ranges(no_sniff))
-        http_inspector.filter_disabled.CopyFrom(_port_ranges(no_sniff))
-    return Listener(
-        name=c.VIRTUAL_INBOUND,
-        address=c.socket_address(ctx.wildcard, c.PROXY_INBOUND_LISTEN_PORT),
-        transparent=(
-            wrappers_pb2.BoolValue(value=True) if ctx.mode is InterceptionMode.TPROXY else None
-        ),
-        traffic_direction=base_pb2.INBOUND,
-        continue_on_listener_filters_timeout=True,
-        listener_filters=[
-            _listener_filter(ORIGINAL_DST_FILTER, original_dst_pb2.OriginalDst()),
-            tls_inspector,
-            http_inspector,
-        ],
-        listener_filters_timeout=c.seconds(0),
-        filter_chains=chains,
-    )
-
-
 def generate_outbound_listeners(ctx: ProxyContext) -> list[tuple[str, Message]]:
     """A sidecar's outbound listeners and virtualOutbound: shared by a namespace."""
     if not ctx.is_sidecar:
@@ -312,20 +261,9 @@ def generate_outbound_listeners(ctx: ProxyContext) -> list[tuple[str, Message]]:
     return sorted(out.items())
 
 
-def generate_inbound_listeners(ctx: ProxyContext) -> list[tuple[str, Message]]:
-    """virtualInbound, with a chain per port of the sidecar's own workload."""
-    if not ctx.is_sidecar or ctx.mode is InterceptionMode.NONE:
-        return []
-    return [(c.VIRTUAL_INBOUND, virtual_inbound(ctx))]
-
-
 def outbound_listener_names(ctx: ProxyContext) -> frozenset[str]:
     """Names generate_outbound_listeners uses (without generating them)."""
     names = {plan.name for plan in ctx.listeners}
     if ctx.is_sidecar and ctx.mode is not InterceptionMode.NONE:
         names.add(c.VIRTUAL_OUTBOUND)
     return frozenset(names)
-
-
-def generate_listeners(ctx: ProxyContext) -> list[tuple[str, Message]]:
-    return sorted(generate_outbound_listeners(ctx) + generate_inbound_listeners(ctx))

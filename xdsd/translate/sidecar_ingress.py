@@ -20,15 +20,12 @@ from collections.abc import Callable
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
+from envoy.config.listener.v3 import listener_pb2
 from google.protobuf.message import Message
 
-from xdsd.model.types import Protocol
 from xdsd.translate import _common as c
-from xdsd.translate import clusters, listeners
+from xdsd.translate import clusters, inbound, listeners
 from xdsd.translate.context import InboundPort, ProxyContext
-from xdsd.translate.routes import inbound_route_configuration
 from xdsd.translate.sidecar_scope import IngressPlan
 
 Generator = Callable[[ProxyContext], list[tuple[str, Message]]]
@@ -70,38 +67,6 @@ def ingress_cluster(ctx: ProxyContext, plan: IngressPlan) -> cluster_pb2.Cluster
     return cl
 
 
-def _chains(plan: IngressPlan) -> list[listener_components_pb2.FilterChain]:
-    FilterChain = listener_components_pb2.FilterChain
-    FilterChainMatch = listener_components_pb2.FilterChainMatch
-    cluster = c.inbound_cluster_name(plan.port)
-    http = listeners._hcm(
-        f"inbound_{plan.name}",
-        route_config=inbound_route_configuration(cluster, plan.port, plan.protocol),
-        http2=c.is_http2(plan.protocol),
-    )
-    tcp = FilterChain(
-        name=plan.name,
-        filter_chain_match=FilterChainMatch(destination_port=c.uint32(plan.port)),
-        filters=[listeners._tcp_proxy(cluster)],
-    )
-    if plan.protocol.is_http:
-        return [
-            FilterChain(
-                name=plan.name,
-                filter_chain_match=FilterChainMatch(
-                    destination_port=c.uint32(plan.port), transport_protocol=c.RAW_BUFFER
-                ),
-                filters=[http],
-            )
-        ]
-    if plan.protocol is Protocol.AUTO:
-        sniffed = FilterChain(
-            name=plan.name, filter_chain_match=listeners._http_alpn_match(plan.port), filters=[http]
-        )
-        return [sniffed, tcp]
-    return [tcp]
-
-
 def ingress_listener(ctx: ProxyContext, plan: IngressPlan) -> listener_pb2.Listener:
     ls = listener_pb2.Listener(
         name=plan.name,
@@ -109,15 +74,9 @@ def ingress_listener(ctx: ProxyContext, plan: IngressPlan) -> listener_pb2.Liste
         traffic_direction=base_pb2.INBOUND,
         continue_on_listener_filters_timeout=True,
         listener_filters_timeout=c.seconds(0),  # MeshConfig protocolDetectionTimeout default
-        filter_chains=_chains(plan),
+        filter_chains=inbound.port_chains(ctx, plan.name, plan.port, plan.protocol),
     )
-    if plan.protocol is Protocol.AUTO:
-        ls.listener_filters.append(
-            listener_components_pb2.ListenerFilter(
-                name=listeners.HTTP_INSPECTOR_FILTER,
-                typed_config=c.pack(http_inspector_pb2.HttpInspector()),
-            )
-        )
+    ls.listener_filters.extend(inbound.listener_inspectors(ls.filter_chains))
     return ls
 
 

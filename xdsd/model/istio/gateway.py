@@ -33,7 +33,6 @@ TLS_MODES = (
 )
 UNSUPPORTED_MODES = {
     "AUTO_PASSTHROUGH": "needs SNI-DNAT clusters for multi-network meshes",
-    "ISTIO_MUTUAL": "needs the workload certificate (SDS 'default'/'ROOTCA') from istio-agent",
 }
 # ServerTLSSettings.TLSProtocol, in enum order (Envoy's TlsParameters uses the same order).
 TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")

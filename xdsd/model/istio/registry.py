@@ -6,12 +6,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from xdsd.model.fields import Issues
-from xdsd.model.istio import destinationrule, gateway, sidecar, virtualservice
+from xdsd.model.istio import (
+    authorizationpolicy,
+    destinationrule,
+    gateway,
+    peerauthentication,
+    sidecar,
+    virtualservice,
+)
 from xdsd.model.types import ObjectRef
 
 TypedParser = Callable[[Issues, Mapping[str, Any], str, ObjectRef], object | None]
 
 PARSERS: dict[str, TypedParser] = {
+    "AuthorizationPolicy": authorizationpolicy.parse,
+    "PeerAuthentication": peerauthentication.parse,
     "DestinationRule": destinationrule.parse,
     "Gateway": gateway.parse,
     "Sidecar": sidecar.parse,

@@ -7,7 +7,7 @@
   it looks usable); messages name keys and entries, never values.
 - `ResourceType` / `CORE_TYPES` / `ISTIO_KINDS`: what xdsd watches;
   `discover_istio_types` picks, per Istio kind, the first version the server
-  serves among v1, v1beta1, v1alpha3 (GET /apis/GROUP and /apis/GROUP/VERSION),
+  serves among v1, v1beta1, v1alpha3, v1alpha1 (GET /apis/GROUP and /apis/GROUP/VERSION),
   so each object is seen once.
 - `KubeResourceApi`: the `ResourceApi` of `watch.list_watch` for one
   collection, through `ApiClient.call_api` with `_preload_content=False`: the
@@ -191,8 +191,11 @@ ISTIO_KINDS: dict[str, tuple[str, ...]] = {
         "AuthorizationPolicy",
         "RequestAuthentication",
     ),
+    # Read only to report that they are not translated (a warning on each object).
+    "telemetry.istio.io": ("Telemetry",),
+    "extensions.istio.io": ("WasmPlugin",),
 }
-ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3", "v1alpha1")
 ISTIO_GROUP_OF: dict[str, str] = {k: g for g, kinds in ISTIO_KINDS.items() for k in kinds}
 
 
