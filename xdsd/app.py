@@ -33,7 +33,8 @@ from xdsd.cache.groups import Change, GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
 from xdsd.heap import HeapKeeper
 from xdsd.model.build import SnapshotBuilder
-from xdsd.model.jwks import is_fetched_source
+from xdsd.model.jwks import JWKS_KIND, is_fetched_source
+from xdsd.model.jwks import describe as describe_jwks
 from xdsd.model.objects import key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot, ServiceKey
@@ -970,6 +971,8 @@ class XdsdApp:
             "objects": objects,
             "rejected": rejected,
             "skipped": ignored,
+            # Key sets fetched for RequestAuthentication jwksUri (xdsd.sources.jwks).
+            "jwks": [describe_jwks(o) for o in snap.configs_of(JWKS_KIND)],
         }
 
     def clusterz(self) -> dict[str, Any]:

@@ -98,6 +98,22 @@ def fetched_index(objs: Iterable[ConfigObject]) -> Mapping[str, ConfigObject]:
     return MappingProxyType({o.name: o for o in objs if o.kind == JWKS_KIND})
 
 
+def describe(obj: ConfigObject) -> dict[str, Any]:
+    """A fetched key set for debug output (`/debug/configz`): its state and key ids."""
+    jwks, error = str(obj.spec.get("jwks", "")), str(obj.spec.get("error", ""))
+    kids: list[str] = []
+    if jwks:
+        keys = json.loads(jwks).get("keys", [])
+        kids = [str(k.get("kid", "")) for k in keys if isinstance(k, dict)]
+    return {
+        "url": obj.name,
+        "state": "failing" if error else "ok",
+        "error": error,
+        "via": obj.spec.get("via", ""),
+        "key_ids": kids,
+    }
+
+
 def fetch_problems(
     request_authns: Iterable[ConfigObject], fetched: Iterable[ConfigObject]
 ) -> list[ConfigError]:
