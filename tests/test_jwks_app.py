@@ -22,10 +22,12 @@ from tests.test_translate_security import BASE, NS
 from tests.test_workers import get_json, ready, workers
 from xdsd import multicluster
 from xdsd.app import XdsdApp
+from xdsd.client import validate_paths
 from xdsd.demo import poll
 from xdsd.model.jwks import JWKS_KIND
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.store import ConfigChange
+from xdsd.offline import load_snapshot
 from xdsd.sources.jwks import JwksSettings
 from xdsd.translate.jwt_authn import jwt_rules, local_jwks
 from xdsd.workers import Supervisor, WorkerOptions
@@ -158,3 +160,18 @@ async def test_workers_serve_what_the_supervisor_fetched(tmp_path: Path, idp: Id
         await poll(restarted, timeout=30, what="worker 0 restarted")
         assert await every_worker_has("one")
         assert idp.hits == 1
+
+
+async def test_validate_and_translate_can_fetch_once(tmp_path: Path, idp: Idp) -> None:
+    good, down = idp.base + "/jwks", "http://127.0.0.1:1/jwks"
+    write(tmp_path / "a.yaml", request_authn(good), request_authn(down, name="down"))
+    # Offline by default: nothing fetched, nothing to say about it.
+    assert not [p for p in await validate_paths([tmp_path]) if "JWKS" in p.message]
+    found = [p for p in await validate_paths([tmp_path], fetch_jwks=True) if "JWKS" in p.message]
+    assert [(p.severity, p.object, p.path) for p in found] == [
+        ("warning", f"RequestAuthentication {NS}/down", "spec.jwtRules[0].jwksUri")
+    ]
+    assert "could not be fetched" in found[0].message
+    snap = await load_snapshot(tmp_path, fetch_jwks=True)
+    assert inlined(snap) == KEY1
+    assert inlined(await load_snapshot(tmp_path)) != KEY1

@@ -206,6 +206,12 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--config-dir", type=Path, help="config folder (not with --diff)")
     tr.add_argument("--node-id", required=True)
     tr.add_argument("--metadata", help="node metadata as a JSON object")
+    tr.add_argument(
+        "--fetch-jwks",
+        action="store_true",
+        help="fetch RequestAuthentication jwksUri key sets and inline them, as serve does "
+        "(without: a key set no token matches)",
+    )
     _add_log_level(tr)
 
     tr.add_argument(
@@ -219,6 +225,11 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check config files/folders; exit 1 on errors")
     val.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
     val.add_argument("--quiet", action="store_true", help="print errors only, not warnings")
+    val.add_argument(
+        "--fetch-jwks",
+        action="store_true",
+        help="fetch each RequestAuthentication jwksUri once; one that fails is a warning",
+    )
 
     st = sub.add_parser("status", help="sync status of every proxy (like istioctl proxy-status)")
     st.add_argument("--xds-address", default="127.0.0.1:15010", help="HOST:PORT of xdsd")
@@ -608,7 +619,9 @@ def _translate(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        dump, errors = translate_dir(args.config_dir, args.node_id, _metadata(args.metadata))
+        dump, errors = translate_dir(
+            args.config_dir, args.node_id, _metadata(args.metadata), fetch_jwks=args.fetch_jwks
+        )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
         return 2
@@ -638,7 +651,7 @@ def _translate_diff(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from xdsd.client import validate_paths
 
-    problems = asyncio.run(validate_paths(args.paths))
+    problems = asyncio.run(validate_paths(args.paths, fetch_jwks=args.fetch_jwks))
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         if p.severity == "error" or not args.quiet:

@@ -48,7 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from xdsd.model.istio.requestauthentication import RequestAuthentication
 from xdsd.model.jwks import JWKS_KIND, JWKS_SOURCE_PREFIX, fetched_object, jwks_problems
 from xdsd.model.parse import ParseResult
-from xdsd.model.store import ConfigChange, FileContent
+from xdsd.model.store import ConfigChange, ConfigStore, FileContent
 from xdsd.model.types import ConfigObject
 
 log = logging.getLogger(__name__)
@@ -383,6 +383,20 @@ class JwksResolver:
                 trust_env=False,
             )
         return self._session
+
+
+async def fetch_once(store: ConfigStore, settings: JwksSettings | None = None) -> None:
+    """One round for a one-shot command (`xdsd validate/translate --fetch-jwks`): fetch
+    what the store's RequestAuthentications name and put the results into the store."""
+    resolver = JwksResolver(settings)
+    try:
+        objs = store.objects("RequestAuthentication")
+        resolver.want(wanted_by(o for o in objs if isinstance(o, ConfigObject)))
+        change = await resolver.step()
+        if change is not None:
+            store.apply(change)
+    finally:
+        await resolver.aclose()
 
 
 def _jwks_uri_of(body: bytes) -> str:
