@@ -9,7 +9,8 @@ without a token passes until an AuthorizationPolicy requires a request principal
 allows by claim. The key set comes inline or from a jwksUri that xdsd fetches from a
 local identity provider and inlines (as istiod); outputPayloadToHeader and
 outputClaimToHeaders reach the backend, and the token itself only with
-forwardOriginalToken.
+forwardOriginalToken. The same at an ingress gateway (the task's end-user
+authentication at ingress).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from tests.security.harness import Mesh, Reply, Workload
 from tests.security.jwt import ISTIO_DEMO_ISSUER, JwtKey, tampered
+from tests.security.test_ingress_authz import _setup as gateway_setup
 
 DENIED = "RBAC: access denied"
 
@@ -262,4 +264,60 @@ async def test_unreachable_jwks_uri_fails_closed_with_a_warning(mesh: Mesh) -> N
     r = await mesh.request(sleep, httpbin, "/")
     assert ok(r), r
     assert app.registry.get_sample_value("xdsd_jwks_failing") == 1
+    await mesh.done()
+
+
+async def test_ingress_gateway_end_user_authentication(mesh: Mesh) -> None:
+    """The task's "end-user authentication" at the ingress gateway: a
+    RequestAuthentication selecting istio-ingressgateway, then a DENY policy for
+    requests without a principal (`notRequestPrincipals: ["*"]`)."""
+    httpbin, gateway, gw_port = await gateway_setup(mesh)
+    key = JwtKey.rsa(kid="gw")
+    host = "httpbin.example.com"
+
+    async def send(headers: dict[str, str] | None = None) -> Reply:
+        return await mesh.via_gateway(gw_port, host, "/headers", headers=headers)
+
+    await mesh.eventually(send, ok, "the gateway routes to httpbin")
+    mesh.apply(
+        "jwt-gw.yaml",
+        request_authn(
+            "jwt-example",
+            "istio-system",
+            f"issuer: {ISTIO_DEMO_ISSUER}\n    jwks: '{key.jwks_json()}'",
+            selector="istio: ingressgateway",
+        ),
+    )
+    await mesh.synced()
+    await mesh.eventually(
+        lambda: send(bearer(key.token(exp_in=-600))), unauthorized, "the gateway checks tokens"
+    )
+    r = await send(bearer(key.token()))
+    assert ok(r), r
+    r = await send()
+    assert ok(r), r
+    mesh.apply(
+        "frontend-ingress.yaml",
+        """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: frontend-ingress
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: ingressgateway
+  action: DENY
+  rules:
+  - from:
+    - source:
+        notRequestPrincipals: ["*"]
+""",
+    )
+    await mesh.synced()
+    await mesh.eventually(send, denied, "no token: denied at the gateway")
+    r = await send(bearer(key.token()))
+    assert ok(r), r
+    assert not httpbin.requests[-1].headers.get("authorization")
     await mesh.done()
