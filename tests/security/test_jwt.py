@@ -271,7 +271,7 @@ async def test_ingress_gateway_end_user_authentication(mesh: Mesh) -> None:
     """The task's "end-user authentication" at the ingress gateway: a
     RequestAuthentication selecting istio-ingressgateway, then a DENY policy for
     requests without a principal (`notRequestPrincipals: ["*"]`)."""
-    httpbin, gateway, gw_port = await gateway_setup(mesh)
+    httpbin, _gateway, gw_port = await gateway_setup(mesh)
     key = JwtKey.rsa(kid="gw")
     host = "httpbin.example.com"
 
