@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -220,3 +222,33 @@ async def test_changes_loop_fetches_what_is_wanted(idp: Idp) -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_names_are_resolved_and_link_local_answers_refused(
+    idp: Idp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = idp.base.rsplit(":", 1)[1]
+    r = JwksResolver(clock=Clock())
+    try:
+        # A host name goes through the guarded resolver.
+        url = f"http://localhost:{port}/jwks"
+        r.want({url: Want()})
+        obj = objects(await r.step())[url]
+        assert obj is not None and obj.spec["jwks"] == KEY1, obj.spec
+    finally:
+        await r.aclose()
+
+    async def link_local(self: object, host: str, port: int = 0, family: object = None) -> Any:
+        return [{"hostname": host, "host": "169.254.169.254", "port": port, "family": 2,
+                 "proto": 0, "flags": 0}]  # fmt: skip
+
+    monkeypatch.setattr(aiohttp.ThreadedResolver, "resolve", link_local)
+    monkeypatch.setattr(aiohttp.DefaultResolver, "resolve", link_local)
+    r = JwksResolver(clock=Clock())
+    try:
+        url = f"http://metadata.example:{port}/jwks"
+        r.want({url: Want()})
+        obj = objects(await r.step())[url]
+        assert obj is not None and "link-local" in obj.spec["error"], obj.spec
+    finally:
+        await r.aclose()

@@ -977,6 +977,8 @@ class XdsdApp:
             "skipped": ignored,
             # Key sets fetched for RequestAuthentication jwksUri (xdsd.sources.jwks).
             "jwks": [describe_jwks(o) for o in snap.configs_of(JWKS_KIND)],
+            # The fetcher's view (the process that fetches: single or supervisor).
+            "jwks_fetches": self.jwks.status() if self.jwks is not None else None,
         }
 
     def clusterz(self) -> dict[str, Any]:

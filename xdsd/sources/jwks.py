@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -127,7 +128,8 @@ class _GuardedResolver(AbstractResolver):
         for r in results:
             problem = _blocked(r["host"])
             if problem is not None:
-                raise OSError(f"{host}: {problem}")
+                # strerror is what aiohttp's connector error shows
+                raise OSError(errno.EHOSTUNREACH, f"{host}: {problem}")
         return results
 
     async def close(self) -> None:
@@ -306,7 +308,7 @@ class JwksResolver:
             errors, _ = jwks_problems(text)
             if errors:
                 raise FetchError(f"not a valid JWKS: {errors[0]}")
-        except (FetchError, UnicodeDecodeError, aiohttp.ClientError, OSError, TimeoutError) as e:
+        except Exception as e:  # any failure is this URL's problem, recorded on it
             if self._entries.get(key) is not entry:
                 return  # forgotten meanwhile
             entry.failures += 1
@@ -334,10 +336,10 @@ class JwksResolver:
         entry.due = self._clock() + self.settings.refresh_interval
 
     async def _get(self, url: str, timeout: float) -> bytes:
-        """One GET; every failure counted and raised as FetchError/ClientError/OSError."""
+        """One GET, counted as a success or a failure."""
         try:
             body = await self._get_once(url, timeout)
-        except BaseException:
+        except Exception:
             self._metrics.fail.inc()
             raise
         self._metrics.ok.inc()
@@ -413,5 +415,7 @@ def _jwks_uri_of(body: bytes) -> str:
 def _describe(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out"
+    if isinstance(e, UnicodeDecodeError):
+        return "the body is not UTF-8"
     text = str(e) or type(e).__name__
     return text if isinstance(e, FetchError) else f"{type(e).__name__}: {text}"
