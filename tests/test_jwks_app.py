@@ -175,3 +175,42 @@ async def test_validate_and_translate_can_fetch_once(tmp_path: Path, idp: Idp) -
     snap = await load_snapshot(tmp_path, fetch_jwks=True)
     assert inlined(snap) == KEY1
     assert inlined(await load_snapshot(tmp_path)) != KEY1
+
+
+async def test_write_status_shows_a_fetch_failure_on_the_object(tmp_path: Path, idp: Idp) -> None:
+    url = idp.base + "/jwks"
+    idp.status = 503
+    async with KubeApiServer(token="main-token", bookmark_interval=0.5) as api:
+        api.apply(namespace(NS))
+        api.apply(request_authn(url))
+        s = dataclasses.replace(
+            kube_settings(tmp_path, api, write_status=True, status_delay=0.05),
+            jwks=JwksSettings(retry_min=0.1),
+        )
+        async with XdsdApp(s) as app:
+            await app.ready.wait()
+
+            def status() -> dict[str, Any]:
+                obj = api.get("RequestAuthentication", NS, "jwt")
+                assert obj is not None
+                return dict(obj.get("status") or {})
+
+            async def warned() -> bool:
+                return any(
+                    "could not be fetched" in m["message"]
+                    for m in status().get("validationMessages") or ()
+                )
+
+            await poll(warned, timeout=10, what="a WARNING in the object's status")
+            (msg,) = status()["validationMessages"]
+            assert msg["level"] == "WARNING"
+            assert msg["message"].startswith("spec.jwtRules[0].jwksUri: JWKS from ")
+            assert "status 503" in msg["message"]
+            # Fetched at last: the warning goes from the status.
+            idp.status = 200
+
+            async def cleared() -> bool:
+                return not status().get("validationMessages")
+
+            await poll(cleared, timeout=10, what="the warning gone from the status")
+            assert inlined(app.snapshot) == KEY1
