@@ -428,3 +428,49 @@ def test_envoy_accepts_jwt_config(tmp_path: Path) -> None:
     assert LISTENER_TYPE in res
     result = envoy_validate(static_bootstrap(res, NODE), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_presence_parsed_and_checked() -> None:
+    ra, issues = parse({"jwtRules": [{"issuer": ISSUER, "jwks": JWKS, "presence": "REQUIRED"}]})
+    assert issues == [] and ra is not None and ra.rules[0].required
+    ra, _ = parse({"jwtRules": [{"issuer": ISSUER, "jwks": JWKS}]})
+    assert ra is not None and not ra.rules[0].required
+    assert errors({"jwtRules": [{"issuer": ISSUER, "presence": "MUST"}]}) == [
+        ("spec.jwtRules[0].presence", "'MUST' must be one of OPTIONAL, REQUIRED")
+    ]
+    found = errors({"jwtRules": [{"issuer": ISSUER, "fromHeaders": [{"name": "x:y"}]}]})
+    assert found == [("spec.jwtRules[0].fromHeaders[0].name", "'x:y' is not a valid header name")]
+
+
+def test_presence_required_as_newer_istiod() -> None:
+    # istio/istio#60830: a REQUIRED rule is a bare provider; any REQUIRED rule makes the
+    # whole an AND of each rule's requirement (no "any one token" shortcut).
+    one = mesh(ra("r", {"jwtRules": [{"issuer": ISSUER, "jwks": JWKS, "presence": "REQUIRED"}]}))
+    cfg = jwt_config(one)
+    assert cfg is not None
+    assert cfg["rules"] == [{"match": {"prefix": "/"}, "requires": {"providerName": "origins-0"}}]
+    mixed = mesh(
+        ra(
+            "r",
+            {
+                "jwtRules": [
+                    {"issuer": "a-idp", "jwks": JWKS, "presence": "REQUIRED"},
+                    {"issuer": "b-scope", "jwks": JWKS, "fromHeaders": [{"name": "x-scope"}]},
+                ]
+            },
+        )
+    )
+    cfg = jwt_config(mixed)
+    assert cfg is not None
+    assert cfg["rules"][0]["requires"] == {
+        "requiresAll": {
+            "requirements": [
+                {"providerName": "origins-0"},
+                {
+                    "requiresAny": {
+                        "requirements": [{"providerName": "origins-1"}, {"allowMissing": {}}]
+                    }
+                },
+            ]
+        }
+    }

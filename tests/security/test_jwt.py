@@ -168,6 +168,19 @@ async def test_tokens_verified_then_required_then_by_claim(mesh: Mesh) -> None:
     assert denied(r), r
     r = await send()
     assert denied(r), r
+
+    # `presence: REQUIRED` (newer Istio): the sidecar itself refuses a request without
+    # the token (401), no AuthorizationPolicy needed.
+    mesh.remove("require-jwt.yaml")
+    mesh.apply(
+        "jwt-example.yaml",
+        request_authn("jwt-example", "foo", rule + "\n    presence: REQUIRED"),
+    )
+    await mesh.synced()
+    r = await mesh.eventually(send, unauthorized, "no token: 401")
+    assert "missing" in r.body.lower(), r
+    r = await send(bearer(key.token()))
+    assert ok(r), r
     await mesh.done()
 
 

@@ -19,8 +19,10 @@ As istiod (pilot/pkg/security/authn/policy_applier.go, convertToEnvoyJwtConfig):
   [origins-0, allow_missing]`; with several, `requires_any [origins-0, ...,
   origins-N, requires_all [requires_any [origins-i, allow_missing] ...]]`. A
   present but invalid token is rejected (401); a request without one passes,
-  and AuthorizationPolicy (`requestPrincipals`) decides. CORS preflights
-  bypass the filter.
+  and AuthorizationPolicy (`requestPrincipals`) decides. A rule with
+  `presence: REQUIRED` is a bare `origins-i` (no allow_missing), and with one
+  such rule the whole is `requires_all` of each rule's requirement (newer
+  istiod). CORS preflights bypass the filter.
 
 The contract with RBAC (xdsd.translate.rbac): a verified token's payload is
 written to the dynamic metadata namespace `envoy.filters.http.jwt_authn`
@@ -141,18 +143,27 @@ def jwt_authentication(
     if not rules:
         return None
     cfg = jwt_pb2.JwtAuthentication(bypass_cors_preflight=True)
-    each: list[jwt_pb2.JwtRequirement] = []  # origins-i or missing, per rule
+    each: list[jwt_pb2.JwtRequirement] = []  # per rule: origins-i (or missing, if optional)
     named: list[jwt_pb2.JwtRequirement] = []  # origins-i alone
     for i, rule in enumerate(rules):
         name = f"{PROVIDER_PREFIX}{i}"
         cfg.providers[name].CopyFrom(_provider(snapshot, rule, clear_route_cache))
+        named.append(jwt_pb2.JwtRequirement(provider_name=name))
+        if rule.required:
+            each.append(jwt_pb2.JwtRequirement(provider_name=name))
+            continue
         optional = jwt_pb2.JwtRequirementOrList()
         optional.requirements.add(provider_name=name)
         optional.requirements.add(allow_missing=empty_pb2.Empty())
         each.append(jwt_pb2.JwtRequirement(requires_any=optional))
-        named.append(jwt_pb2.JwtRequirement(provider_name=name))
     if len(each) == 1:
         requires = each[0]
+    elif any(r.required for r in rules):
+        # No "any one token" shortcut: an optional token must not stand in for a
+        # required one (istio/istio#60830).
+        requires = jwt_pb2.JwtRequirement(
+            requires_all=jwt_pb2.JwtRequirementAndList(requirements=each)
+        )
     else:
         every = jwt_pb2.JwtRequirement(
             requires_all=jwt_pb2.JwtRequirementAndList(requirements=each)

@@ -8,7 +8,7 @@ spaceDelimitedClaims entries are non-empty; jwksUri is an http(s) URL of at
 most 2048 characters; only one of jwks and jwksUri; an inline jwks must parse
 as a JWKS (private key material is a warning); fromHeaders need a name;
 outputClaimToHeaders need a header (`^[-_A-Za-z0-9]+$`, unique) and a claim;
-timeout is a duration of at least 1ms. The translation to Envoy's jwt_authn
+timeout is a duration of at least 1ms; presence is OPTIONAL or REQUIRED. The translation to Envoy's jwt_authn
 filter is in `xdsd.translate.jwt_authn`; jwksUri fetching in `xdsd.sources.jwks`.
 """
 
@@ -48,8 +48,10 @@ _RULE_FIELDS = frozenset(
         "outputClaimToHeaders",
         "timeout",
         "spaceDelimitedClaims",
+        "presence",
     }
 )
+PRESENCE = ("OPTIONAL", "REQUIRED")
 MAX_JWKS_URI = 2048
 MAX_SPACE_DELIMITED = 64
 
@@ -81,6 +83,9 @@ class JwtRule:
     output_claim_to_headers: tuple[ClaimToHeader, ...] = ()
     timeout_ns: int = DEFAULT_TIMEOUT_NS
     space_delimited_claims: tuple[str, ...] = ()
+    # REQUIRED: a request without this token is rejected (401) even when another rule's
+    # token is valid (Istio's `presence`, istio/api#3737; OPTIONAL by default).
+    required: bool = False
 
     @property
     def fetch_key(self) -> str:
@@ -146,6 +151,10 @@ def _headers(iss: Issues, raw: Mapping[str, Any], path: str) -> tuple[JwtHeader,
             if "name" not in h or h.get("name") == "":
                 iss.error(f.join(hp, "name"), "location header name must be a non-empty string")
             continue
+        if any(ch in name for ch in "\x00\r\n:") or name != name.strip():
+            # Envoy's HTTP_HEADER_NAME rule: such a name would be NACKed.
+            iss.error(f.join(hp, "name"), f"{name!r} is not a valid header name")
+            continue
         out.append(JwtHeader(name, prefix or ""))
     return tuple(out)
 
@@ -210,6 +219,9 @@ def _rule(iss: Issues, index: int, raw: Mapping[str, Any], rp: str) -> JwtRule:
             f"header name {payload_header!r} is not a valid header name",
         )
     timeout = f.duration_ns(iss, raw, "timeout", rp)
+    presence = f.get_str(iss, raw, "presence", rp) or "OPTIONAL"
+    if presence not in PRESENCE:
+        iss.error(f.join(rp, "presence"), f"{presence!r} must be one of {', '.join(PRESENCE)}")
     rule = JwtRule(
         index=index,
         issuer=issuer,
@@ -224,6 +236,7 @@ def _rule(iss: Issues, index: int, raw: Mapping[str, Any], rp: str) -> JwtRule:
         output_claim_to_headers=_claim_headers(iss, raw, rp),
         timeout_ns=DEFAULT_TIMEOUT_NS if timeout is None else timeout,
         space_delimited_claims=tuple(spaced),
+        required=presence == "REQUIRED",
     )
     return rule
 
