@@ -214,3 +214,28 @@ async def test_write_status_shows_a_fetch_failure_on_the_object(tmp_path: Path, 
 
             await poll(cleared, timeout=10, what="the warning gone from the status")
             assert inlined(app.snapshot) == KEY1
+
+
+async def test_kube_workers_serve_what_the_supervisor_fetched(tmp_path: Path, idp: Idp) -> None:
+    url = idp.base + "/jwks"
+    async with KubeApiServer(token="main-token", bookmark_interval=0.5) as api:
+        api.apply(namespace(NS))
+        api.apply(request_authn(url))
+        settings_ = kube_settings(
+            tmp_path, api, xds_port=0, admin_port=0, jwks=JwksSettings(refresh_interval=0.3)
+        )
+        async with Supervisor(settings_, WorkerOptions(workers=2)) as sup:
+            await poll(lambda: ready(sup.admin_port), timeout=30, what="ready")
+
+            async def every_worker_has(kid: str) -> bool:
+                for w in await workers(sup.admin_port):
+                    configz = await get_json(w["admin_port"], "/debug/configz")
+                    got = [(j["url"], j["state"], j["key_ids"]) for j in configz["jwks"]]
+                    if got != [(url, "ok", [kid])]:
+                        return False
+                return True
+
+            await poll(lambda: every_worker_has("one"), timeout=30, what="fetched, in workers")
+            # Rotated keys, found by the supervisor's refresh, reach every worker.
+            idp.body = KEY2
+            await poll(lambda: every_worker_has("two"), timeout=30, what="rotated, in workers")
