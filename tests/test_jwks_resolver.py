@@ -19,7 +19,7 @@ from xdsd.demo import poll
 from xdsd.model.jwks import JWKS_KIND
 from xdsd.model.store import ConfigChange
 from xdsd.model.types import ConfigObject
-from xdsd.sources.jwks import JwksResolver, JwksSettings, Want
+from xdsd.sources.jwks import JwksResolver, JwksSettings, Want, parse_cidrs
 
 KEY1 = JwtKey.rsa(kid="one").jwks_json()
 KEY2 = JwtKey.ec(kid="two").jwks_json()
@@ -252,3 +252,21 @@ async def test_names_are_resolved_and_link_local_answers_refused(
         assert obj is not None and "link-local" in obj.spec["error"], obj.spec
     finally:
         await r.aclose()
+
+
+async def test_blocked_cidrs_refuse_literals_and_names(idp: Idp) -> None:
+    port = idp.base.rsplit(":", 1)[1]
+    settings = JwksSettings(blocked_cidrs=parse_cidrs("10.0.0.0/8, 127.0.0.0/8"))
+    r = JwksResolver(settings, clock=Clock())
+    try:
+        urls = [idp.base + "/jwks", f"http://localhost:{port}/jwks"]
+        r.want({u: Want() for u in urls})
+        got = objects(await r.step())
+        for u in urls:
+            obj = got[u]
+            assert obj is not None and "blocked range 127.0.0.0/8" in obj.spec["error"], u
+        assert idp.hits == 0
+    finally:
+        await r.aclose()
+    with pytest.raises(ValueError, match="'nope' is not a CIDR range"):
+        parse_cidrs("10.0.0.0/8,nope")

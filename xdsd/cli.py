@@ -140,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:
         help="RequestAuthentication jwksUri key sets are fetched by xdsd and inlined; each is "
         "fetched again every S seconds (a failed fetch is retried sooner) (1200, as istiod)",
     )
+    serve.add_argument(
+        "--jwks-blocked-cidrs",
+        default="",
+        metavar="CIDR,...",
+        help="jwksUri hosts in these ranges are not fetched (as istiod's "
+        "BLOCKED_CIDRS_IN_JWKS_URIS); link-local and cloud metadata addresses never are",
+    )
     kube = serve.add_argument_group(
         "Kubernetes", "read config from a config cluster instead of --config-dir"
     )
@@ -495,7 +502,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from xdsd.app import AppSettings, XdsdApp
     from xdsd.push.debounce import DebounceSettings
     from xdsd.server.ads import ServerSettings
-    from xdsd.sources.jwks import JwksSettings
+    from xdsd.sources.jwks import JwksSettings, parse_cidrs
 
     kubeconfig = args.kubeconfig
     if args.config_dir is None and kubeconfig is None and not args.in_cluster:
@@ -536,7 +543,10 @@ async def _serve(args: argparse.Namespace) -> int:
             server=ServerSettings(push_concurrency=args.push_concurrency),
             freeze_heap=True,
             gc_collect_interval=args.gc_collect_interval,
-            jwks=JwksSettings(refresh_interval=args.jwks_refresh_interval),
+            jwks=JwksSettings(
+                refresh_interval=args.jwks_refresh_interval,
+                blocked_cidrs=parse_cidrs(args.jwks_blocked_cidrs),
+            ),
         )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ need no route to the identity provider. xdsd does the same, as a source:
 - Each fetch: GET, no redirects (only what the config names is fetched), the
   rule's `timeout` (5 s by default), at most `max_bytes`, 2xx only, the body
   must be a JWKS. Link-local and cloud metadata addresses are refused (as
-  istiod). Every `refresh_interval` (istiod's default 20 min) each URL is
+  istiod), and `blocked_cidrs`. Every `refresh_interval` (istiod's default 20 min) each URL is
   fetched again; after a failure it is retried after `retry_min` seconds,
   doubling up to `refresh_interval`, and the last good key set stays served.
 - A failure is logged, counted (`pilot_jwks_resolver_network_fetch_fail_total`,
@@ -56,9 +56,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 # Cloud metadata endpoints outside link-local ranges (istiod blocks these too).
-_METADATA = frozenset(
-    {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
-)
+_METADATA = (ipaddress.ip_network("100.100.100.200/32"), ipaddress.ip_network("fd00:ec2::/32"))
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,26 @@ class JwksSettings:
     concurrency: int = 8
     # Refuse link-local / cloud metadata addresses (off only for tests of that rule).
     block_link_local: bool = True
+    # Also refused (istiod's BLOCKED_CIDRS_IN_JWKS_URIS; `--jwks-blocked-cidrs`).
+    blocked_cidrs: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         if self.refresh_interval <= 0 or self.retry_min <= 0 or self.max_bytes <= 0:
             raise ValueError("jwks: refresh interval, retry and size limit must be positive")
+
+
+def parse_cidrs(text: str) -> tuple[Network, ...]:
+    """`10.0.0.0/8,192.168.1.0/24` (ValueError names a bad entry)."""
+    out: list[Network] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not a CIDR range") from None
+    return tuple(out)
 
 
 class FetchError(Exception):
@@ -105,28 +120,37 @@ def wanted_by(objs: Iterable[ConfigObject]) -> dict[str, Want]:
     return out
 
 
-def _blocked(ip: str) -> str | None:
+def _blocked(ip: str, cidrs: tuple[Network, ...] = ()) -> str | None:
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
         return None
-    if addr.is_link_local or addr in _METADATA:
-        return f"address {ip} is link-local or a cloud metadata address"
+    if addr.is_link_local or (addr.is_multicast and addr.version == 6 and addr in _LL_MCAST):
+        return f"address {ip} is link-local"
+    if any(addr.version == n.version and addr in n for n in _METADATA):
+        return f"address {ip} is a cloud metadata address"
+    for n in cidrs:
+        if addr.version == n.version and addr in n:
+            return f"address {ip} is in blocked range {n}"
     return None
+
+
+_LL_MCAST = ipaddress.ip_network("ff02::/16")
 
 
 class _GuardedResolver(AbstractResolver):
     """The default resolver, refusing names that resolve to a blocked address."""
 
-    def __init__(self) -> None:
+    def __init__(self, cidrs: tuple[Network, ...]) -> None:
         self._inner = aiohttp.DefaultResolver()
+        self._cidrs = cidrs
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         for r in results:
-            problem = _blocked(r["host"])
+            problem = _blocked(r["host"], self._cidrs)
             if problem is not None:
                 # strerror is what aiohttp's connector error shows
                 raise OSError(errno.EHOSTUNREACH, f"{host}: {problem}")
@@ -350,7 +374,7 @@ class JwksResolver:
         if u.scheme not in ("http", "https") or not u.hostname:
             raise FetchError(f"{url!r} is not an http(s) URL")
         if self.settings.block_link_local:
-            problem = _blocked(u.hostname)
+            problem = _blocked(u.hostname, self.settings.blocked_cidrs)
             if problem is not None:
                 raise FetchError(problem)
         session = self._client()
@@ -378,7 +402,9 @@ class JwksResolver:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             resolver: AbstractResolver = (
-                _GuardedResolver() if self.settings.block_link_local else aiohttp.DefaultResolver()
+                _GuardedResolver(self.settings.blocked_cidrs)
+                if self.settings.block_link_local
+                else aiohttp.DefaultResolver()
             )
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(resolver=resolver, force_close=True),
