@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 # Cloud metadata endpoints outside link-local ranges (istiod blocks these too).
 _METADATA = (ipaddress.ip_network("100.100.100.200/32"), ipaddress.ip_network("fd00:ec2::/32"))
+_LL_MCAST = ipaddress.ip_network("ff02::/16")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -133,9 +134,6 @@ def _blocked(ip: str, cidrs: tuple[Network, ...] = ()) -> str | None:
         if addr.version == n.version and addr in n:
             return f"address {ip} is in blocked range {n}"
     return None
-
-
-_LL_MCAST = ipaddress.ip_network("ff02::/16")
 
 
 class _GuardedResolver(AbstractResolver):
