@@ -343,6 +343,7 @@ class XdsdApp:
         if self.hooks.fetch_jwks:
             self.jwks = JwksResolver(settings.jwks, registry=self.registry)
         self._jwks_seen: tuple[object, ...] | None = None
+        self._jwks_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: XdsServer | None = None
@@ -436,8 +437,6 @@ class XdsdApp:
                 self._tasks.append(asyncio.create_task(self._watch_source(), name="config-source"))
             if self.hooks.push:
                 self._tasks.append(asyncio.create_task(self.debouncer.run(), name="debounce"))
-            if self.jwks is not None:
-                self._tasks.append(asyncio.create_task(self._follow_jwks(), name="jwks"))
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -453,6 +452,8 @@ class XdsdApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.jwks is not None:
+            await self.jwks.aclose()  # its HTTP session, if a fetch was cut short
         try:
             await self._close_servers()
         finally:
@@ -501,6 +502,7 @@ class XdsdApp:
             self.store.apply(change)
             self._track_jwks()
             if not self.ready.is_set() and self.source.synced.is_set():
+                await self._start_jwks()
                 self._open_gate()
                 log.info(
                     "initial config loaded: %d services, %d errors",
@@ -628,6 +630,7 @@ class XdsdApp:
         """The gate opens once the config cluster (and remotes, up to a timeout) synced."""
         assert self.clusters is not None
         await self.clusters.initial_sync.wait()
+        await self._start_jwks()
         self._open_gate()
         self._update_status()
         log.info(
@@ -676,6 +679,25 @@ class XdsdApp:
         return ConfigChange(change.files + gone, change.kinds, synced=True)
 
     # -- JWKS (RequestAuthentication jwksUri) ------------------------------------------------
+
+    async def _start_jwks(self) -> None:
+        """Before the gate opens: fetch what the config names (each fetch bounded by its
+        rule's timeout), so the first push already inlines the key sets, as istiod's
+        first push context does; then keep following the config and refreshing."""
+        if self.jwks is None or self._jwks_task is not None:
+            return
+        objs = self.store.objects("RequestAuthentication")
+        self._jwks_seen = objs
+        self.jwks.want(wanted_by(o for o in objs if isinstance(o, ConfigObject)))
+        change = None
+        try:
+            change = await self.jwks.step()
+        except Exception:
+            log.exception("initial JWKS fetch failed; the resolver retries")
+        if change is not None:
+            self._apply_fetched(change)
+        self._jwks_task = asyncio.create_task(self._follow_jwks(), name="jwks")
+        self._tasks.append(self._jwks_task)
 
     def _track_jwks(self) -> None:
         """Tell the resolver which URLs the RequestAuthentications name. Only once the
