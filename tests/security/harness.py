@@ -75,9 +75,9 @@ ROOT_NS = "istio-system"
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 CLUSTER_ID = "Kubernetes"
 GATEWAY_SA = "istio-ingressgateway-service-account"
-# Envoys drain old listeners/filter chains quickly, so a changed policy applies to new
-# connections at once and old ones are closed after their next response.
-ENVOY_ARGS = ("--drain-time-s", "1", "--drain-strategy", "immediate")
+# Envoys drop old listeners/filter chains at once (no drain time), so once a change is
+# ACKed and nothing drains (`synced`), every connection runs the new filters.
+ENVOY_ARGS = ("--drain-time-s", "0", "--drain-strategy", "immediate")
 _NOISE = ("Deprecated field", "deprecated runtime key", "no configured limit")
 
 
@@ -120,7 +120,7 @@ def _split(value: str, sep: str) -> list[str]:
 # --------------------------------------------------------------------------- replies
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Reply:
     """A response as the client saw it; `echo` is what the backend saw (its JSON)."""
 
@@ -159,8 +159,8 @@ class Reply:
         """The client URIs (SPIFFE IDs) the backend's sidecar put into XFCC."""
         return [e["URI"] for e in parse_xfcc(self.xfcc) if "URI" in e]
 
-    def __str__(self) -> str:
-        return f"HTTP {self.status} {self.body[:300]!r}"
+    def __repr__(self) -> str:
+        return f"Reply(HTTP {self.status}, {self.body[:400]!r})"
 
 
 # --------------------------------------------------------------------------- workloads
@@ -326,6 +326,7 @@ class Mesh:
         self.http_port = self.port()  # the Service port of every HTTP service
         self.http_target = self.port()  # the pod port of every HTTP service
         self._socks = 0
+        self._removed: set[Path] = set()  # files removed: synced() waits until xdsd knows
 
     # ---- addresses
 
@@ -352,9 +353,11 @@ class Mesh:
     def apply(self, name: str, docs: str | Iterable[Mapping[str, Any]]) -> None:
         """Write file `name` (YAML text or documents), replacing what was there."""
         write_docs(self.dir / name, load_yaml(docs) if isinstance(docs, str) else docs)
+        self._removed.discard(self.dir / name)
 
     def remove(self, name: str) -> None:
         (self.dir / name).unlink()
+        self._removed.add(self.dir / name)
 
     def istio(
         self,
@@ -728,12 +731,18 @@ class Mesh:
         why: list[str] = []
 
         async def done() -> bool:
-            why[:] = [
-                f"{p.name} not loaded" for p in self.dir.glob("*.yaml") if not self._reflected(p)
-            ]
+            files = sorted({*self.dir.glob("*.yaml"), *self._removed})
+            why[:] = [f"{p.name} not (un)loaded" for p in files if not self._reflected(p)]
             why.extend(self._unconverged())
             for w in self.workloads.values():
                 if w.envoy is not None:
+                    # Connections accepted under a listener's old filter chains keep
+                    # their old filters (e.g. no RBAC yet) until they are drained.
+                    draining = await w.envoy.stats(
+                        r"^listener_manager\.total_(filter_chains|listeners)_draining$"
+                    )
+                    if any(draining.values()):
+                        why.append(f"{w}: draining {draining}")
                     dump = await w.envoy.config_dump("dynamic_listeners")
                     warming = [c["name"] for c in dump.get("configs", []) if "warming_state" in c]
                     if warming:
@@ -885,7 +894,11 @@ class Mesh:
 
     @staticmethod
     async def _tcp(ip: str, port: int, payload: bytes, source: str | None = None) -> str:
-        """One TCP connection: send, read the answer ('' when closed or reset without one)."""
+        """One TCP connection: send, read the answer ('' when closed or reset without one).
+
+        Send at least 5 bytes: on a port with Envoy's TLS inspector (PERMISSIVE/STRICT
+        inbound), fewer bytes cannot be told apart from a TLS record header, and the
+        inspector waits for more (no listener filter timeout, as istiod's default)."""
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(ip, port, local_addr=(source, 0) if source else None), 5
         )
@@ -936,7 +949,11 @@ class Mesh:
         istio_dry_run_allow_shadow_allowed, istio_dry_run_deny_shadow_denied, ..."""
         out: dict[str, int] = {}
         for name, value in (await w.proxy().stats(r"rbac\.")).items():
+            if ".worker_" in name:
+                continue
             _, _, stat = name.rpartition("rbac.")
+            # Envoy names shadow stats PREFIX.shadow_denied; keyed PREFIXshadow_denied.
+            stat = stat.replace("_.", "_")
             out[stat] = out.get(stat, 0) + value
         return out
 
@@ -948,14 +965,14 @@ class Mesh:
         return out
 
     async def cert_uris(self, w: Workload) -> list[str]:
-        """URI SANs of the certificates `w`'s Envoy holds (admin /certs)."""
+        """URI SANs of the certificates `w`'s Envoy holds (admin /certs), each once."""
         status, body = await w.proxy().get("/certs")
         assert status == 200, body
         uris: list[str] = []
         for entry in json.loads(body).get("certificates", []):
             for cert in entry.get("cert_chain", []):
                 for san in cert.get("subject_alt_names", []):
-                    if "uri" in san:
+                    if "uri" in san and san["uri"] not in uris:
                         uris.append(san["uri"])
         return uris
 

@@ -42,7 +42,7 @@ async def test_sidecar_workload_gets_mtls_legacy_gets_plaintext(mesh: Mesh) -> N
 
     # TCP too: the server sidecar's TCP listener completes a handshake.
     before = await mesh.handshakes(httpbin)
-    assert await mesh.tcp(sleep, httpbin, 0, b"hi") == "httpbin: hi"
+    assert await mesh.tcp(sleep, httpbin, 0, b"hello there") == "httpbin: hello there"
     assert await mesh.handshakes(httpbin) > before
 
     # No sidecar at the destination: plaintext, no XFCC, no client handshake.

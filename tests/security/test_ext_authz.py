@@ -50,6 +50,9 @@ def providers(ext: ExtAuthz) -> dict[str, object]:
                     "service": host,
                     "port": str(ext.http_port),
                     "includeRequestHeadersInCheck": ["x-ext-authz"],
+                    # Not in the task's example: the HTTP server's headers reach the app
+                    # only when named (the gRPC server's OkHttpResponse headers always do).
+                    "headersToUpstreamOnAllow": ["x-ext-authz-check-result"],
                 },
             },
         ]
