@@ -288,7 +288,7 @@ def static_bootstrap(
         cl = cluster_pb2.Cluster()
         cl.CopyFrom(msg)
         if cl.type == cluster_pb2.Cluster.EDS:
-            cla = clas.get(name)
+            cla = clas.get(cl.eds_cluster_config.service_name or name)
             if cla is None:
                 raise KeyError(f"EDS cluster {name} has no ClusterLoadAssignment")
             cl.ClearField("eds_cluster_config")

@@ -283,15 +283,6 @@ def test_gateway_level_errors() -> None:
             {
                 "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
                 "hosts": ["*"],
-                "tls": {"mode": "AUTO_PASSTHROUGH"},
-            },
-            "spec.servers[0].tls.mode",
-            "AUTO_PASSTHROUGH not supported yet",
-        ),
-        (
-            {
-                "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                "hosts": ["*"],
                 "tls": {"mode": "SIMPLE", "credentialName": "c", "caCrl": "/crl"},
             },
             "spec.servers[0].tls.caCrl",

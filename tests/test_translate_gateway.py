@@ -516,3 +516,52 @@ def test_envoy_accepts_the_gateway_config(tmp_path: Path) -> None:
     inline_secrets(boot, by_name(out[SECRET_TYPE]))
     done = envoy_validate(boot, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_auto_passthrough_routes_mesh_sni_to_sni_dnat_clusters(tmp_path: Any) -> None:
+    """An east-west gateway: Istio mTLS passes through by its SNI, to the service's endpoints."""
+    docs = [
+        gateway(
+            "cross-network",
+            GW_NS,
+            [
+                {
+                    "port": {"number": 15443, "name": "tls", "protocol": "TLS"},
+                    "hosts": ["*.local"],
+                    "tls": {"mode": "AUTO_PASSTHROUGH"},
+                }
+            ],
+            LABELS,
+        ),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "reviews", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.7", "ports": [{"name": "http", "port": 9080}]},
+        },
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": "shop"},
+            "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]},
+        },
+    ]
+    s = snap(docs)
+    ctx = proxy_context(s, router())
+    assert not [p for p in ctx.conflicts if "AUTO_PASSTHROUGH" in p]
+    out = generate_all(s, router())
+    (listener,) = [m for n, m in out[LISTENER_TYPE] if n == "0.0.0.0_15443"]
+    assert [f.name for f in listener.listener_filters] == ["envoy.filters.listener.tls_inspector"]
+    host = "reviews.shop.svc.cluster.local"
+    sni = [list(fc.filter_chain_match.server_names) for fc in listener.filter_chains]
+    assert sni == [[f"outbound_.9080_._.{host}"], [f"outbound_.9080_.v1_.{host}"]]
+    clusters = by_name(out[CLUSTER_TYPE])
+    dnat = clusters[f"outbound_.9080_.v1_.{host}"]
+    assert dnat.eds_cluster_config.service_name == f"outbound|9080|v1|{host}"
+    assert not dnat.HasField("transport_socket") and not dnat.transport_socket_matches
+    from tests.envoy_static import envoy_binary, envoy_validate, static_bootstrap
+
+    if envoy_binary() is not None:
+        node = "router~10.0.0.9~ingress-0.istio-system~istio-system.svc.cluster.local"
+        result = envoy_validate(static_bootstrap(out, node), tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -666,3 +666,20 @@ def test_untranslated_kinds_are_reported_on_each_object(api: str, kind: str) -> 
     assert f"{kind} is not translated by xdsd" in warning.message
     assert warning.object == f"{kind} {NS}/x"
     assert len(result.objects) == 1  # kept (for status), just not translated
+
+
+def test_custom_without_provider_is_reported_on_the_policy() -> None:
+    from xdsd.translate.checks import config_problems
+
+    custom = policy(
+        "AuthorizationPolicy",
+        "ext",
+        NS,
+        {"action": "CUSTOM", "provider": {"name": "nope"}, "rules": [{}]},
+    )
+    (problem,) = config_problems(mesh(custom))
+    assert (
+        problem.object == f"AuthorizationPolicy {NS}/ext" and problem.path == "spec.provider.name"
+    )
+    assert "no extension provider 'nope'" in problem.message and "fail closed" in problem.message
+    assert config_problems(mesh(MESH_CM + custom.replace("nope", "my-authz"))) == []

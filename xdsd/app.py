@@ -48,6 +48,7 @@ from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
 from xdsd.sources.folder import FolderSource
 from xdsd.translate.auto_mtls import endpoints_need_mtls
+from xdsd.translate.checks import config_problems
 from xdsd.translate.generate import (
     GENERATORS,
     ProxyContext,
@@ -659,6 +660,9 @@ class XdsdApp:
             config_cluster_id=self.settings.cluster_id,
             stale=clusters.stale() if clusters else frozenset(),
         )
+        extra = config_problems(snapshot)  # e.g. CUSTOM policies without their provider
+        if extra:
+            snapshot = dataclasses.replace(snapshot, errors=snapshot.errors + tuple(extra))
         self.snapshot = snapshot
         self._build_errors = snapshot.errors[len(self._store_errors()) :]
         endpoint_services = None

@@ -15,6 +15,7 @@ from xdsd.translate import _common as c
 from xdsd.translate.auto_mtls import apply_auto_mtls
 from xdsd.translate.context import ClusterKind, InboundPort, OutboundCluster, ProxyContext
 from xdsd.translate.destination_rule import apply_cluster_policy
+from xdsd.translate.sni_dnat import sni_dnat_clusters
 
 Cluster = cluster_pb2.Cluster
 HttpProtocolOptions = http_protocol_options_pb2.HttpProtocolOptions
@@ -201,6 +202,14 @@ def generate_outbound_clusters(ctx: ProxyContext) -> list[tuple[str, Message]]:
     out[c.BLACKHOLE_CLUSTER] = blackhole_cluster()
     if ctx.is_sidecar:
         out[c.PASSTHROUGH_CLUSTER] = passthrough_cluster()
+    else:
+        for name, oc in sni_dnat_clusters(ctx):  # AUTO_PASSTHROUGH gateway servers
+            cl = Cluster()
+            cl.CopyFrom(out[oc.name])
+            cl.name = name
+            cl.ClearField("transport_socket")  # the client's own mTLS passes through
+            cl.ClearField("transport_socket_matches")
+            out[name] = cl
     # Gateways: outbound clusters and BlackHoleCluster only (istiod buildClusters).
     return sorted(out.items())
 

@@ -61,7 +61,7 @@ from xdsd.model.istio.gateway import TLS_VERSIONS, ServerTLS
 from xdsd.model.istio.virtualservice import Destination, RouteDestination
 from xdsd.model.types import Service
 from xdsd.translate import _common as c
-from xdsd.translate import inbound, vs_index
+from xdsd.translate import inbound, sni_dnat, vs_index
 from xdsd.translate.context import ProxyContext
 from xdsd.translate.destination_rule import SDS_DEFAULT, SDS_ROOT
 from xdsd.translate.destination_rule import _sds as agent_sds
@@ -294,6 +294,15 @@ def gateway_listener(
                 continue
             chains.append(_chain([*rbac_filters, f], gs.sni_hosts, server.tls))
             needs_inspector = True
+        elif server.tls is not None and server.tls.mode == "AUTO_PASSTHROUGH":
+            for name, _oc in sni_dnat.targets(ctx, gs):
+                if name in seen_sni:
+                    continue
+                seen_sni.add(name)
+                tp = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=name)
+                tcp = Filter(name=TCP_PROXY_FILTER, typed_config=c.pack(tp))
+                chains.append(_chain([*rbac_filters, tcp], [name]))
+                needs_inspector = True
         elif server.is_passthrough:
             for vs in _bound_virtual_services(ctx, gs):
                 if not _matching_hosts(gs.hosts, vs):

@@ -237,9 +237,29 @@ def credential_available(snapshot: MeshSnapshot, resource: str, namespace: str) 
     return data is not None and creds.key_pair(data) is not None
 
 
+def is_auto_passthrough(gs: GatewayServer) -> bool:
+    return gs.server.tls is not None and gs.server.tls.mode == "AUTO_PASSTHROUGH"
+
+
+def server_selects_host(gs: GatewayServer, namespace: str, hostname: str) -> bool:
+    """Whether a server's hosts (`ns/host` or `host`, wildcards) take a service's host."""
+    for h in gs.hosts:
+        ns, sep, name = h.partition("/")
+        if sep and ns not in ("*", namespace):
+            continue
+        if host_matches(name if sep else h, hostname):
+            return True
+    return False
+
+
+def sni_dnat_name(port: int, subset: str, hostname: str) -> str:
+    """model.BuildDNSSrvSubsetKey: the SNI of Istio mTLS, and the SNI-DNAT cluster's name."""
+    return f"outbound_.{port}_.{subset}_.{hostname}"
+
+
 def _route_problems(snapshot: MeshSnapshot, namespace: str, gs: GatewayServer) -> str:
     server = gs.server
-    if server.is_http_server:
+    if server.is_http_server or is_auto_passthrough(gs):
         return ""
     if server.is_passthrough:
         if not has_tls_route(snapshot, namespace, gs):
@@ -251,8 +271,6 @@ def _route_problems(snapshot: MeshSnapshot, namespace: str, gs: GatewayServer) -
 
 
 def _unsupported(server: Server) -> str:
-    if server.tls is not None and server.tls.mode == "AUTO_PASSTHROUGH":
-        return f"TLS mode {server.tls.mode} not supported yet"
     if server.port.protocol == "UDP":
         return "UDP servers not supported yet"
     if server.bind.startswith("unix://"):

@@ -31,9 +31,7 @@ TLS_MODES = (
     "ISTIO_MUTUAL",
     "OPTIONAL_MUTUAL",
 )
-UNSUPPORTED_MODES = {
-    "AUTO_PASSTHROUGH": "needs SNI-DNAT clusters for multi-network meshes",
-}
+UNSUPPORTED_MODES: dict[str, str] = {}
 # ServerTLSSettings.TLSProtocol, in enum order (Envoy's TlsParameters uses the same order).
 TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
 
