@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import pytest
+from aiohttp import ClientSession, ClientTimeout
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
+from tests.security.harness import Mesh
 from tests.security.jwt import ISTIO_DEMO_ISSUER, JwtKey, claims_of, tampered
 
 
@@ -68,3 +71,21 @@ def test_tokens_verify_with_the_jwks(make: object) -> None:
     assert int(claims_of(key.token(exp_in=-10))["exp"]) < time.time()
     assert "sub" not in claims_of(key.token(sub=None))
     assert json.loads(_b64(key.token(header={"kid": "nope"}).split(".")[0]))["kid"] == "nope"
+
+
+async def test_jwks_server_serves_and_fails_on_demand(tmp_path: Path) -> None:
+    key = JwtKey.rsa()
+    mesh = Mesh(tmp_path)
+    try:
+        jwks = await mesh.jwks_server({"/jwks.json": key.jwks()})
+        async with ClientSession(timeout=ClientTimeout(total=5)) as s:
+            async with s.get(jwks.url()) as r:
+                assert r.status == 200 and await r.json() == key.jwks()
+            jwks.status = 503
+            async with s.get(jwks.url()) as r:
+                assert r.status == 503
+            async with s.get(jwks.url("/other.json")) as r:
+                assert r.status == 503
+        assert jwks.fetches == {"/jwks.json": 2, "/other.json": 1}
+    finally:
+        await mesh.close()

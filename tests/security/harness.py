@@ -20,6 +20,7 @@ A `Mesh` belongs to one test. On loopback only (no network namespaces):
   - `gateway()`: an ingress gateway Envoy (istio=ingressgateway in istio-system).
   - `ext_authz(name, ns)`: our ext_authz server (HTTP and gRPC Check) as a plain
     mesh Service; it allows a request iff it carries `x-ext-authz: allow`.
+  - `jwks_server(...)`: JWKS documents over HTTP for `jwksUri` (tokens: `jwt.py`).
 - `up()` starts xdsd and every Envoy not started yet, in parallel.
 
 Ports: every Service port differs from every pod (target) port, so a sidecar's
@@ -305,6 +306,33 @@ class ExtAuthz:
         return Servicer()
 
 
+# --------------------------------------------------------------------------- JWKS
+
+
+@dataclass
+class JwksServer:
+    """An HTTP server of JWKS documents for RequestAuthentication `jwksUri` (xdsd fetches
+    it, as istiod does). `documents[path]` is served as JSON; `status` (e.g. 500) makes
+    every fetch fail; `fetches` counts requests per path."""
+
+    ip: str
+    port: int
+    documents: dict[str, Any] = field(default_factory=dict)
+    status: int = 200
+    fetches: dict[str, int] = field(default_factory=dict)
+
+    def url(self, path: str = "/jwks.json") -> str:
+        return f"http://{self.ip}:{self.port}{path}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.fetches[request.path] = self.fetches.get(request.path, 0) + 1
+        if self.status != 200:
+            return web.Response(status=self.status, text="unavailable")
+        if request.path not in self.documents:
+            return web.Response(status=404, text="no such JWKS")
+        return web.json_response(self.documents[request.path])
+
+
 # --------------------------------------------------------------------------- the mesh
 
 
@@ -557,6 +585,17 @@ class Mesh:
         ports = [("http", w.http_port, w.http_target), ("grpc", grpc_svc, grpc_target)]
         self._write_workload(w, ports, ())
         return ext
+
+    async def jwks_server(self, documents: Mapping[str, Any] | None = None) -> JwksServer:
+        """A JWKS server on a loopback address of this test (not a mesh workload)."""
+        server = JwksServer(self.ip(), self.port(), dict(documents or {}))
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", server.handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, server.ip, server.port, reuse_address=True).start()
+        return server
 
     # ---- processes
 

@@ -244,3 +244,55 @@ async def test_deny_by_principal_and_not_principals(mesh: Mesh) -> None:
     await mesh.synced()
     assert is_denied(await mesh.direct(httpbin, "/ip", source=legacy))
     await mesh.done()
+
+
+async def test_more_match_attributes(mesh: Mesh) -> None:
+    """notPaths, hosts, ports, ipBlocks and `when` keys (source.namespace,
+    source.principal, destination.port, request.headers) from Istio's reference."""
+    httpbin, sleep_foo, sleep_bar = await _setup(mesh)
+    legacy = mesh.legacy("sleep", "legacy")
+    await mesh.synced()
+    target = httpbin.http_target
+    mesh.apply(
+        "httpbin.yaml",
+        policy(
+            "httpbin",
+            "foo",
+            f"""  selector:
+    matchLabels:
+      app: httpbin
+  action: ALLOW
+  rules:
+  - to:
+    - operation:
+        hosts: ["{httpbin.host}"]
+        ports: ["{target}"]
+        notPaths: ["/admin*"]
+    when:
+    - key: source.namespace
+      values: ["foo"]
+    - key: destination.port
+      values: ["{target}"]
+  - from:
+    - source:
+        ipBlocks: ["{legacy.ip}/32"]
+  - when:
+    - key: source.principal
+      values: ["cluster.local/ns/bar/sa/sleep"]
+    - key: request.headers[x-user]
+      values: ["alice", "bob*"]""",
+        ),
+    )
+    await mesh.synced()
+    req = mesh.request
+    # Rule 0: foo's client, the service's host, any path but /admin*.
+    assert is_allowed(await req(sleep_foo, httpbin, "/ip"))
+    assert is_denied(await req(sleep_foo, httpbin, "/admin/users"))
+    # Rule 1: the legacy client's address (no principal needed).
+    assert is_allowed(await mesh.direct(httpbin, "/admin", source=legacy))
+    assert is_denied(await mesh.direct(httpbin, "/ip", source=mesh.ip()))
+    # Rule 2: bar's principal with a matching header (a prefix value).
+    assert is_allowed(await req(sleep_bar, httpbin, "/admin", headers={"x-user": "bobby"}))
+    assert is_denied(await req(sleep_bar, httpbin, "/ip", headers={"x-user": "carol"}))
+    assert is_denied(await req(sleep_bar, httpbin, "/ip"))
+    await mesh.done()
