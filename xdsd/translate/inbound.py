@@ -172,8 +172,12 @@ def inbound_chains(
 ) -> list[listener_components_pb2.FilterChain]:
     """The chains of one inbound port (`port` 0: any, the passthrough chains)."""
     mode = effective_mode(ctx, port)
+    options = _OPTIONS[(_listener_protocol(protocol), mode)]
+    # Built once for all the port's chains (copied into each by the HCM/filter lists).
+    http_filters = http_security_filters(ctx) if any(o.http for o in options) else []
+    net_filters = network_security_filters(ctx) if not all(o.http for o in options) else []
     chains: list[listener_components_pb2.FilterChain] = []
-    for opt in _OPTIONS[(_listener_protocol(protocol), mode)]:
+    for opt in options:
         match = FilterChainMatch(application_protocols=opt.alpns, transport_protocol=opt.transport)
         if port:
             match.destination_port.value = port
@@ -184,14 +188,11 @@ def inbound_chains(
                     route_config=route_config,
                     http2=c.is_http2(protocol),
                     inbound=True,
-                    security=http_security_filters(ctx),
+                    security=http_filters,
                 )
             ]
         else:
-            filters = [
-                *network_security_filters(ctx),
-                listeners._tcp_proxy(cluster, tcp_stat_prefix),
-            ]
+            filters = [*net_filters, listeners._tcp_proxy(cluster, tcp_stat_prefix)]
         chain = FilterChain(
             name=(http_name or name) if opt.http else name,
             filter_chain_match=match,

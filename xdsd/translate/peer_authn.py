@@ -71,6 +71,18 @@ def _levels(
 
 
 def workload_mtls(snapshot: MeshSnapshot, namespace: str, labels: Mapping[str, str]) -> MtlsPolicy:
+    """Memoized per snapshot by (namespace, labels): every app's proxies ask."""
+    memo: dict[tuple[str, tuple[tuple[str, str], ...]], MtlsPolicy] = snapshot.derived(
+        f"{__name__}:workload", lambda _s: {}
+    )
+    key = (namespace, tuple(sorted(labels.items())))
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = _compose(snapshot, namespace, labels)
+    return hit
+
+
+def _compose(snapshot: MeshSnapshot, namespace: str, labels: Mapping[str, str]) -> MtlsPolicy:
     mesh, ns, workload = _levels(snapshot, namespace, labels)
     mode = PERMISSIVE
     sources: list[str] = []
