@@ -156,4 +156,19 @@ spec:
     assert _allowed(r), r
     assert r.peer_uris == [f"spiffe://cluster.local/ns/istio-system/sa/{GATEWAY_SA}"], r.xfcc
     assert _denied(await mesh.request(sleep, httpbin, "/headers"))
+
+    # Mesh-wide STRICT: the gateway's hop to the sidecar is mTLS already, nothing changes.
+    mesh.apply(
+        "pa.yaml",
+        """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+""",
+    )
+    await mesh.synced()
+    assert _allowed(await mesh.via_gateway(port, "httpbin.example.com", "/headers"))
+    assert await mesh.attempt(mesh.direct(httpbin, "/headers")) is None
     await mesh.done()

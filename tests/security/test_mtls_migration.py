@@ -26,9 +26,9 @@ async def _mesh(mesh: Mesh) -> dict[str, Workload]:
     return w
 
 
-def peer_authentication(name: str, ns: str, spec: str) -> str:
+def peer_authentication(name: str, ns: str, spec: str, version: str = "v1") -> str:
     return f"""
-apiVersion: security.istio.io/v1
+apiVersion: security.istio.io/{version}
 kind: PeerAuthentication
 metadata:
   name: {name}
@@ -103,7 +103,11 @@ async def test_strict_namespace_then_mesh_wide(mesh: Mesh) -> None:
 
     # Mesh-wide STRICT (root namespace): bar's httpbin refuses plaintext too; the legacy
     # httpbin has no sidecar and answers everybody.
-    mesh.apply("pa-mesh.yaml", peer_authentication("default", ROOT_NS, "  mtls: {mode: STRICT}"))
+    # (v1beta1, as the authn-policy task writes it.)
+    mesh.apply(
+        "pa-mesh.yaml",
+        peer_authentication("default", ROOT_NS, "  mtls: {mode: STRICT}", version="v1beta1"),
+    )
     await mesh.synced()
     assert await _matrix(mesh, w) == {
         **ALL_200,
