@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -859,6 +860,7 @@ class Mesh:
         headers: Mapping[str, str] | None = None,
         source: str | None = None,
         body: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Reply:
         connector = TCPConnector(force_close=True, local_addr=(source, 0) if source else None)
         async with (
@@ -869,6 +871,7 @@ class Mesh:
                 headers={"Host": host, **(headers or {})},
                 data=body,
                 allow_redirects=False,
+                **({"ssl": tls} if tls is not None else {}),
             ) as r,
         ):
             text = await r.text()
@@ -925,11 +928,15 @@ class Mesh:
         *,
         source: Workload | str | None = None,
         headers: Mapping[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Reply:
         """HTTP to the ingress gateway's listener 0.0.0.0:`port` (reached on 127.0.0.1)
-        from `source`'s IP (what remoteIpBlocks/ipBlocks see)."""
+        from `source`'s IP (what remoteIpBlocks/ipBlocks see); HTTPS with `tls`."""
         src = source.ip if isinstance(source, Workload) else source
-        return await self._http(f"http://127.0.0.1:{port}{path}", host, headers=headers, source=src)
+        scheme = "https" if tls is not None else "http"
+        return await self._http(
+            f"{scheme}://127.0.0.1:{port}{path}", host, headers=headers, source=src, tls=tls
+        )
 
     @staticmethod
     async def _tcp(ip: str, port: int, payload: bytes, source: str | None = None) -> str:

@@ -12,9 +12,11 @@ source principal (the gateway speaks auto mTLS to the sidecar).
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
-from tests.security.harness import GATEWAY_SA, Mesh, Reply, Workload
+from tests.security.harness import GATEWAY_SA, Mesh, Reply, Workload, parse_xfcc
 
 
 def ingress_policy(action: str, field: str, ips: list[str]) -> str:
@@ -171,4 +173,75 @@ spec:
     await mesh.synced()
     assert _allowed(await mesh.via_gateway(port, "httpbin.example.com", "/headers"))
     assert await mesh.attempt(mesh.direct(httpbin, "/headers")) is None
+    await mesh.done()
+
+
+async def test_istio_mutual_gateway_server_takes_mesh_clients_only(mesh: Mesh) -> None:
+    """A Gateway server with tls.mode ISTIO_MUTUAL: the gateway terminates mTLS with its
+    own workload certificate and requires a client certificate from the mesh CA."""
+    httpbin = await mesh.server("httpbin", "foo")
+    gateway = await mesh.gateway()
+    sleep = await mesh.client("sleep", "foo")
+    gw_port, svc_port = mesh.port(), mesh.port()
+    gw_host = "istio-ingressgateway.istio-system.svc.cluster.local"
+    mesh.apply(
+        "mtls-gateway.yaml",
+        f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-ingressgateway, namespace: istio-system}}
+spec:
+  selector: {{app: istio-ingressgateway}}
+  ports: [{{name: http-mtls, port: {svc_port}, targetPort: {gw_port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ingressgateway, namespace: foo}}
+spec:
+  host: {gw_host}
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mtls-gateway, namespace: foo}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gw_port}, name: https, protocol: HTTPS}}
+    tls: {{mode: ISTIO_MUTUAL}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin-via-gateway, namespace: foo}}
+spec:
+  hosts: ["*"]
+  gateways: [mtls-gateway]
+  http:
+  - route:
+    - destination:
+        host: {httpbin.host}
+        port: {{number: {httpbin.http_port}}}
+""",
+    )
+    await mesh.up()
+    await mesh.wait_listener(gateway, f"0.0.0.0_{gw_port}")
+
+    # The mesh client (its sidecar presents sleep's certificate) gets through. XFCC as
+    # istiod sets it up: the gateway (SANITIZE_SET, with the client's Cert) names sleep,
+    # then httpbin's sidecar (APPEND_FORWARD) appends the gateway's own mTLS hop.
+    r = await mesh.request(sleep, gw_host, "/headers", port=svc_port)
+    assert _allowed(r), r
+    assert r.peer_uris == [sleep.identity, gateway.identity], r.xfcc
+    first, last = parse_xfcc(r.xfcc)
+    assert first["By"] == gateway.identity and "BEGIN%20CERTIFICATE" in first["Cert"]
+    assert last["By"] == httpbin.identity and "Cert" not in last
+    stats = await mesh.stats(gateway, rf"^listener\.0\.0\.0\.0_{gw_port}\.ssl\.handshake$")
+    assert sum(stats.values()) >= 1, stats
+
+    # TLS without a client certificate, and plaintext, are refused at the gateway.
+    no_cert = ssl.create_default_context(cadata=mesh.xds_root.decode())
+    no_cert.check_hostname = False  # the gateway's certificate names a SPIFFE ID only
+    assert await mesh.attempt(mesh.via_gateway(gw_port, gw_host, "/", tls=no_cert)) is None
+    assert await mesh.attempt(mesh.via_gateway(gw_port, gw_host, "/")) is None
     await mesh.done()
