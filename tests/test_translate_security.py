@@ -683,3 +683,29 @@ def test_custom_without_provider_is_reported_on_the_policy() -> None:
     )
     assert "no extension provider 'nope'" in problem.message and "fail closed" in problem.message
     assert config_problems(mesh(MESH_CM + custom.replace("nope", "my-authz"))) == []
+
+
+def test_workload_disable_turns_auto_mtls_off_for_its_endpoints() -> None:
+    from xdsd.translate._common import ENDPOINT_TYPE
+
+    disable = policy(
+        "PeerAuthentication",
+        "httpbin",
+        NS,
+        {
+            "selector": {"matchLabels": {"app": "httpbin"}},
+            "portLevelMtls": {"8080": {"mode": "DISABLE"}},
+        },
+    )
+    snap = mesh(disable)
+    name = f"outbound|8000||httpbin.{NS}.svc.cluster.local"
+    cla = dict(resources(snap)[ENDPOINT_TYPE])[name]
+    md = cla.endpoints[0].lb_endpoints[0].metadata.filter_metadata
+    assert "envoy.transport_socket_match" not in md
+    assert not _cluster(snap, name).transport_socket_matches
+    # The TCP port (5432) is not disabled: its endpoints still take mTLS.
+    tcp = f"outbound|5432||httpbin.{NS}.svc.cluster.local"
+    assert [m.name for m in _cluster(snap, tcp).transport_socket_matches] == [
+        "tlsMode-istio",
+        "tlsMode-disabled",
+    ]

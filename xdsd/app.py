@@ -269,7 +269,7 @@ def _endpoint_services(old: MeshSnapshot, new: MeshSnapshot) -> frozenset[Servic
         if before != after:
             # A service's first (or last) sidecar endpoint turns auto mTLS on (off) in
             # its clusters: a cluster change.
-            if endpoints_need_mtls(before) != endpoints_need_mtls(after):
+            if endpoints_need_mtls(old, before) != endpoints_need_mtls(new, after):
                 return None
             changed.add(k[0])
     by_key = {

@@ -5,7 +5,8 @@ PushContext.BestEffortInferServiceMTLSMode): when no DestinationRule sets TLS
 for a mesh-internal destination whose namespace (else mesh) PeerAuthentication
 is not DISABLE, the cluster gets `transport_socket_matches`: ISTIO_MUTUAL for
 endpoints whose metadata says `tlsMode: istio` (pods labelled
-`security.istio.io/tlsMode: istio`), plaintext for the rest. A passthrough
+`security.istio.io/tlsMode: istio`) unless their own PeerAuthentication (workload
+and port) is DISABLE, plaintext for the rest. A passthrough
 (ORIGINAL_DST) cluster has no endpoint metadata: it speaks mTLS only when every
 endpoint has a sidecar.
 
@@ -27,11 +28,12 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import struct_pb2
 
 from xdsd.model.istio.destinationrule import ClientTls
+from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import TLS_MODE_LABEL, Endpoint, Location
 from xdsd.translate import _common as c
 from xdsd.translate.context import ClusterKind, OutboundCluster, ProxyContext
 from xdsd.translate.destination_rule import _tls_context, effective_policy, subset_endpoints
-from xdsd.translate.peer_authn import DISABLE, namespace_mtls
+from xdsd.translate.peer_authn import DISABLE, namespace_mtls, workload_mtls
 
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
 TLS_MODE_KEY = "tlsMode"
@@ -44,8 +46,16 @@ def has_sidecar(ep: Endpoint) -> bool:
     return ep.labels.get(TLS_MODE_LABEL) == ISTIO
 
 
-def endpoints_need_mtls(endpoints: Iterable[Endpoint]) -> bool:
-    return any(has_sidecar(e) for e in endpoints)
+def takes_mtls(snapshot: MeshSnapshot, ep: Endpoint) -> bool:
+    """The endpoint has a sidecar and its own PeerAuthentication (workload and port) does
+    not DISABLE mTLS: clients send it mTLS (istiod's endpoint builder mtlsChecker)."""
+    if not has_sidecar(ep):
+        return False
+    return workload_mtls(snapshot, ep.namespace, ep.labels).for_port(ep.port) != DISABLE
+
+
+def endpoints_need_mtls(snapshot: MeshSnapshot, endpoints: Iterable[Endpoint]) -> bool:
+    return any(takes_mtls(snapshot, e) for e in endpoints)
 
 
 def endpoint_match_metadata(md: base_pb2.Metadata) -> None:
@@ -67,9 +77,9 @@ def apply_auto_mtls(ctx: ProxyContext, oc: OutboundCluster, cl: cluster_pb2.Clus
         return  # resolved hosts carry no endpoint metadata
     eps = subset_endpoints(oc, ctx.snapshot.endpoints_for(oc.service, oc.port.port))
     if oc.kind is ClusterKind.ORIGINAL_DST:
-        if not eps or not all(has_sidecar(e) for e in eps):
+        if not eps or not all(takes_mtls(ctx.snapshot, e) for e in eps):
             return
-    elif not endpoints_need_mtls(eps):
+    elif not endpoints_need_mtls(ctx.snapshot, eps):
         return
     opts = http_protocol_options_pb2.HttpProtocolOptions()
     if c.HTTP_PROTOCOL_OPTIONS_KEY in cl.typed_extension_protocol_options:

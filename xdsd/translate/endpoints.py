@@ -9,10 +9,10 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from xdsd.model.snapshot import ServiceKey
+from xdsd.model.snapshot import MeshSnapshot, ServiceKey
 from xdsd.model.types import Endpoint, Locality
 from xdsd.translate import _common as c
-from xdsd.translate.auto_mtls import endpoint_match_metadata, has_sidecar
+from xdsd.translate.auto_mtls import endpoint_match_metadata, takes_mtls
 from xdsd.translate.context import ClusterKind, ProxyContext
 from xdsd.translate.destination_rule import apply_endpoint_policy, subset_endpoints
 
@@ -37,14 +37,14 @@ def _canonical(ep: Endpoint) -> tuple[str, str]:
     return name, "" if rev == "latest" else rev
 
 
-def _metadata(ep: Endpoint) -> base_pb2.Metadata | None:
+def _metadata(ep: Endpoint, mtls: bool) -> base_pb2.Metadata | None:
     """filter_metadata.istio.workload = "NAME;NAMESPACE;CANONICAL;REVISION;CLUSTER" (istiod),
     and the tlsMode the cluster's transport socket matches read (auto mTLS)."""
     if not ep.workload_name:
         return None
     name, rev = _canonical(ep)
     md = base_pb2.Metadata()
-    if has_sidecar(ep):
+    if mtls:
         endpoint_match_metadata(md)
     istio = struct_pb2.Struct()
     istio["workload"] = ";".join((ep.workload_name, ep.namespace, name, rev, ep.cluster_id))
@@ -59,13 +59,13 @@ def _address(ep: Endpoint) -> address_pb2.Address:
     return c.socket_address(ep.address, ep.port)
 
 
-def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
+def _lb_endpoint(ep: Endpoint, mtls: bool) -> endpoint_components_pb2.LbEndpoint:
     lb = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=_address(ep)),
         health_status=health_check_pb2.HEALTHY if ep.healthy else health_check_pb2.UNHEALTHY,
         load_balancing_weight=c.uint32(max(1, ep.weight)),
     )
-    md = _metadata(ep)
+    md = _metadata(ep, mtls)
     if md is not None:
         lb.metadata.CopyFrom(md)
     return lb
@@ -75,7 +75,10 @@ def _locality_key(loc: Locality) -> tuple[str, str, str]:
     return (loc.region, loc.zone, loc.subzone)
 
 
-def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+def load_assignment(
+    name: str, endpoints: Iterable[Endpoint], snapshot: MeshSnapshot | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """`snapshot`: for whether each endpoint takes mTLS (its PeerAuthentication)."""
     groups: dict[tuple[str, str, str], list[Endpoint]] = {}
     for ep in endpoints:
         groups.setdefault(_locality_key(ep.locality), []).append(ep)
@@ -85,7 +88,9 @@ def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.Cl
         lle = cla.endpoints.add()
         if any(key):
             lle.locality.region, lle.locality.zone, lle.locality.sub_zone = key
-        lle.lb_endpoints.extend(_lb_endpoint(e) for e in eps)
+        lle.lb_endpoints.extend(
+            _lb_endpoint(e, snapshot is not None and takes_mtls(snapshot, e)) for e in eps
+        )
         lle.load_balancing_weight.value = sum(max(1, e.weight) for e in eps)
     return cla
 
@@ -102,7 +107,7 @@ def generate_endpoints(
             continue
         # DestinationRule subsets filter by labels; locality policies set weights/priorities.
         eps = subset_endpoints(oc, ctx.snapshot.endpoints_for(oc.service, oc.port.port))
-        cla = load_assignment(oc.name, eps)
+        cla = load_assignment(oc.name, eps, ctx.snapshot)
         apply_endpoint_policy(ctx, oc, cla, eps)
         out.append((oc.name, cla))
     return sorted(out, key=lambda item: item[0])
