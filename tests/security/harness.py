@@ -340,8 +340,10 @@ class JwksServer:
 class Mesh:
     """One test's mesh: xdsd with its CA, a config folder, workloads, Envoys."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, delta: bool = False) -> None:
+        """`delta`: the Envoys use Delta xDS (else state of the world)."""
         self.tmp = tmp_path
+        self.delta = delta
         self.dir = tmp_path / "config"
         self.dir.mkdir()
         self.prefix = address_block()
@@ -668,6 +670,7 @@ class Mesh:
             node,
             meta,
             xds_port=self.app.xds_port,
+            delta=self.delta,
             sds_socket=w.agent.socket,
             extra_args=ENVOY_ARGS,
         )

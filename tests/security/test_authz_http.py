@@ -11,6 +11,10 @@ between the sidecars, auto mTLS), so these need inbound mTLS too.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from tests.security.harness import Mesh, Reply, Workload
 
 DENIED = "RBAC: access denied"
@@ -156,8 +160,19 @@ async def test_allow_by_method_path_and_header(mesh: Mesh) -> None:
     await mesh.done()
 
 
-async def test_deny_is_evaluated_before_allow(mesh: Mesh) -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_deny_is_evaluated_before_allow(tmp_path: Path, delta: bool) -> None:
+    mesh = Mesh(tmp_path, delta=delta)
+    try:
+        await _deny_before_allow(mesh)
+    finally:
+        await mesh.close()
+
+
+async def _deny_before_allow(mesh: Mesh) -> None:
     httpbin, sleep_foo, _ = await _setup(mesh)
+    assert mesh.app is not None
+    assert {c["delta"] for c in mesh.app.syncz()} == {mesh.delta}
     # authz-deny: deny GET unless x-token: admin.
     mesh.apply(
         "deny-method-get.yaml",
