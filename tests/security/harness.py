@@ -782,7 +782,8 @@ class Mesh:
                     # Connections accepted under a listener's old filter chains keep
                     # their old filters (e.g. no RBAC yet) until they are drained.
                     draining = await w.envoy.stats(
-                        r"^listener_manager\.total_(filter_chains|listeners)_draining$"
+                        r"^(listener_manager\.total_(filter_chains|listeners)_draining"
+                        r"|cluster_manager\.warming_clusters)$"
                     )
                     if any(draining.values()):
                         why.append(f"{w}: draining {draining}")
