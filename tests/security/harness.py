@@ -761,9 +761,15 @@ class Mesh:
             return source is None
         if source is None:
             return False
-        docs = load_yaml(path.read_text())
-        expected = parse_documents(docs, source).objects
-        held = list(files[source].objects.values())
+        result = parse_documents(load_yaml(path.read_text()), source)
+        entry = files[source]
+        # A broken object is served as its last good version or a fail-closed fallback:
+        # then the file's errors (object, field path) tell that this version was read.
+        if result.errors:
+            seen = {(e.object, e.path) for e in entry.errors}
+            return {(e.object, e.path) for e in result.errors} <= seen
+        held = list(entry.objects.values())
+        expected = result.objects
         return len(held) == len(expected) and all(o in held for o in expected)
 
     async def synced(self, timeout: float = 15) -> None:

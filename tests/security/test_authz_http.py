@@ -311,3 +311,36 @@ async def test_more_match_attributes(mesh: Mesh) -> None:
     assert is_denied(await req(sleep_bar, httpbin, "/ip", headers={"x-user": "carol"}))
     assert is_denied(await req(sleep_bar, httpbin, "/ip"))
     await mesh.done()
+
+
+async def test_a_broken_policy_fails_closed(mesh: Mesh) -> None:
+    """An AuthorizationPolicy that does not validate (and has no last good version) is
+    served as allow-nothing for the workloads it selects, never dropped: a DENY that
+    cannot be represented must not let traffic through."""
+    httpbin, sleep_foo, _ = await _setup(mesh)
+    other = await mesh.server("other", "foo")
+    await mesh.up()
+    mesh.apply(
+        "broken.yaml",
+        policy(
+            "broken",
+            "foo",
+            """  selector:
+    matchLabels:
+      app: httpbin
+  action: DENY
+  rules:
+  - when:
+    - key: request.nonsense[x]
+      values: ["1"]""",
+        ),
+    )
+    await mesh.synced()
+    assert is_denied(await mesh.request(sleep_foo, httpbin, "/ip"))
+    # The workload the selector does not name is not affected.
+    r = await mesh.request(sleep_foo, other, "/ip")
+    assert r.status == 200 and r.backend == "other", r
+    assert mesh.app is not None
+    errors = [str(e) for e in mesh.app.snapshot.errors if "broken" in str(e)]
+    assert errors, [str(e) for e in mesh.app.snapshot.errors]
+    await mesh.done()

@@ -133,3 +133,20 @@ spec:
     r = await mesh.request(sleep, httpbin, "/headers", headers={"x-ext-authz": "allow"})
     assert r.status == 200 and r.backend == "httpbin", r
     await mesh.done()
+
+
+async def test_custom_with_an_unknown_provider_denies_what_its_rules_match(mesh: Mesh) -> None:
+    httpbin = await mesh.server("httpbin", "foo")
+    sleep = await mesh.client("sleep", "foo")
+    await mesh.up()
+    mesh.apply("ext-authz.yaml", custom_policy("no-such-provider"))
+    await mesh.synced()
+    r = await mesh.request(sleep, httpbin, "/headers", headers={"x-ext-authz": "allow"})
+    assert r.status == 403 and not r.backend, r
+    r = await mesh.request(sleep, httpbin, "/ip")
+    assert r.status == 200 and r.backend == "httpbin", r
+    assert mesh.app is not None
+    assert any("no-such-provider" in str(e) for e in mesh.app.snapshot.errors), [
+        str(e) for e in mesh.app.snapshot.errors
+    ]
+    await mesh.done()
