@@ -21,7 +21,18 @@ A `Mesh` belongs to one test. On loopback only (no network namespaces):
   - `ext_authz(name, ns)`: our ext_authz server (HTTP and gRPC Check) as a plain
     mesh Service; it allows a request iff it carries `x-ext-authz: allow`.
   - `jwks_server(...)`: JWKS documents over HTTP for `jwksUri` (tokens: `jwt.py`).
-- `up()` starts xdsd and every Envoy not started yet, in parallel.
+  - `legacy(name, ns)`: a client without a sidecar (a source address for `direct`).
+- `up()` starts xdsd and every Envoy not started yet, in parallel (`Mesh(delta=True)`:
+  Delta xDS).
+- traffic: `request(client, target, path, method=, headers=)` through the client's
+  sidecar (its outbound listener CLIENT_IP:SERVICE_PORT, Host = the target's name);
+  `direct(target, path, source=)` plaintext straight to the pod (no client sidecar);
+  `tcp(client, target, i)` / `tcp_direct(target, i)`; `via_gateway(port, host, ...)`;
+  `attempt(...)` is None when the connection was refused/reset (STRICT).
+  `Reply.echo`/`seen_headers`/`xfcc`/`peer_uris`: what the app behind the sidecar saw.
+- Envoy admin: `handshakes` (server listener `ssl.handshake`), `rbac` (allowed,
+  denied, istio_dry_run_{allow,deny}_shadow_{allowed,denied}), `ext_authz_stats`,
+  `cert_uris` (/certs), `stats`; `done()` asserts no NACK anywhere (call it last).
 
 Ports: every Service port differs from every pod (target) port, so a sidecar's
 egress listeners (`POD_IP_SERVICEPORT`) never meet its ingress ones
