@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from envoy.service.status.v3 import csds_pb2
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from xdsd.admin.http import AdminServer
 from xdsd.cache.dump import dump_messages, dump_resources
@@ -33,11 +33,11 @@ from xdsd.cache.groups import Change, GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
 from xdsd.heap import HeapKeeper
 from xdsd.model.build import SnapshotBuilder
-from xdsd.model.objects import key_of, object_label
+from xdsd.model.objects import SecretData, key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot, ServiceKey
 from xdsd.model.store import ConfigStore
-from xdsd.model.types import ConfigError, Endpoint, Resolution
+from xdsd.model.types import ConfigError, ConfigObject, Endpoint, Resolution
 from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource, Source
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
@@ -51,6 +51,7 @@ from xdsd.translate.auto_mtls import endpoints_need_mtls
 from xdsd.translate.checks import config_problems
 from xdsd.translate.generate import (
     GENERATORS,
+    SERVED_TYPES,
     ProxyContext,
     context_key,
     group_key,
@@ -200,7 +201,7 @@ class _Watch:
         return self._ctx, self._key
 
     def resources(self, type_url: str) -> ResourceSet:
-        if type_url not in GENERATORS:
+        if type_url not in SERVED_TYPES:
             return ResourceSet.of(type_url, ())
         ctx, key = self._context()
         return self.app.cache.get(ctx, key, type_url)
@@ -335,6 +336,13 @@ class XdsdApp:
         self._admin: AdminServer | None = None
         self._generation = 0
         self._build_errors: tuple[ConfigError, ...] = ()
+        self._ca_secret_seen: object = None  # the cacerts Secret object last looked at
+        self.m_ca_rotation = Counter(
+            "xdsd_ca_rotations",
+            "cacerts Secret changes: rotated to a new CA, or refused (error)",
+            ["result"],
+            registry=self.registry,
+        )
         self._logged_errors: set[str] = set()
         self._last_push: dict[str, Any] | None = None
         self._pushes = 0
@@ -645,8 +653,39 @@ class XdsdApp:
         gone = tuple(FileContent(s, None) for s in self.store.sources() if s not in present)
         return ConfigChange(change.files + gone, change.kinds, synced=True)
 
+    def _follow_ca_secret(self) -> None:
+        """Serve a rotated cacerts Secret (--ca-secret) without a restart: new CSRs are
+        signed by the new CA and the istio-ca-root-cert ConfigMaps get its root. The
+        Secret is watched with the other Secrets of the config cluster (when its namespace
+        is watched); a Secret that does not make a CA leaves the current one serving."""
+        name = self.settings.security.ca_secret
+        if not self.settings.kube or name is None or self.security.ca is None:
+            return
+        from xdsd.sources.kube.rootcert import CACERTS_KEYS
+
+        obj = self.store.get("Secret", self.settings.own_namespace, name)
+        if obj is None or obj is self._ca_secret_seen or not isinstance(obj, ConfigObject):
+            return
+        self._ca_secret_seen = obj
+        data = obj.spec.get("data")
+        source = f"Secret {self.settings.own_namespace}/{name}"
+        if not isinstance(data, SecretData):
+            return
+        try:
+            entries = {k: data.decoded(k) for k in CACERTS_KEYS if k in data}
+            rotated = self.security.rotate_ca(entries, source)
+        except (ValueError, KeyError, AttributeError) as e:
+            self.m_ca_rotation.labels("error").inc()
+            log.error("%s does not make a CA (%s): the current CA keeps signing", source, e)
+            return
+        if rotated:
+            self.m_ca_rotation.labels("rotated").inc()
+            if self.root_certs is not None:
+                self.root_certs.set_root(self.security.ca.root_pem)
+
     def _rebuild(self, req: PushRequest) -> frozenset[ServiceKey] | None:
         """A new snapshot; returns the services whose endpoints changed when nothing else did."""
+        self._follow_ca_secret()
         start = time.perf_counter()
         self._generation += 1
         old = self.snapshot

@@ -757,6 +757,10 @@ class Supervisor:
             return await proc.wait()
         finally:
             self._fanout.links.pop(slot.index, None)
+            if slot.writer is not None:
+                # The stream's transport, not only its socket: else it is left to the GC
+                # ("unclosed StreamWriter") when the worker ended the link first.
+                slot.writer.close()
             slot.writer = None
             slot.state = None
             self.m_workers.set(sum(1 for s in self.slots if s.state and s.state.ready))

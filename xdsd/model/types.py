@@ -223,6 +223,8 @@ class ConfigError:
     severity: str = "error"  # "error" | "warning" (unsupported field, unknown kind)
 
     def __str__(self) -> str:
-        obj = f" {self.object}" if self.object else ""
-        path = f" at {self.path}" if self.path else ""
-        return f"{self.source}:{obj}{path}: {self.message}"
+        # "SOURCE: OBJECT at PATH: MESSAGE", leaving out the parts a problem lacks.
+        where = " ".join(p for p in (self.object, f"at {self.path}" if self.path else "") if p)
+        return (
+            f"{self.source}: {where}: {self.message}" if where else f"{self.source}: {self.message}"
+        )

@@ -99,7 +99,7 @@ def default_route(cluster: str, hostname: str, port: int) -> route_components_pb
         route=RouteAction(
             cluster=cluster,
             timeout=c.seconds(0),
-            max_grpc_timeout=c.seconds(0),
+            max_stream_duration=vs_http.NO_TIMEOUT,
             retry_policy=_retry_policy(),
         ),
     )
@@ -117,7 +117,7 @@ def catch_all_virtual_host(policy: OutboundPolicy) -> route_components_pb2.Virtu
                     route=RouteAction(
                         cluster=c.PASSTHROUGH_CLUSTER,
                         timeout=c.seconds(0),
-                        max_grpc_timeout=c.seconds(0),
+                        max_stream_duration=vs_http.NO_TIMEOUT,
                     ),
                 )
             ],
