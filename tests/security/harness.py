@@ -20,7 +20,19 @@ A `Mesh` belongs to one test. On loopback only (no network namespaces):
   - `gateway()`: an ingress gateway Envoy (istio=ingressgateway in istio-system).
   - `ext_authz(name, ns)`: our ext_authz server (HTTP and gRPC Check) as a plain
     mesh Service; it allows a request iff it carries `x-ext-authz: allow`.
-- `up()` starts xdsd and every Envoy not started yet, in parallel.
+  - `jwks_server(...)`: JWKS documents over HTTP for `jwksUri` (tokens: `jwt.py`).
+  - `legacy(name, ns)`: a client without a sidecar (a source address for `direct`).
+- `up()` starts xdsd and every Envoy not started yet, in parallel (`Mesh(delta=True)`:
+  Delta xDS).
+- traffic: `request(client, target, path, method=, headers=)` through the client's
+  sidecar (its outbound listener CLIENT_IP:SERVICE_PORT, Host = the target's name);
+  `direct(target, path, source=)` plaintext straight to the pod (no client sidecar);
+  `tcp(client, target, i)` / `tcp_direct(target, i)`; `via_gateway(port, host, ...)`;
+  `attempt(...)` is None when the connection was refused/reset (STRICT).
+  `Reply.echo`/`seen_headers`/`xfcc`/`peer_uris`: what the app behind the sidecar saw.
+- Envoy admin: `handshakes` (server listener `ssl.handshake`), `rbac` (allowed,
+  denied, istio_dry_run_{allow,deny}_shadow_{allowed,denied}), `ext_authz_stats`,
+  `cert_uris` (/certs), `stats`; `done()` asserts no NACK anywhere (call it last).
 
 Ports: every Service port differs from every pod (target) port, so a sidecar's
 egress listeners (`POD_IP_SERVICEPORT`) never meet its ingress ones
@@ -38,6 +50,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -75,9 +88,9 @@ ROOT_NS = "istio-system"
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 CLUSTER_ID = "Kubernetes"
 GATEWAY_SA = "istio-ingressgateway-service-account"
-# Envoys drain old listeners/filter chains quickly, so a changed policy applies to new
-# connections at once and old ones are closed after their next response.
-ENVOY_ARGS = ("--drain-time-s", "1", "--drain-strategy", "immediate")
+# Envoys drop old listeners/filter chains at once (no drain time), so once a change is
+# ACKed and nothing drains (`synced`), every connection runs the new filters.
+ENVOY_ARGS = ("--drain-time-s", "0", "--drain-strategy", "immediate")
 _NOISE = ("Deprecated field", "deprecated runtime key", "no configured limit")
 
 
@@ -120,7 +133,7 @@ def _split(value: str, sep: str) -> list[str]:
 # --------------------------------------------------------------------------- replies
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Reply:
     """A response as the client saw it; `echo` is what the backend saw (its JSON)."""
 
@@ -159,8 +172,8 @@ class Reply:
         """The client URIs (SPIFFE IDs) the backend's sidecar put into XFCC."""
         return [e["URI"] for e in parse_xfcc(self.xfcc) if "URI" in e]
 
-    def __str__(self) -> str:
-        return f"HTTP {self.status} {self.body[:300]!r}"
+    def __repr__(self) -> str:
+        return f"Reply(HTTP {self.status}, {self.body[:400]!r})"
 
 
 # --------------------------------------------------------------------------- workloads
@@ -305,14 +318,43 @@ class ExtAuthz:
         return Servicer()
 
 
+# --------------------------------------------------------------------------- JWKS
+
+
+@dataclass
+class JwksServer:
+    """An HTTP server of JWKS documents for RequestAuthentication `jwksUri` (xdsd fetches
+    it, as istiod does). `documents[path]` is served as JSON; `status` (e.g. 500) makes
+    every fetch fail; `fetches` counts requests per path."""
+
+    ip: str
+    port: int
+    documents: dict[str, Any] = field(default_factory=dict)
+    status: int = 200
+    fetches: dict[str, int] = field(default_factory=dict)
+
+    def url(self, path: str = "/jwks.json") -> str:
+        return f"http://{self.ip}:{self.port}{path}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.fetches[request.path] = self.fetches.get(request.path, 0) + 1
+        if self.status != 200:
+            return web.Response(status=self.status, text="unavailable")
+        if request.path not in self.documents:
+            return web.Response(status=404, text="no such JWKS")
+        return web.json_response(self.documents[request.path])
+
+
 # --------------------------------------------------------------------------- the mesh
 
 
 class Mesh:
     """One test's mesh: xdsd with its CA, a config folder, workloads, Envoys."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, delta: bool = False) -> None:
+        """`delta`: the Envoys use Delta xDS (else state of the world)."""
         self.tmp = tmp_path
+        self.delta = delta
         self.dir = tmp_path / "config"
         self.dir.mkdir()
         self.prefix = address_block()
@@ -326,6 +368,7 @@ class Mesh:
         self.http_port = self.port()  # the Service port of every HTTP service
         self.http_target = self.port()  # the pod port of every HTTP service
         self._socks = 0
+        self._removed: set[Path] = set()  # files removed: synced() waits until xdsd knows
 
     # ---- addresses
 
@@ -352,9 +395,11 @@ class Mesh:
     def apply(self, name: str, docs: str | Iterable[Mapping[str, Any]]) -> None:
         """Write file `name` (YAML text or documents), replacing what was there."""
         write_docs(self.dir / name, load_yaml(docs) if isinstance(docs, str) else docs)
+        self._removed.discard(self.dir / name)
 
     def remove(self, name: str) -> None:
         (self.dir / name).unlink()
+        self._removed.add(self.dir / name)
 
     def istio(
         self,
@@ -555,6 +600,17 @@ class Mesh:
         self._write_workload(w, ports, ())
         return ext
 
+    async def jwks_server(self, documents: Mapping[str, Any] | None = None) -> JwksServer:
+        """A JWKS server on a loopback address of this test (not a mesh workload)."""
+        server = JwksServer(self.ip(), self.port(), dict(documents or {}))
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", server.handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, server.ip, server.port, reuse_address=True).start()
+        return server
+
     # ---- processes
 
     async def start_xdsd(self) -> XdsdApp:
@@ -625,6 +681,7 @@ class Mesh:
             node,
             meta,
             xds_port=self.app.xds_port,
+            delta=self.delta,
             sds_socket=w.agent.socket,
             extra_args=ENVOY_ARGS,
         )
@@ -715,9 +772,15 @@ class Mesh:
             return source is None
         if source is None:
             return False
-        docs = load_yaml(path.read_text())
-        expected = parse_documents(docs, source).objects
-        held = list(files[source].objects.values())
+        result = parse_documents(load_yaml(path.read_text()), source)
+        entry = files[source]
+        # A broken object is served as its last good version or a fail-closed fallback:
+        # then the file's errors (object, field path) tell that this version was read.
+        if result.errors:
+            seen = {(e.object, e.path) for e in entry.errors}
+            return {(e.object, e.path) for e in result.errors} <= seen
+        held = list(entry.objects.values())
+        expected = result.objects
         return len(held) == len(expected) and all(o in held for o in expected)
 
     async def synced(self, timeout: float = 15) -> None:
@@ -728,12 +791,19 @@ class Mesh:
         why: list[str] = []
 
         async def done() -> bool:
-            why[:] = [
-                f"{p.name} not loaded" for p in self.dir.glob("*.yaml") if not self._reflected(p)
-            ]
+            files = sorted({*self.dir.glob("*.yaml"), *self._removed})
+            why[:] = [f"{p.name} not (un)loaded" for p in files if not self._reflected(p)]
             why.extend(self._unconverged())
             for w in self.workloads.values():
                 if w.envoy is not None:
+                    # Connections accepted under a listener's old filter chains keep
+                    # their old filters (e.g. no RBAC yet) until they are drained.
+                    draining = await w.envoy.stats(
+                        r"^(listener_manager\.total_(filter_chains|listeners)_draining"
+                        r"|cluster_manager\.warming_clusters)$"
+                    )
+                    if any(draining.values()):
+                        why.append(f"{w}: draining {draining}")
                     dump = await w.envoy.config_dump("dynamic_listeners")
                     warming = [c["name"] for c in dump.get("configs", []) if "warming_state" in c]
                     if warming:
@@ -811,6 +881,7 @@ class Mesh:
         headers: Mapping[str, str] | None = None,
         source: str | None = None,
         body: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Reply:
         connector = TCPConnector(force_close=True, local_addr=(source, 0) if source else None)
         async with (
@@ -821,6 +892,7 @@ class Mesh:
                 headers={"Host": host, **(headers or {})},
                 data=body,
                 allow_redirects=False,
+                **({"ssl": tls} if tls is not None else {}),
             ) as r,
         ):
             text = await r.text()
@@ -877,15 +949,23 @@ class Mesh:
         *,
         source: Workload | str | None = None,
         headers: Mapping[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Reply:
         """HTTP to the ingress gateway's listener 0.0.0.0:`port` (reached on 127.0.0.1)
-        from `source`'s IP (what remoteIpBlocks/ipBlocks see)."""
+        from `source`'s IP (what remoteIpBlocks/ipBlocks see); HTTPS with `tls`."""
         src = source.ip if isinstance(source, Workload) else source
-        return await self._http(f"http://127.0.0.1:{port}{path}", host, headers=headers, source=src)
+        scheme = "https" if tls is not None else "http"
+        return await self._http(
+            f"{scheme}://127.0.0.1:{port}{path}", host, headers=headers, source=src, tls=tls
+        )
 
     @staticmethod
     async def _tcp(ip: str, port: int, payload: bytes, source: str | None = None) -> str:
-        """One TCP connection: send, read the answer ('' when closed or reset without one)."""
+        """One TCP connection: send, read the answer ('' when closed or reset without one).
+
+        Send at least 5 bytes: on a port with Envoy's TLS inspector (PERMISSIVE/STRICT
+        inbound), fewer bytes cannot be told apart from a TLS record header, and the
+        inspector waits for more (no listener filter timeout, as istiod's default)."""
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(ip, port, local_addr=(source, 0) if source else None), 5
         )
@@ -936,7 +1016,11 @@ class Mesh:
         istio_dry_run_allow_shadow_allowed, istio_dry_run_deny_shadow_denied, ..."""
         out: dict[str, int] = {}
         for name, value in (await w.proxy().stats(r"rbac\.")).items():
+            if ".worker_" in name:
+                continue
             _, _, stat = name.rpartition("rbac.")
+            # Envoy names shadow stats PREFIX.shadow_denied; keyed PREFIXshadow_denied.
+            stat = stat.replace("_.", "_")
             out[stat] = out.get(stat, 0) + value
         return out
 
@@ -948,14 +1032,14 @@ class Mesh:
         return out
 
     async def cert_uris(self, w: Workload) -> list[str]:
-        """URI SANs of the certificates `w`'s Envoy holds (admin /certs)."""
+        """URI SANs of the certificates `w`'s Envoy holds (admin /certs), each once."""
         status, body = await w.proxy().get("/certs")
         assert status == 200, body
         uris: list[str] = []
         for entry in json.loads(body).get("certificates", []):
             for cert in entry.get("cert_chain", []):
                 for san in cert.get("subject_alt_names", []):
-                    if "uri" in san:
+                    if "uri" in san and san["uri"] not in uris:
                         uris.append(san["uri"])
         return uris
 

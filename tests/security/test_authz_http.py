@@ -11,6 +11,10 @@ between the sidecars, auto mTLS), so these need inbound mTLS too.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from tests.security.harness import Mesh, Reply, Workload
 
 DENIED = "RBAC: access denied"
@@ -98,8 +102,14 @@ async def test_allow_nothing_then_allow_by_principal_and_namespace(mesh: Mesh) -
         ),
     )
     await mesh.synced()
+    before = await mesh.rbac(httpbin)
     assert is_allowed(await mesh.request(sleep_bar, httpbin, "/ip"))
     assert is_denied(await mesh.request(sleep_foo, httpbin, "/ip"))
+    # The server sidecar's RBAC filter counted both (counters live as long as the
+    # filter's config: compare within one config, not across changes).
+    after = await mesh.rbac(httpbin)
+    assert after.get("allowed", 0) - before.get("allowed", 0) == 1, (before, after)
+    assert after.get("denied", 0) - before.get("denied", 0) == 1, (before, after)
 
     # Removing allow-nothing changes nothing for foo: the namespace rule still decides.
     mesh.remove("allow-nothing.yaml")
@@ -108,8 +118,6 @@ async def test_allow_nothing_then_allow_by_principal_and_namespace(mesh: Mesh) -
     mesh.remove("httpbin-viewer.yaml")
     await mesh.synced()
     assert is_allowed(await mesh.request(sleep_foo, httpbin, "/ip"))
-    rbac = await mesh.rbac(httpbin)
-    assert rbac.get("allowed", 0) >= 2 and rbac.get("denied", 0) >= 4, rbac
     await mesh.done()
 
 
@@ -152,8 +160,19 @@ async def test_allow_by_method_path_and_header(mesh: Mesh) -> None:
     await mesh.done()
 
 
-async def test_deny_is_evaluated_before_allow(mesh: Mesh) -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_deny_is_evaluated_before_allow(tmp_path: Path, delta: bool) -> None:
+    mesh = Mesh(tmp_path, delta=delta)
+    try:
+        await _deny_before_allow(mesh)
+    finally:
+        await mesh.close()
+
+
+async def _deny_before_allow(mesh: Mesh) -> None:
     httpbin, sleep_foo, _ = await _setup(mesh)
+    assert mesh.app is not None
+    assert {c["delta"] for c in mesh.app.syncz()} == {mesh.delta}
     # authz-deny: deny GET unless x-token: admin.
     mesh.apply(
         "deny-method-get.yaml",
@@ -239,4 +258,89 @@ async def test_deny_by_principal_and_not_principals(mesh: Mesh) -> None:
     legacy = mesh.legacy("sleep", "legacy")
     await mesh.synced()
     assert is_denied(await mesh.direct(httpbin, "/ip", source=legacy))
+    await mesh.done()
+
+
+async def test_more_match_attributes(mesh: Mesh) -> None:
+    """notPaths, hosts, ports, ipBlocks and `when` keys (source.namespace,
+    source.principal, destination.port, request.headers) from Istio's reference."""
+    httpbin, sleep_foo, sleep_bar = await _setup(mesh)
+    legacy = mesh.legacy("sleep", "legacy")
+    await mesh.synced()
+    target = httpbin.http_target
+    mesh.apply(
+        "httpbin.yaml",
+        policy(
+            "httpbin",
+            "foo",
+            f"""  selector:
+    matchLabels:
+      app: httpbin
+  action: ALLOW
+  rules:
+  - to:
+    - operation:
+        hosts: ["{httpbin.host}"]
+        ports: ["{target}"]
+        notPaths: ["/admin*"]
+    when:
+    - key: source.namespace
+      values: ["foo"]
+    - key: destination.port
+      values: ["{target}"]
+  - from:
+    - source:
+        ipBlocks: ["{legacy.ip}/32"]
+  - when:
+    - key: source.principal
+      values: ["cluster.local/ns/bar/sa/sleep"]
+    - key: request.headers[x-user]
+      values: ["alice", "bob*"]""",
+        ),
+    )
+    await mesh.synced()
+    req = mesh.request
+    # Rule 0: foo's client, the service's host, any path but /admin*.
+    assert is_allowed(await req(sleep_foo, httpbin, "/ip"))
+    assert is_denied(await req(sleep_foo, httpbin, "/admin/users"))
+    # Rule 1: the legacy client's address (no principal needed).
+    assert is_allowed(await mesh.direct(httpbin, "/admin", source=legacy))
+    assert is_denied(await mesh.direct(httpbin, "/ip", source=mesh.ip()))
+    # Rule 2: bar's principal with a matching header (a prefix value).
+    assert is_allowed(await req(sleep_bar, httpbin, "/admin", headers={"x-user": "bobby"}))
+    assert is_denied(await req(sleep_bar, httpbin, "/ip", headers={"x-user": "carol"}))
+    assert is_denied(await req(sleep_bar, httpbin, "/ip"))
+    await mesh.done()
+
+
+async def test_a_broken_policy_fails_closed(mesh: Mesh) -> None:
+    """An AuthorizationPolicy that does not validate (and has no last good version) is
+    served as allow-nothing for the workloads it selects, never dropped: a DENY that
+    cannot be represented must not let traffic through."""
+    httpbin, sleep_foo, _ = await _setup(mesh)
+    other = await mesh.server("other", "foo")
+    await mesh.up()
+    mesh.apply(
+        "broken.yaml",
+        policy(
+            "broken",
+            "foo",
+            """  selector:
+    matchLabels:
+      app: httpbin
+  action: DENY
+  rules:
+  - when:
+    - key: request.nonsense[x]
+      values: ["1"]""",
+        ),
+    )
+    await mesh.synced()
+    assert is_denied(await mesh.request(sleep_foo, httpbin, "/ip"))
+    # The workload the selector does not name is not affected.
+    r = await mesh.request(sleep_foo, other, "/ip")
+    assert r.status == 200 and r.backend == "other", r
+    assert mesh.app is not None
+    errors = [str(e) for e in mesh.app.snapshot.errors if "broken" in str(e)]
+    assert errors, [str(e) for e in mesh.app.snapshot.errors]
     await mesh.done()

@@ -113,3 +113,23 @@ async def test_allow_and_deny_tcp_by_principal(mesh: Mesh) -> None:
     assert [await connects(mesh, sleep, echo, i) for i in range(3)] == [False, True, True]
     assert [await connects(mesh, other, echo, i) for i in range(3)] == [True, True, True]
     await mesh.done()
+
+
+async def test_http_only_fields_on_a_tcp_port_are_warned(mesh: Mesh) -> None:
+    """Issue 12: HTTP-only fields on a TCP port make the rule not match "with a warning,
+    as istiod does": the policy gets a warning naming the field (logs, validate,
+    /debug/configz and status read the same list)."""
+    echo, sleep, _ = await _setup(mesh)
+    p0 = echo.tcp_ports[0][1]
+    mesh.apply(
+        "tcp.yaml",
+        policy(
+            "ALLOW", f'  - to:\n    - operation:\n        methods: ["GET"]\n        ports: ["{p0}"]'
+        ),
+    )
+    await mesh.synced()
+    assert not await connects(mesh, sleep, echo, 0)
+    assert mesh.app is not None
+    warnings = [str(e) for e in mesh.app.snapshot.errors if "tcp-policy" in e.object]
+    assert any("methods" in w for w in warnings), [str(e) for e in mesh.app.snapshot.errors]
+    await mesh.done()

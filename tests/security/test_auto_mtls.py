@@ -36,13 +36,18 @@ async def test_sidecar_workload_gets_mtls_legacy_gets_plaintext(mesh: Mesh) -> N
     assert elements, f"no x-forwarded-client-cert: {r.seen_headers}"
     assert elements[-1].get("By") == httpbin.identity, r.xfcc
     assert elements[-1].get("URI") == sleep.identity, r.xfcc
-    assert "Hash" in elements[-1], r.xfcc
+    assert "Hash" in elements[-1] and "Subject" in elements[-1], r.xfcc
+    # A client's own XFCC does not survive its sidecar (outbound: sanitized), so the app
+    # sees exactly the element the server sidecar made from the client certificate.
+    spoof = {"x-forwarded-client-cert": "By=spiffe://evil;URI=spiffe://cluster.local/ns/x/sa/y"}
+    r = await mesh.request(sleep, httpbin, "/headers", headers=spoof)
+    assert r.peer_uris == [sleep.identity], r.xfcc
     assert await mesh.handshakes(httpbin) > before
     assert await client_handshakes(mesh, sleep, httpbin) >= 1
 
     # TCP too: the server sidecar's TCP listener completes a handshake.
     before = await mesh.handshakes(httpbin)
-    assert await mesh.tcp(sleep, httpbin, 0, b"hi") == "httpbin: hi"
+    assert await mesh.tcp(sleep, httpbin, 0, b"hello there") == "httpbin: hello there"
     assert await mesh.handshakes(httpbin) > before
 
     # No sidecar at the destination: plaintext, no XFCC, no client handshake.

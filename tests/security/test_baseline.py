@@ -64,7 +64,7 @@ async def test_tcp_through_sidecars(mesh: Mesh) -> None:
     sleep = await mesh.client("sleep", "foo")
     await mesh.up()
     assert await mesh.tcp(sleep, echo, 0, b"hello") == "tcp-echo: hello"
-    assert await mesh.tcp_direct(echo, 0, b"hi") == "tcp-echo: hi"
+    assert await mesh.tcp_direct(echo, 0, b"hello there") == "tcp-echo: hello there"
     await mesh.done()
 
 

@@ -50,6 +50,9 @@ def providers(ext: ExtAuthz) -> dict[str, object]:
                     "service": host,
                     "port": str(ext.http_port),
                     "includeRequestHeadersInCheck": ["x-ext-authz"],
+                    # Not in the task's example: the HTTP server's headers reach the app
+                    # only when named (the gRPC server's OkHttpResponse headers always do).
+                    "headersToUpstreamOnAllow": ["x-ext-authz-check-result"],
                 },
             },
         ]
@@ -129,4 +132,21 @@ spec:
     assert r.status == 403 and r.body == "RBAC: access denied", r
     r = await mesh.request(sleep, httpbin, "/headers", headers={"x-ext-authz": "allow"})
     assert r.status == 200 and r.backend == "httpbin", r
+    await mesh.done()
+
+
+async def test_custom_with_an_unknown_provider_denies_what_its_rules_match(mesh: Mesh) -> None:
+    httpbin = await mesh.server("httpbin", "foo")
+    sleep = await mesh.client("sleep", "foo")
+    await mesh.up()
+    mesh.apply("ext-authz.yaml", custom_policy("no-such-provider"))
+    await mesh.synced()
+    r = await mesh.request(sleep, httpbin, "/headers", headers={"x-ext-authz": "allow"})
+    assert r.status == 403 and not r.backend, r
+    r = await mesh.request(sleep, httpbin, "/ip")
+    assert r.status == 200 and r.backend == "httpbin", r
+    assert mesh.app is not None
+    assert any("no-such-provider" in str(e) for e in mesh.app.snapshot.errors), [
+        str(e) for e in mesh.app.snapshot.errors
+    ]
     await mesh.done()
