@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
-
-import pytest
-from aiohttp import web
 
 from tests.security.harness import Mesh, Reply, Workload
 from tests.security.jwt import ISTIO_DEMO_ISSUER, JwtKey, tampered
@@ -184,32 +180,10 @@ async def test_tokens_verified_then_required_then_by_claim(mesh: Mesh) -> None:
     await mesh.done()
 
 
-@pytest.fixture
-async def idp(mesh: Mesh) -> AsyncIterator[tuple[str, JwtKey, list[int]]]:
-    """A local identity provider serving its JWKS over HTTP on loopback."""
+async def test_jwks_uri_fetched_and_claims_to_headers(mesh: Mesh) -> None:
     key = JwtKey.ec(kid="idp")
-    hits: list[int] = []
-
-    async def jwks(request: web.Request) -> web.Response:
-        hits.append(1)
-        return web.Response(text=key.jwks_json(), content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/.well-known/jwks.json", jwks)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = mesh.port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/.well-known/jwks.json", key, hits
-    finally:
-        await runner.cleanup()
-
-
-async def test_jwks_uri_fetched_and_claims_to_headers(
-    mesh: Mesh, idp: tuple[str, JwtKey, list[int]]
-) -> None:
-    url, key, hits = idp
+    idp = await mesh.jwks_server({"/.well-known/jwks.json": key.jwks()})
+    url = idp.url("/.well-known/jwks.json")
     httpbin, sleep = await _setup(mesh)
     issuer = "https://idp.example.com"
     rule = f"""issuer: {issuer}
@@ -232,7 +206,7 @@ async def test_jwks_uri_fetched_and_claims_to_headers(
         return ok(r) and "x-jwt-payload" in r.seen_headers
 
     r = await mesh.eventually(send, verified, "a token signed by the fetched key set passes")
-    assert hits, "the JWKS was fetched by xdsd"
+    assert idp.fetches == {"/.well-known/jwks.json": 1}, "fetched once, by xdsd"
     assert mesh.app is not None
     (fetched,) = mesh.app.configz()["jwks"]
     assert (fetched["url"], fetched["state"], fetched["key_ids"]) == (url, "ok", ["idp"])
