@@ -33,6 +33,8 @@ from xdsd.cache.groups import Change, GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
 from xdsd.heap import HeapKeeper
 from xdsd.model.build import SnapshotBuilder
+from xdsd.model.jwks import JWKS_KIND, is_fetched_source
+from xdsd.model.jwks import describe as describe_jwks
 from xdsd.model.objects import SecretData, key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot, ServiceKey
@@ -47,6 +49,7 @@ from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
 from xdsd.sources.folder import FolderSource
+from xdsd.sources.jwks import JwksResolver, JwksSettings, wanted_by
 from xdsd.translate.auto_mtls import endpoints_need_mtls
 from xdsd.translate.checks import config_problems
 from xdsd.translate.generate import (
@@ -120,6 +123,8 @@ class AppSettings:
     # not for one that hosts other work (tests).
     freeze_heap: bool = False
     gc_collect_interval: float = 300.0  # the frozen heap's full collection; 0: never
+    # Fetching the key sets RequestAuthentications name by jwksUri (xdsd.sources.jwks).
+    jwks: JwksSettings = field(default_factory=JwksSettings)
 
     def __post_init__(self) -> None:
         sources = [self.config_dir is not None, self.kubeconfig is not None, self.in_cluster]
@@ -177,6 +182,10 @@ class SourceHooks:
     serve_xds: bool = True  # the supervisor serves no proxies
     push: bool = True  # rebuild after changes (the supervisor: only for --write-status)
     writer: bool = True  # --write-status and the root-cert ConfigMaps (not in workers)
+    # JWKS fetching (the supervisor's, shipped to workers as store changes).
+    fetch_jwks: bool = True
+    # Called with each fetched-JWKS change the app applied (the supervisor ships it).
+    fetched: Callable[[ConfigChange], None] | None = None
 
 
 # -- end of worker hooks ----------------------------------------------------------------------
@@ -333,6 +342,11 @@ class XdsdApp:
         )
         self.debouncer = Debouncer(self._push, settings.debounce)
         self.source: FolderLike | None = None if settings.kube else self._new_source()
+        self.jwks: JwksResolver | None = None
+        if self.hooks.fetch_jwks:
+            self.jwks = JwksResolver(settings.jwks, registry=self.registry)
+        self._jwks_seen: tuple[object, ...] | None = None
+        self._jwks_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: XdsServer | None = None
@@ -441,6 +455,8 @@ class XdsdApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.jwks is not None:
+            await self.jwks.aclose()  # its HTTP session, if a fetch was cut short
         try:
             await self._close_servers()
         finally:
@@ -487,7 +503,9 @@ class XdsdApp:
                 change = self._as_resync(change)
             before = self.store.generation
             self.store.apply(change)
+            self._track_jwks()
             if not self.ready.is_set() and self.source.synced.is_set():
+                await self._start_jwks()
                 self._open_gate()
                 log.info(
                     "initial config loaded: %d services, %d errors",
@@ -620,6 +638,7 @@ class XdsdApp:
         """The gate opens once the config cluster (and remotes, up to a timeout) synced."""
         assert self.clusters is not None
         await self.clusters.initial_sync.wait()
+        await self._start_jwks()
         self._open_gate()
         self._update_status()
         log.info(
@@ -633,10 +652,12 @@ class XdsdApp:
         """The initial load is in: the first snapshot, readiness, and the heap settles."""
         self._rebuild(PushRequest(reason="initial"))
         self.ready.set()
+        self._track_jwks()
         if self.heap is not None:
             self.heap.settle()
 
     def _cluster_changed(self, cluster_id: str, kinds: frozenset[str]) -> None:
+        self._track_jwks()
         # Before the gate opens, the initial build takes everything in.
         if self.ready.is_set():
             self.debouncer.request(
@@ -658,8 +679,70 @@ class XdsdApp:
     def _as_resync(self, change: ConfigChange) -> ConfigChange:
         """A full load after a restart: files the store has but the scan lacks are gone."""
         present = {c.source for c in change.files}
-        gone = tuple(FileContent(s, None) for s in self.store.sources() if s not in present)
+        gone = tuple(
+            FileContent(s, None)
+            for s in self.store.sources()
+            if s not in present and not is_fetched_source(s)
+        )
         return ConfigChange(change.files + gone, change.kinds, synced=True)
+
+    # -- JWKS (RequestAuthentication jwksUri) ------------------------------------------------
+
+    async def _start_jwks(self) -> None:
+        """Before the gate opens: fetch what the config names (each fetch bounded by its
+        rule's timeout), so the first push already inlines the key sets, as istiod's
+        first push context does; then keep following the config and refreshing."""
+        if self.jwks is None or self._jwks_task is not None:
+            return
+        objs = self.store.objects("RequestAuthentication")
+        self._jwks_seen = objs
+        self.jwks.want(wanted_by(o for o in objs if isinstance(o, ConfigObject)))
+        change = None
+        try:
+            change = await self.jwks.step()
+        except Exception:
+            log.exception("initial JWKS fetch failed; the resolver retries")
+        if change is not None:
+            self._apply_fetched(change)
+        self._jwks_task = asyncio.create_task(self._follow_jwks(), name="jwks")
+        self._tasks.append(self._jwks_task)
+
+    def _track_jwks(self) -> None:
+        """Tell the resolver which URLs the RequestAuthentications name. Only once the
+        gate is open: a worker started later gets the fetched key sets in the replay."""
+        if self.jwks is None or not self.ready.is_set():
+            return
+        objs = self.store.objects("RequestAuthentication")
+        if objs is not self._jwks_seen:  # the store hands out the same tuple until a change
+            self._jwks_seen = objs
+            self.jwks.want(wanted_by(o for o in objs if isinstance(o, ConfigObject)))
+
+    async def _follow_jwks(self) -> None:
+        assert self.jwks is not None
+        while True:
+            try:
+                async for change in self.jwks.changes():
+                    self._apply_fetched(change)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("JWKS resolver failed; keeping the fetched key sets, restarting")
+                await asyncio.sleep(1.0)
+
+    def _apply_fetched(self, change: ConfigChange) -> None:
+        """Fetched key sets into the config store (and to the workers), then a push."""
+        before = self.store.generation
+        self.store.apply(change)
+        if self.hooks.fetched is not None:
+            self.hooks.fetched(change)  # no await since the apply: workers' replay stays exact
+        if not self.ready.is_set():
+            return
+        if self.store.generation != before:
+            self.debouncer.request(
+                PushRequest(kinds=change.kinds, reason="jwks", started=time.monotonic())
+            )
+        else:
+            self._refresh_errors()
 
     def _follow_ca_secret(self) -> None:
         """Serve a rotated cacerts Secret (--ca-secret) without a restart: new CSRs are
@@ -961,6 +1044,10 @@ class XdsdApp:
             "objects": objects,
             "rejected": rejected,
             "skipped": ignored,
+            # Key sets fetched for RequestAuthentication jwksUri (xdsd.sources.jwks).
+            "jwks": [describe_jwks(o) for o in snap.configs_of(JWKS_KIND)],
+            # The fetcher's view (the process that fetches: single or supervisor).
+            "jwks_fetches": self.jwks.status() if self.jwks is not None else None,
         }
 
     def clusterz(self) -> dict[str, Any]:

@@ -132,6 +132,21 @@ def _parser() -> argparse.ArgumentParser:
         help="the loaded heap is frozen so GC passes skip it; every S seconds, after a "
         "push or else on a timer, all of it is collected once (cyclic garbage); 0: never (300)",
     )
+    serve.add_argument(
+        "--jwks-refresh-interval",
+        type=float,
+        default=1200.0,
+        metavar="S",
+        help="RequestAuthentication jwksUri key sets are fetched by xdsd and inlined; each is "
+        "fetched again every S seconds (a failed fetch is retried sooner) (1200, as istiod)",
+    )
+    serve.add_argument(
+        "--jwks-blocked-cidrs",
+        default="",
+        metavar="CIDR,...",
+        help="jwksUri hosts in these ranges are not fetched (as istiod's "
+        "BLOCKED_CIDRS_IN_JWKS_URIS); link-local and cloud metadata addresses never are",
+    )
     kube = serve.add_argument_group(
         "Kubernetes", "read config from a config cluster instead of --config-dir"
     )
@@ -228,6 +243,12 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--config-dir", type=Path, help="config folder (not with --diff)")
     tr.add_argument("--node-id", required=True)
     tr.add_argument("--metadata", help="node metadata as a JSON object")
+    tr.add_argument(
+        "--fetch-jwks",
+        action="store_true",
+        help="fetch RequestAuthentication jwksUri key sets and inline them, as serve does "
+        "(without: a key set no token matches)",
+    )
     _add_log_level(tr)
 
     tr.add_argument(
@@ -245,6 +266,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     val.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
     val.add_argument("--quiet", action="store_true", help="print errors only, not warnings")
+    val.add_argument(
+        "--fetch-jwks",
+        action="store_true",
+        help="fetch each RequestAuthentication jwksUri once; one that fails is a warning",
+    )
 
     st = sub.add_parser(
         "status",
@@ -483,6 +509,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from xdsd.app import AppSettings, XdsdApp
     from xdsd.push.debounce import DebounceSettings
     from xdsd.server.ads import ServerSettings
+    from xdsd.sources.jwks import JwksSettings, parse_cidrs
 
     kubeconfig = args.kubeconfig
     if args.config_dir is None and kubeconfig is None and not args.in_cluster:
@@ -524,6 +551,10 @@ async def _serve(args: argparse.Namespace) -> int:
             server=ServerSettings(push_concurrency=args.push_concurrency),
             freeze_heap=True,
             gc_collect_interval=args.gc_collect_interval,
+            jwks=JwksSettings(
+                refresh_interval=args.jwks_refresh_interval,
+                blocked_cidrs=parse_cidrs(args.jwks_blocked_cidrs),
+            ),
         )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
@@ -813,7 +844,9 @@ def _translate(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        dump, errors = translate_dir(args.config_dir, args.node_id, _metadata(args.metadata))
+        dump, errors = translate_dir(
+            args.config_dir, args.node_id, _metadata(args.metadata), fetch_jwks=args.fetch_jwks
+        )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
         return 2
@@ -848,7 +881,7 @@ def _validate(args: argparse.Namespace) -> int:
         # A usage error (exit 2, as every command's), not a finding about the config.
         print(f"xdsd: validate: {missing[0]}: no such file or directory", file=sys.stderr)
         return 2
-    problems = asyncio.run(validate_paths(args.paths))
+    problems = asyncio.run(validate_paths(args.paths, fetch_jwks=args.fetch_jwks))
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         if p.severity == "error" or not args.quiet:

@@ -23,11 +23,13 @@ from google.protobuf import any_pb2, json_format
 from xdsd.cache.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet, short_type
 from xdsd.model.build import build_snapshot
 from xdsd.model.istio.virtualservice import VirtualService
+from xdsd.model.jwks import JWKS_KIND, fetch_problems
 from xdsd.model.parse import ParseResult
 from xdsd.model.store import ConfigStore
-from xdsd.model.types import ConfigError, ObjectRef
+from xdsd.model.types import ConfigError, ConfigObject, ObjectRef
 from xdsd.offline import load_snapshot, translate_snapshot
 from xdsd.sources.folder import FolderSource
+from xdsd.sources.jwks import fetch_once
 from xdsd.translate.vs_index import resolve_host
 
 SYNCZ = "istio.io/debug/syncz"
@@ -123,11 +125,13 @@ def status_table(rows: Sequence[ProxyStatus]) -> str:
 # -- validate --------------------------------------------------------------------------
 
 
-async def validate_paths(paths: Iterable[Path]) -> list[ConfigError]:
+async def validate_paths(paths: Iterable[Path], *, fetch_jwks: bool = False) -> list[ConfigError]:
     """Every problem in the given files/folders, as the folder source would see them.
 
     Each file is checked on its own; objects defined in two files are reported
-    as warnings (the samples of one folder are often alternatives).
+    as warnings (the samples of one folder are often alternatives). With
+    `fetch_jwks`, each RequestAuthentication jwksUri is fetched once, and one that
+    cannot be is a warning on it (as `serve` reports it).
     """
     problems: list[ConfigError] = []
     combined = ConfigStore()
@@ -157,7 +161,19 @@ async def validate_paths(paths: Iterable[Path]) -> list[ConfigError]:
                 ConfigError(err.source, err.object, err.path, err.message, severity="warning")
             )
     problems.extend(unknown_hosts(combined, sources))
+    if fetch_jwks:
+        await fetch_once(combined)
+        problems.extend(
+            fetch_problems(
+                _configs(combined.objects("RequestAuthentication")),
+                _configs(combined.objects(JWKS_KIND)),
+            )
+        )
     return problems
+
+
+def _configs(objs: Iterable[object]) -> list[ConfigObject]:
+    return [o for o in objs if isinstance(o, ConfigObject)]
 
 
 def _documents_of(source: str, result: ParseResult, kind: str) -> dict[ObjectRef, str]:

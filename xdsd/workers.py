@@ -274,12 +274,16 @@ class _Relay:
             log.warning("unexpected message from the supervisor: %s", type(message).__name__)
 
     def hooks(self, settings: AppSettings) -> SourceHooks:
+        # Fetched JWKS come from the supervisor as changes of the config store's source.
         if not settings.kube:
-            return SourceHooks(folder=lambda _default: _RelaySource(self, None), writer=False)
+            return SourceHooks(
+                folder=lambda _default: _RelaySource(self, None), writer=False, fetch_jwks=False
+            )
         return SourceHooks(
             cluster=lambda spec, _default: _RelaySource(self, spec.cluster_id),
             remotes=lambda _default: _RelayRemotes(self),
             writer=False,
+            fetch_jwks=False,
         )
 
 
@@ -533,6 +537,7 @@ class Supervisor:
             remotes=self._tee_remotes,
             serve_xds=False,
             push=s.kube and s.write_status,
+            fetched=self._ship_fetched,
         )
         self.app = await XdsdApp(own, self.registry, hooks=hooks).__aenter__()
         if s.admin_port >= 0:
@@ -641,6 +646,11 @@ class Supervisor:
     def _tee_remotes(self, default: Callable[[], RemoteSource]) -> RemoteSource:
         self._remotes = _TeeRemotes(default(), self._fanout)
         return self._remotes
+
+    def _ship_fetched(self, change: ConfigChange) -> None:
+        """Fetched JWKS go to the workers' config store, as its source's changes do."""
+        s = self.settings
+        self._fanout.send(Changed(s.cluster_id if s.kube else None, change))
 
     def _replay(self) -> list[object]:
         """What a new worker needs before the stream: the current state of everything."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
+from xdsd.model.jwks import JWKS_KIND, fetch_problems
 from xdsd.model.objects import (
     EndpointAddress,
     EndpointSet,
@@ -262,7 +263,14 @@ class SnapshotBuilder:
             configs=self._configs.get(
                 config.configs, lambda: MappingProxyType(dict(config.configs))
             ),
-            errors=store_errors + tuple(errors),
+            errors=store_errors
+            + tuple(errors)
+            + tuple(
+                fetch_problems(
+                    config.configs.get("RequestAuthentication", ()),
+                    config.configs.get(JWKS_KIND, ()),
+                )
+            ),
             root_namespace=root_namespace,
             domain_suffix=domain_suffix,
             stale_clusters=stale,
