@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_MOD = ROOT / "tools" / "istio" / "go.mod"
@@ -63,4 +64,18 @@ def skip_reason(*names: str) -> str | None:
     return (
         f"Istio {pinned_version() or '?'} not built ({', '.join(missing)} missing in "
         f"{bin_dir()}): run {BUILD} (needs go)"
+    )
+
+
+def webhook_configs_type() -> Any:
+    """The API type istioctl's revision-tag informer waits for: serve it from the
+    Kubernetes API test server (`api.register(...)`) or istioctl hangs."""
+    from tests.kube.apiserver import ResourceType
+
+    return ResourceType(
+        "admissionregistration.k8s.io",
+        ("v1",),
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        False,
     )

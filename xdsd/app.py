@@ -41,6 +41,7 @@ from xdsd.model.snapshot import MeshSnapshot, ServiceKey
 from xdsd.model.store import ConfigStore
 from xdsd.model.types import ConfigError, ConfigObject, Endpoint, Resolution
 from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource, Source
+from xdsd.peers import PeerSyncz
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
 from xdsd.security import Security, SecuritySettings
@@ -110,6 +111,10 @@ class AppSettings:
     # istio.io/rev of this control plane (several per external cluster): other revisions'
     # Istio config and remote secrets are not read. None: every object is ours.
     revision: str | None = None
+    # Admin addresses (HOST:PORT) of the other replicas: their proxies join this one's
+    # istio.io/debug/syncz answer (xdsd.peers). Their /debug must answer remote clients.
+    peer_admins: tuple[str, ...] = ()
+    peer_poll_interval: float = 2.0
     remote_sync_timeout: float = 30.0  # a slower remote cluster does not hold readiness
     sync_progress_interval: float = 5.0  # log progress of a long initial sync
     kube_backoff: Backoff | None = None  # reconnect delays after API errors (None: default)
@@ -268,6 +273,32 @@ class _Contexts:
         return len(self._by_key)
 
 
+def _peer_client_config(entry: Mapping[str, Any]) -> Resource:
+    """A ClientConfig from a peer's /debug/syncz entry (what `client_configs` would say)."""
+    cc = csds_pb2.ClientConfig()
+    cc.node.id = str(entry.get("proxy", ""))
+    for key, meta in (
+        ("cluster_id", "CLUSTER_ID"),
+        ("namespace", "NAMESPACE"),
+        ("istio_version", "ISTIO_VERSION"),
+    ):
+        if entry.get(key):
+            cc.node.metadata[meta] = str(entry[key])
+    types = entry.get("types")
+    for st in sorted(types.values() if isinstance(types, Mapping) else (), key=str):
+        if not isinstance(st, Mapping) or "type_url" not in st:
+            continue
+        g = cc.generic_xds_configs.add(
+            type_url=str(st["type_url"]), version_info=str(st.get("sent_version") or "")
+        )
+        g.config_status = _STATUS.get(str(st.get("status")), g.config_status)
+        nack = st.get("last_nack")
+        if isinstance(nack, Mapping) and st.get("status") == "ERROR":
+            g.error_state.details = str(nack.get("error", ""))
+            g.error_state.version_info = str(nack.get("version", ""))
+    return Resource.from_message(cc.node.id, _CLIENT_CONFIG, cc)
+
+
 def _endpoint_services(old: MeshSnapshot, new: MeshSnapshot) -> frozenset[ServiceKey] | None:
     """The services whose endpoints changed, if nothing but EDS endpoints did (else None).
 
@@ -354,6 +385,8 @@ class XdsdApp:
         self._generation = 0
         self._build_errors: tuple[ConfigError, ...] = ()
         self._ca_secret_seen: object = None  # the cacerts Secret object last looked at
+        # The other replicas' proxies, for syncz (--peer-admin).
+        self.peers = PeerSyncz(settings.peer_admins, interval=settings.peer_poll_interval)
         self.m_ca_rotation = Counter(
             "xdsd_ca_rotations",
             "cacerts Secret changes: rotated to a new CA, or refused (error)",
@@ -440,6 +473,7 @@ class XdsdApp:
                 self._tasks.append(asyncio.create_task(self._watch_source(), name="config-source"))
             if self.hooks.push:
                 self._tasks.append(asyncio.create_task(self.debouncer.run(), name="debounce"))
+            await self.peers.__aenter__()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -455,6 +489,7 @@ class XdsdApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.peers.__aexit__(None, None, None)
         if self.jwks is not None:
             await self.jwks.aclose()  # its HTTP session, if a fetch was cut short
         try:
@@ -914,15 +949,19 @@ class XdsdApp:
                         "error": st.nack.message,
                     },
                 }
-            out.append(
-                {
-                    "proxy": conn.proxy_id,
-                    "node_id": conn.node_id,
-                    "connection": conn.conn_id,
-                    "delta": conn.delta,
-                    "types": types,
-                }
-            )
+            entry: dict[str, Any] = {
+                "proxy": conn.proxy_id,
+                "node_id": conn.node_id,
+                "connection": conn.conn_id,
+                "delta": conn.delta,
+                "types": types,
+            }
+            if isinstance(conn.watch, _Watch):
+                proxy = conn.watch.proxy
+                entry["cluster_id"] = proxy.cluster_id
+                entry["namespace"] = proxy.namespace
+                entry["istio_version"] = proxy.istio_version
+            out.append(entry)
         return out
 
     def adsz(self) -> list[dict[str, Any]]:
@@ -983,6 +1022,11 @@ class XdsdApp:
                     g.error_state.details = st.nack.message
                     g.error_state.version_info = st.nack.version
             out.append(Resource.from_message(conn.proxy_id, _CLIENT_CONFIG, cc))
+        own = {r.name for r in out}
+        for entry in self.peers.entries():  # the other replicas' proxies (--peer-admin)
+            if entry.get("proxy") not in own:
+                out.append(_peer_client_config(entry))
+                own.add(str(entry.get("proxy")))
         return out
 
     def push_status(self) -> dict[str, Any]:

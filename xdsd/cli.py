@@ -94,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
         help="serve /debug/* to non-loopback clients (it lists every proxy and service)",
     )
     serve.add_argument(
+        "--peer-admin",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="admin address of another replica (repeatable; a name counts for each of its "
+        "addresses, e.g. a headless Service): istio.io/debug/syncz (istioctl proxy-status) "
+        "then lists its proxies too; the peers need --remote-debug (default: none)",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -546,6 +555,7 @@ async def _serve(args: argparse.Namespace) -> int:
             admin_host=args.admin_host,
             admin_port=args.admin_port,
             remote_debug=args.remote_debug,
+            peer_admins=tuple(args.peer_admin),
             poll_interval=args.poll_interval,
             debounce=DebounceSettings(quiet=args.debounce_quiet, max_delay=args.debounce_max),
             server=ServerSettings(push_concurrency=args.push_concurrency),
