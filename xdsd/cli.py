@@ -164,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write each Istio config object's validation result into its status",
     )
     _add_security_args(serve)
+    _add_webhook_args(serve)
     _add_log_level(serve)
 
     boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects to xdsd")
@@ -320,6 +321,65 @@ def _add_security_args(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_webhook_args(serve: argparse.ArgumentParser) -> None:
+    wh = serve.add_argument_group(
+        "Webhooks",
+        "istiod's sidecar injection (/inject) and validation (/validate) webhooks over HTTPS; "
+        "on when a certificate is configured",
+    )
+    wh.add_argument(
+        "--webhook-port", type=int, default=15017, help="webhook HTTPS port (15017; -1: off)"
+    )
+    wh.add_argument("--webhook-host", help="webhook listen address (default: --xds-host)")
+    wh.add_argument(
+        "--webhook-cert-file",
+        type=Path,
+        metavar="PATH",
+        help="webhook serving certificate (default: --tls-cert-file, or the --dev-certs serving certificate)",
+    )
+    wh.add_argument("--webhook-key-file", type=Path, metavar="PATH", help="its key")
+    wh.add_argument(
+        "--webhook-discovery-address",
+        metavar="HOST:PORT",
+        help="the xDS/CA address injected proxies connect to, e.g. the external control "
+        "plane's ingress gateway (default: istiod.<istioNamespace>.svc:15012; MeshConfig "
+        "defaultConfig.discoveryAddress and a pod's proxy.istio.io/config win)",
+    )
+
+
+def _webhook_settings(args: argparse.Namespace, grpc_settings: Any) -> tuple[Any, Any]:
+    """(WebhookSettings or None, InjectSettings) from the serve flags."""
+    from xdsd.webhooks.inject import InjectSettings
+    from xdsd.webhooks.server import WebhookSettings
+
+    inject = InjectSettings(
+        discovery_address=args.webhook_discovery_address or "",
+        cluster_id=args.cluster_id,
+        trust_domain=args.trust_domain,
+    )
+    cert, key = args.webhook_cert_file, args.webhook_key_file
+    if (cert is None) != (key is None):
+        raise ValueError("give both --webhook-cert-file and --webhook-key-file")
+    if cert is None:
+        cert, key = grpc_settings.tls_cert_file, grpc_settings.tls_key_file
+    if args.webhook_port < 0:
+        return None, inject
+    if cert is None or key is None:
+        logging.getLogger("xdsd").info(
+            "webhooks off: no certificate (give --webhook-cert-file/--webhook-key-file, "
+            "--tls-cert-file/--tls-key-file or --dev-certs)"
+        )
+        return None, inject
+    host = args.webhook_host if args.webhook_host is not None else args.xds_host
+    return WebhookSettings(
+        host=host,
+        port=args.webhook_port,
+        cert_file=cert,
+        key_file=key,
+        shutdown_grace=args.shutdown_grace,
+    ), inject
+
+
 def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     """(GrpcSettings, SecuritySettings) from the serve flags; ValueError if they do not fit."""
     import datetime
@@ -431,6 +491,7 @@ async def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         grpc_settings, security = _security_settings(args)
+        webhooks, inject = _webhook_settings(args, grpc_settings)
         settings = AppSettings(
             config_dir=args.config_dir,
             kubeconfig=kubeconfig,
@@ -451,6 +512,8 @@ async def _serve(args: argparse.Namespace) -> int:
             server=ServerSettings(push_concurrency=args.push_concurrency),
             freeze_heap=True,
             gc_collect_interval=args.gc_collect_interval,
+            webhooks=webhooks,
+            inject=inject,
         )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
@@ -482,7 +545,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if app.xds_port >= 0:
             ports.append(f"plaintext {app.xds_port}")
         logging.getLogger("xdsd").info(
-            "serving %s: xDS on %s (%s)%s%s, admin on http://%s:%d",
+            "serving %s: xDS on %s (%s)%s%s, admin on http://%s:%d%s",
             what,
             args.xds_host,
             ", ".join(ports),
@@ -490,6 +553,9 @@ async def _serve(args: argparse.Namespace) -> int:
             "" if app.security.auth.enabled else ", no authentication",
             args.admin_host,
             app.admin_port,
+            f", webhooks on https://{settings.webhooks.host}:{app.webhook_port}"
+            if settings.webhooks is not None and app.webhook_port >= 0
+            else "",
         )
         await stop.wait()
         logging.getLogger("xdsd").info("shutting down")

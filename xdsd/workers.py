@@ -63,6 +63,7 @@ from xdsd.model.store import ConfigChange
 from xdsd.multicluster import RemoteSource, Source
 from xdsd.server.grpc_server import GrpcSettings
 from xdsd.sources.folder import FolderSource
+from xdsd.webhooks.server import WebhookSettings
 
 if TYPE_CHECKING:  # kubernetes_asyncio is imported only in the Kubernetes mode
     from xdsd.sources.kube import ClusterSpec, ClusterStatus, RemoteEvent, RemoteProblem
@@ -476,6 +477,7 @@ class Supervisor:
         self.slots = [_Slot(i) for i in range(options.workers)]
         self.app: XdsdApp | None = None
         self.xds: GrpcSettings = settings.xds
+        self.webhooks: WebhookSettings | None = settings.webhooks
         self._fanout = _Fanout()
         self._tees: dict[str | None, _TeeSource] = {}
         self._remotes: _TeeRemotes | None = None
@@ -512,6 +514,7 @@ class Supervisor:
         register_pickling()
         try:
             self.xds = self._reserve_ports()
+            self.webhooks = self._reserve_webhook_port()
             await self._start()
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -579,6 +582,19 @@ class Supervisor:
             tls_port=reserve(x.tls_port),
             mtls_port=reserve(x.mtls_port),
         )
+
+    def _reserve_webhook_port(self) -> WebhookSettings | None:
+        """The webhooks run in every worker too, on one shared port."""
+        w = self.settings.webhooks
+        if w is None:
+            return None
+        hold, port = _reserve(w.host, w.port)
+        self._holds.append(hold)
+        return dataclasses.replace(w, port=port, reuse_port=True)
+
+    @property
+    def webhook_port(self) -> int:
+        return self.webhooks.port if self.webhooks is not None else -1
 
     async def __aexit__(
         self,
@@ -768,7 +784,12 @@ class Supervisor:
 
     def _worker_settings(self) -> AppSettings:
         return dataclasses.replace(
-            self.settings, xds=self.xds, admin_host="127.0.0.1", admin_port=0, write_status=False
+            self.settings,
+            xds=self.xds,
+            webhooks=self.webhooks,
+            admin_host="127.0.0.1",
+            admin_port=0,
+            write_status=False,
         )
 
     # -- admin -----------------------------------------------------------------------------------
