@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from xdsd import cli
@@ -631,3 +632,115 @@ async def test_handlers_not_ready_deny_with_a_reason() -> None:
     assert answer.status == 200 and answer.review is not None
     response = answer.review["response"]
     assert response["allowed"] is False and "not loaded" in response["status"]["message"]
+
+
+# -- the Kubernetes mode: a Pod created through the test API server gets injected ---------------
+
+
+async def test_pod_created_through_the_api_server_is_injected(tmp_path: Path) -> None:
+    """Config from a cluster: the injector ConfigMap and Namespaces come from the API server,
+    which calls the webhook on Pod CREATE (tests/kube/apiserver.py MutatingWebhook)."""
+    from tests.kube.apiserver import KubeApiServer, MutatingWebhook
+    from xdsd.demo import poll
+
+    def injector(tag: str) -> dict[str, Any]:
+        doc = yaml.safe_load(INJECTOR)
+        doc["data"]["config"] = "policy: enabled\n"
+        values = json.loads(doc["data"]["values"])
+        values["global"]["tag"] = tag
+        doc["data"]["values"] = json.dumps(values)
+        return doc  # type: ignore[no-any-return]
+
+    async with KubeApiServer(token="t", bookmark_interval=0.5) as api:
+        for doc in yaml.safe_load_all(MESH):
+            api.apply(doc)
+        api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}})
+        api.apply(injector("1.30.1"))
+        (tmp_path / "kubeconfig").write_text(api.kubeconfig_yaml())
+        args = cli._parser().parse_args(
+            [
+                "serve",
+                "--kubeconfig",
+                str(tmp_path / "kubeconfig"),
+                "--cluster-id",
+                "cluster1",
+                "--dev-certs",
+                str(tmp_path / "certs"),
+                "--xds-port",
+                "0",
+                "--webhook-host",
+                "127.0.0.1",
+                "--webhook-port",
+                "0",
+                "--webhook-discovery-address",
+                EXTERNAL,
+                "--insecure-no-auth",
+            ]
+        )
+        grpc_s, sec = cli._security_settings(args)
+        webhooks, inject = cli._webhook_settings(args, grpc_s)
+        settings = AppSettings(
+            kubeconfig=tmp_path / "kubeconfig",
+            cluster_id="cluster1",
+            xds=grpc_s,
+            security=sec,
+            admin_port=-1,
+            webhooks=webhooks,
+            inject=inject,
+        )
+        async with XdsdApp(settings, CollectorRegistry()) as app:
+            await app.ready.wait()
+            api.add_mutating_webhook(
+                MutatingWebhook(
+                    f"https://localhost:{app.webhook_port}/inject/cluster/cluster1/net/network1",
+                    ca_file=str(tmp_path / "certs" / "root-cert.pem"),
+                )
+            )
+            headers = {"Authorization": "Bearer t"}
+            async with aiohttp.ClientSession(headers=headers) as s:
+
+                async def create(obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+                    ns = obj["metadata"]["namespace"]
+                    async with s.post(f"{api.url}/api/v1/namespaces/{ns}/pods", json=obj) as r:
+                        return r.status, await r.json()
+
+                status, created = await create(pod())
+                assert status == 201, created
+                name = created["metadata"]["name"]  # generated after admission
+                async with s.get(f"{api.url}/api/v1/namespaces/shop/pods/{name}") as r:
+                    stored = await r.json()
+                proxy = container(stored, "istio-proxy")
+                assert proxy["image"] == "registry.example.com/istio/proxyv2:1.30.1"
+                env = env_of(proxy)
+                assert env["ISTIO_META_CLUSTER_ID"] == "cluster1"
+                assert env["ISTIO_META_NETWORK"] == "network1"
+                assert json.loads(env["PROXY_CONFIG"])["discoveryAddress"] == EXTERNAL
+                assert container(stored, "istio-init", init=True)["args"][0] == "istio-iptables"
+                assert stored["metadata"]["labels"]["security.istio.io/tlsMode"] == "istio"
+                (sent,) = api.admission_reviews
+                assert sent["request"]["object"]["metadata"]["generateName"] == "cart-7d9f8c-"
+
+                # The namespace labels come from the cluster: disabled -> created as it is.
+                status, created = await create(pod(namespace="quiet"))
+                assert status == 201
+                assert [c["name"] for c in created["spec"]["containers"]] == ["cart"]
+                # A pod the webhook denies is not created; the API server says why.
+                bad = pod(annotations={"sidecar.istio.io/interceptionMode": "BOGUS"})
+                status, answer = await create(bad)
+                assert status == 400
+                assert "denied the request: injection failed" in answer["message"]
+
+                # A ConfigMap change reaches the next injection.
+                api.apply(injector("1.30.2"))
+
+                async def new_tag() -> bool:
+                    config = app.webhook_handlers.ctx.snapshot()
+                    from xdsd.webhooks.config import load_injector_config
+
+                    return load_injector_config(config).value("global.tag") == "1.30.2"
+
+                await poll(new_tag, timeout=10, what="the injector ConfigMap change")
+                status, created = await create(pod())
+                assert status == 201
+                image = container(created, "istio-proxy")["image"]
+                assert image == "registry.example.com/istio/proxyv2:1.30.2"
