@@ -9,7 +9,7 @@ RouteConfiguration inline.
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,12 +20,14 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from xdsd.demo import envoy_binary
 from xdsd.model.proxy import InterceptionMode, Proxy, ProxyType
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import (
@@ -303,12 +305,19 @@ def static_bootstrap(
     return boot
 
 
-def envoy_binary() -> str | None:
-    found = shutil.which("envoy")
-    if found:
-        return found
-    candidate = Path("/work/venv/bin/envoy")
-    return str(candidate) if candidate.exists() else None
+def dns_cluster(cl: cluster_pb2.Cluster) -> dns_cluster_pb2.DnsCluster | None:
+    """The DnsCluster config of a DNS cluster (cluster_type envoy.cluster.dns), else None."""
+    if cl.cluster_type.name != "envoy.cluster.dns":
+        return None
+    cfg = dns_cluster_pb2.DnsCluster()
+    cl.cluster_type.typed_config.Unpack(cfg)
+    return cfg
+
+
+def deprecated_options(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The deprecated fields Envoy warned about while loading a config (its full names)."""
+    found = re.findall(r"[Uu]sing deprecated option '([\w.]+)'", result.stdout + result.stderr)
+    return sorted(set(found))
 
 
 def envoy_validate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
+from envoy.config.core.v3 import base_pb2
 from prometheus_client import CollectorRegistry
 
 from tests.meshgen import pod, service, write_docs
@@ -18,6 +20,7 @@ from xdsd.admin.http import AdminServer
 from xdsd.app import AppSettings, XdsdApp
 from xdsd.demo import EnvoyProcess, envoy_binary, poll
 from xdsd.push.debounce import DebounceSettings
+from xdsd.server.ads import proxy_version
 from xdsd.server.grpc_server import GrpcSettings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mesh"
@@ -171,7 +174,7 @@ def test_bootstrap_is_valid_envoy_config(tmp_path: Path) -> None:
     for delta in (False, True):
         out = tmp_path / f"bootstrap-{delta}.json"
         args = ["bootstrap", "--node-id", NODE, "--metadata", '{"NAMESPACE": "shop"}']
-        result = run_cli(*args, "--output", str(out), *(["--delta"] if delta else []))
+        result = run_cli(*args, "--output-file", str(out), *(["--delta"] if delta else []))
         assert result.returncode == 0, result.stderr
         doc = json.loads(out.read_text())
         assert doc["node"]["id"] == NODE
@@ -248,3 +251,32 @@ def test_debug_is_for_loopback_clients_only() -> None:
     assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("127.8.0.3")
     assert not _loopback("10.0.0.7") and not _loopback("") and not _loopback(None)
     assert not _loopback("not-an-ip")
+
+
+@needs_envoy
+async def test_pilot_xds_names_a_version_for_a_plain_envoy(config_dir: Path) -> None:
+    """No ISTIO_VERSION (plain Envoy): the label is Envoy's own build, never empty."""
+    async with (
+        XdsdApp(settings(config_dir)) as app,
+        EnvoyProcess(NODE, {"NAMESPACE": "shop"}, xds_port=app.xds_port) as envoy,
+    ):
+        await envoy.wait_ready()
+        _, metrics = await fetch(app.admin_port, "/metrics")
+        lines = [line for line in metrics.splitlines() if line.startswith("pilot_xds{")]
+        assert len(lines) == 1 and re.fullmatch(
+            r'pilot_xds\{version="envoy-\d+\.\d+\.\d+"\} 1\.0', lines[0]
+        ), lines
+        # The bootstrap and the example's resources: nothing Envoy calls deprecated, and
+        # a downstream connection limit (Envoy warns without one).
+        log = envoy.log()
+        assert "deprecated" not in log and "no configured limit" not in log, log
+
+
+def test_pilot_xds_version_label() -> None:
+    node = base_pb2.Node(id=NODE)
+    assert proxy_version(node, {"ISTIO_VERSION": "1.24.0"}) == "1.24.0"
+    assert proxy_version(node, {}) == "unknown"
+    node.user_agent_name = "envoy"
+    node.user_agent_build_version.version.major_number = 1
+    node.user_agent_build_version.version.minor_number = 40
+    assert proxy_version(node, {"ISTIO_VERSION": ""}) == "envoy-1.40.0"

@@ -57,12 +57,17 @@ def test_bootstrap_sds_socket_path_or_none() -> None:
 
 def test_cli_bootstrap_sds_socket(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
-    assert main(["bootstrap", "--node-id", NODE, "--sds-socket", "/x/s", "--output", str(out)]) == 0
+    assert (
+        main(["bootstrap", "--node-id", NODE, "--sds-socket", "/x/s", "--output-file", str(out)])
+        == 0
+    )
     sds = clusters(json.loads(out.read_text()))["sds-grpc"]
     assert "/x/s" in json.dumps(sds)
-    assert main(["bootstrap", "--node-id", NODE, "--sds-socket", "", "--output", str(out)]) == 0
+    assert (
+        main(["bootstrap", "--node-id", NODE, "--sds-socket", "", "--output-file", str(out)]) == 0
+    )
     assert set(clusters(json.loads(out.read_text()))) == {"xds-grpc"}
-    assert main(["bootstrap", "--node-id", NODE, "--output", str(out)]) == 0
+    assert main(["bootstrap", "--node-id", NODE, "--output-file", str(out)]) == 0
     assert ISTIO_SDS_SOCKET in json.dumps(clusters(json.loads(out.read_text()))["sds-grpc"])
 
 

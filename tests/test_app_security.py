@@ -103,12 +103,18 @@ async def test_app_serves_tls_xds_and_the_ca_with_tokens(tmp_path: Path) -> None
                 assert verified_uris(tuple(signed.cert_chain), root.decode()) == [
                     "spiffe://cluster.local/ns/shop/sa/cart"
                 ]
+                # The stream and the CA call of one token: one TokenReview (cached), the
+                # other tokens each reviewed (refusals are not cached).
+                reviews = api.count("tokenreview", "tokenreviews")
+                await first_response(ch, bearer("shop-token"))
+                assert api.count("tokenreview", "tokenreviews") == reviews == 3
             # The plaintext port (asked for) needs no token; its CA signs nothing.
             async with grpc.aio.insecure_channel(f"127.0.0.1:{app.xds_port}") as ch:
                 assert (await first_response(ch, ())).type_url == CLUSTER
                 code = await status_of(create_certificate(ch, make_csr()[0], ()))
                 assert code == grpc.StatusCode.UNAUTHENTICATED
         assert registry.get_sample_value("xdsd_auth_denied_total", {"reason": "unauthorized"}) == 1
+        assert registry.get_sample_value("xdsd_token_review_cache_total", {"result": "hit"}) == 2
 
 
 def test_bootstrap_sends_the_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,4 +151,5 @@ def test_bootstrap_sends_the_token(tmp_path: Path, capsys: pytest.CaptureFixture
         "/etc/certs/root-cert.pem"
     )
     token.write_text("")
-    assert cli.main(["bootstrap", "--node-id", "x", "--token-file", str(token)]) == 2
+    node = "sidecar~10.0.0.1~cart-1.shop~shop.svc.cluster.local"
+    assert cli.main(["bootstrap", "--node-id", node, "--token-file", str(token)]) == 2

@@ -366,3 +366,38 @@ def test_the_build_is_deterministic_whatever_the_remote_order() -> None:
     assert a.services == b.services
     assert a.endpoints == b.endpoints
     assert a.workloads == b.workloads
+
+
+def test_each_cluster_keeps_its_own_cluster_ip() -> None:
+    """A Service in two clusters: a proxy gets its own cluster's VIP (istiod's per-cluster
+    addresses) in TCP listener names, HTTP route domains and the DNS name table."""
+    from xdsd.model.proxy import parse_proxy
+    from xdsd.translate.generate import LISTENER_TYPE, ROUTE_TYPE
+
+    a = kube_store("a", [service("db", NS, [("tcp", 5432), ("http", 8080)], cluster_ip="10.0.0.9")])
+    b = kube_store("b", [service("db", NS, [("tcp", 5432), ("http", 8080)], cluster_ip="10.1.0.9")])
+    s = build_snapshot(a, remotes={"b": b}, config_cluster_id="a", generation=1)
+    (db,) = [x for x in s.services if x.name == "db"]
+    assert db.addresses == ("10.0.0.9",) and db.addresses_for("b") == ("10.1.0.9",)
+
+    def seen(cluster: str) -> tuple[set[str], set[str]]:
+        proxy = parse_proxy(
+            f"sidecar~10.9.0.1~c-0.{NS}~{NS}.svc.cluster.local",
+            {"NAMESPACE": NS, "CLUSTER_ID": cluster},
+        )
+        ctx = proxy_context(s, proxy)
+        listeners = {n for n, _ in GENERATORS[LISTENER_TYPE](ctx)}
+        domains = {
+            d
+            for _, rc in GENERATORS[ROUTE_TYPE](ctx)
+            for vh in rc.virtual_hosts
+            for d in vh.domains
+        }
+        return listeners, domains
+
+    listeners_a, domains_a = seen("a")
+    listeners_b, domains_b = seen("b")
+    assert "10.0.0.9_5432" in listeners_a and "10.1.0.9_5432" not in listeners_a
+    assert "10.1.0.9_5432" in listeners_b and "10.0.0.9_5432" not in listeners_b
+    assert "10.0.0.9" in domains_a and "10.1.0.9" not in domains_a
+    assert "10.1.0.9" in domains_b and "10.0.0.9" not in domains_b

@@ -609,8 +609,8 @@ def test_docs_overlays_render(tmp_path: Path) -> None:
     if _kubectl_minor() < 21:
         pytest.skip("the documented overlays need kubectl >= 1.21 (kustomize v4)")
     text = (REPO / "docs" / "deploy.md").read_text()
-    overlays = re.findall(r"```yaml\n(# overlays/(\w+)/kustomization\.yaml\n.*?)```", text, re.S)
-    assert {name for _, name in overlays} == {"prod", "ingress"}
+    overlays = re.findall(r"```yaml\n(# overlays/([\w-]+)/kustomization\.yaml\n.*?)```", text, re.S)
+    assert {name for _, name in overlays} == {"prod", "ingress", "blue", "ingress-revisions"}
     (tmp_path / "deploy").symlink_to(DEPLOY)
     rendered = {}
     for body, name in overlays:
@@ -640,3 +640,18 @@ def test_docs_overlays_render(tmp_path: Path) -> None:
         )
     }
     assert hosts == {"xdsd.mesh.example.org"}
+    # Several control planes: blue's objects are its own, its pods run --revision=blue
+    # and its Service selects only them; the gateway routes blue's host to it.
+    blue = rendered["blue"]
+    assert not [d for d in blue if d["kind"] == "Namespace"]
+    assert {d["metadata"]["name"] for d in blue} == {"xdsd-blue"}
+    assert "--revision=blue" in _container(blue)["args"]
+    (svc,) = [d for d in blue if d["kind"] == "Service"]
+    assert svc["spec"]["selector"] == {"app": "xdsd", "istio.io/rev": "blue"}
+    (dep,) = [d for d in blue if d["kind"] == "Deployment"]
+    assert dep["spec"]["template"]["metadata"]["labels"]["istio.io/rev"] == "blue"
+    (vs,) = [d for d in rendered["ingress-revisions"] if d["kind"] == "VirtualService"]
+    assert vs["spec"]["hosts"] == ["blue.xdsd.example.org"]
+    assert {r["route"][0]["destination"]["host"] for r in vs["spec"]["http"]} == {
+        "xdsd-blue.external-istiod.svc.cluster.local"
+    }

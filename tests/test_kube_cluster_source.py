@@ -288,6 +288,31 @@ async def test_an_istio_group_not_served_is_left_out_with_a_note() -> None:
             assert run.source.status().state == "synced"
 
 
+async def test_an_istio_crd_installed_after_start_is_watched_without_restart() -> None:
+    security = [r for r in DEFAULT_RESOURCES if r.group == "security.istio.io"]
+    resources = [r for r in DEFAULT_RESOURCES if r.group != "security.istio.io"]
+    async with KubeApiServer(token=TOKEN, resources=resources) as api:
+        api.apply(vs("a", "a"))
+        async with Run(source(api, rediscover_interval=0.05)) as run:
+            assert [f.source for f in run.changes[0].files] == ["c1:VirtualService/shop/a"]
+            # The CRDs are installed, then a policy created: it arrives as a change.
+            for rt in security:
+                api.register(rt)
+            api.apply(
+                {
+                    "apiVersion": "security.istio.io/v1",
+                    "kind": "PeerAuthentication",
+                    "metadata": {"name": "default", "namespace": "istio-system"},
+                    "spec": {"mtls": {"mode": "STRICT"}},
+                }
+            )
+            src = "c1:PeerAuthentication/istio-system/default"
+            await until(lambda: (src, True) in run.files(), what="the new kind's object")
+            assert api.watches("peerauthentications")
+            assert not any("security.istio.io" in n for n in run.source.notes)
+            assert run.store.get("PeerAuthentication", "istio-system", "default") is not None
+
+
 # -- changes --------------------------------------------------------------------------------
 
 

@@ -141,6 +141,26 @@ async def test_initial_remote_secrets() -> None:
             assert watch.label_selector == "istio/multiCluster=true"
 
 
+async def test_remote_secrets_of_another_revision_are_not_ours() -> None:
+    """--revision blue: a Secret labelled istio.io/rev=green names green's remote cluster;
+    unlabelled and blue ones are ours; relabelling one moves it."""
+    mc = {"istio/multiCluster": "true"}
+    async with KubeApiServer(token=CONFIG_TOKEN) as api:
+        cfg = {"blue": "https://b:6443", "green": "https://g:6443", "any": "https://a:6443"}
+        for name, url in cfg.items():
+            labels = {**mc, "istio.io/rev": name} if name != "any" else mc
+            secret = remote_secret(f"remote-{name}", {name: kubeconfig_yaml(url, "t")})
+            secret["metadata"]["labels"] = labels
+            api.apply(secret)
+        async with Events(secrets_source(api, revision="blue")) as ev:
+            assert set(ev.remotes.clusters()) == {"any", "blue"}
+            assert all(spec.revision == "blue" for spec in ev.remotes.clusters().values())
+            moved = remote_secret("remote-any", {"any": kubeconfig_yaml(cfg["any"], "t")})
+            moved["metadata"]["labels"] = {**mc, "istio.io/rev": "green"}
+            api.apply(moved)
+            await until(lambda: set(ev.remotes.clusters()) == {"blue"}, what="relabelled away")
+
+
 async def test_add_rotate_and_delete_at_runtime() -> None:
     async with (
         KubeApiServer(token=CONFIG_TOKEN) as api,

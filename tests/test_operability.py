@@ -188,3 +188,5 @@ def test_serve_logs_json_lines(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()

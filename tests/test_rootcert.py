@@ -7,7 +7,7 @@ import argparse
 import base64
 import datetime
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,50 @@ async def test_ca_from_cacerts_secret_signs(
     assert body not in caplog.text and "PRIVATE KEY" not in caplog.text
 
 
+async def until(check: Callable[[], bool], what: str) -> None:
+    async def done() -> bool:
+        return check()
+
+    await poll(done, timeout=DEADLINE, what=what)
+
+
+async def test_rotated_cacerts_secret_is_served_without_restart(
+    tmp_path: Path, main: KubeApiServer
+) -> None:
+    old, new = TestCA("old root"), TestCA("new root")
+    main.apply(annotated("istio-system", "*"))
+    main.apply(namespace("shop"))
+    main.apply(cacerts_secret(cacerts_entries(old)))
+    settings = kube_settings(tmp_path, main, security=SecuritySettings(ca_secret="cacerts"))
+    async with XdsdApp(settings) as app:
+        await until(lambda: _root_of(main, "shop") == old.cert_pem.decode(), "the old root")
+        service = app.security.ca_service
+        assert service is not None
+        main.apply(cacerts_secret(cacerts_entries(new)))
+
+        def rotated() -> bool:
+            ca = app.security.ca
+            return ca is not None and ca.root == new.cert
+
+        await until(rotated, "the rotated CA loaded")
+        # The very service the gRPC server holds signs with the new CA.
+        assert app.security.ca_service is service and service.ca is app.security.ca
+        csr, _ = make_csr("spiffe://cluster.local/ns/other/sa/x")
+        signed = service.ca.sign_csr(csr, [ME])
+        assert verified_uris(signed.chain, new.cert_pem.decode()) == [ME]
+        await until(lambda: _root_of(main, "shop") == new.cert_pem.decode(), "the new root")
+        # A Secret that makes no CA (no key) is refused: the new CA keeps signing.
+        broken = cacerts_entries(TestCA("third"))
+        del broken["ca-key.pem"]
+        main.apply(cacerts_secret(broken))
+        await until(
+            lambda: (metric(app, "xdsd_ca_rotations_total", result="error") or 0) >= 1,
+            "the broken Secret refused",
+        )
+        assert app.security.ca.root == new.cert
+        assert metric(app, "xdsd_ca_rotations_total", result="rotated") == 1
+
+
 async def test_missing_cacerts_secret_is_a_clear_error(tmp_path: Path, main: KubeApiServer) -> None:
     settings = kube_settings(tmp_path, main, security=SecuritySettings(ca_secret="cacerts"))
     with pytest.raises(ValueError, match="Secret istio-system/cacerts"):
@@ -270,6 +314,35 @@ async def test_root_cert_configmaps_in_annotated_clusters(
                 return all(_root_of(main, ns) == new_root for ns in ("istio-system", "shop"))
 
             await poll(main_written, timeout=DEADLINE, what="root cert in main once annotated")
+
+
+async def test_root_certs_only_in_namespaces_of_the_revision(
+    tmp_path: Path, main: KubeApiServer
+) -> None:
+    root = TestCA("mesh root")
+    main.apply(annotated("istio-system", "*"))
+    blue = namespace("shop")
+    blue["metadata"]["labels"] = {"istio.io/rev": "blue"}
+    main.apply(blue)
+    main.apply(namespace("web"))  # unlabelled: not blue's
+    cert_file, key_file = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
+    cert_file.write_bytes(root.cert_pem)
+    key_file.write_bytes(_key_pem(root.key))
+    settings = kube_settings(
+        tmp_path,
+        main,
+        revision="blue",
+        security=SecuritySettings(ca_cert_file=cert_file, ca_key_file=key_file),
+    )
+    async with XdsdApp(settings):
+        root_pem = root.cert_pem.decode()
+        await until(
+            lambda: (
+                _root_of(main, "shop") == root_pem and _root_of(main, "istio-system") == root_pem
+            ),
+            "root cert in blue's namespaces",
+        )
+        assert _root_of(main, "web") is None
 
 
 async def test_no_configmaps_without_a_ca(tmp_path: Path, main: KubeApiServer) -> None:

@@ -276,7 +276,7 @@ async def test_disconnect_closes_the_watch_and_updates_the_gauge(harness: Harnes
     call = harness.ads.StreamAggregatedResources()
     await call.write(sotw(CLUSTER))
     await read(call)
-    assert harness.metric("pilot_xds", version="") == 1
+    assert harness.metric("pilot_xds", version="unknown") == 1
     call.cancel()
     for _ in range(200):
         if not harness.services.connections:
@@ -284,7 +284,7 @@ async def test_disconnect_closes_the_watch_and_updates_the_gauge(harness: Harnes
         await asyncio.sleep(0.01)
     assert harness.services.connections == {}
     assert harness.provider.watches[0].closed
-    assert harness.metric("pilot_xds", version="") == 0
+    assert harness.metric("pilot_xds", version="unknown") == 0
 
 
 def big_cla(name: str, marker: int, endpoints: int = 20_000) -> Resource:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.envoy_static import envoy_binary, envoy_validate, sidecar, static_bootstrap
+from tests.envoy_static import dns_cluster, envoy_binary, envoy_validate, sidecar, static_bootstrap
 from xdsd.model.build import build_snapshot
 from xdsd.model.parse import parse_document, parse_documents
 from xdsd.model.snapshot import MeshSnapshot
@@ -185,8 +185,10 @@ def test_resolutions_translate_as_istiod() -> None:
     assert addrs == {("10.0.0.1", 8080), ("10.0.0.2", 9090)}  # targetPort, per-endpoint port
     sock = eds["outbound|80||sock.example.com"].endpoints[0].lb_endpoints[0]
     assert sock.endpoint.address.pipe.path == "/var/run/app.sock"
-    assert clusters["outbound|80||dns.example.com"].type == 1  # STRICT_DNS
-    assert clusters["outbound|80||rr.example.com"].type == 2  # LOGICAL_DNS
+    strict = dns_cluster(clusters["outbound|80||dns.example.com"])
+    logical = dns_cluster(clusters["outbound|80||rr.example.com"])
+    assert strict is not None and not strict.all_addresses_in_single_endpoint  # STRICT_DNS
+    assert logical is not None and logical.all_addresses_in_single_endpoint  # LOGICAL_DNS
     sel = eds["outbound|80||sel.example.com"].endpoints[0].lb_endpoints[0]
     assert (
         sel.endpoint.address.socket_address.address,

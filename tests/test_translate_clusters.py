@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
+from envoy.extensions.clusters.common.dns.v3 import dns_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from tests.envoy_static import sample_mesh, sidecar, snapshot, svc, workload
+from tests.envoy_static import dns_cluster, sample_mesh, sidecar, snapshot, svc, workload
 from xdsd.model.proxy import InterceptionMode, ProxyType
 from xdsd.model.types import Protocol, Resolution
 from xdsd.translate.generate import CLUSTER_TYPE, GENERATORS, eds_cluster_names, proxy_context
@@ -67,13 +68,16 @@ def test_sniffed_port_uses_downstream_protocol() -> None:
 def test_service_entry_resolutions() -> None:
     got = clusters(sample_mesh())
     dns = got["outbound|443||api.example.com"]
-    assert dns.type == Cluster.STRICT_DNS
+    cfg = dns_cluster(dns)  # STRICT_DNS, as Envoy's DnsCluster (no deprecated Cluster fields)
+    assert cfg is not None and not cfg.all_addresses_in_single_endpoint
+    assert (cfg.dns_refresh_rate.seconds, cfg.respect_dns_ttl) == (60, True)
+    assert not dns.HasField("dns_refresh_rate") and not dns.respect_dns_ttl
     hosts = [
         (e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
         for e in dns.load_assignment.endpoints[0].lb_endpoints
     ]
     assert hosts == [("api-1.example.com", 443), ("api-2.example.com", 443)]
-    assert dns.dns_lookup_family == Cluster.V4_ONLY
+    assert cfg.dns_lookup_family == dns_pb2.V4_ONLY
     # No endpoints: the SE host itself is resolved.
     no_eps = got["outbound|80||api.example.com"]
     assert [
@@ -81,13 +85,15 @@ def test_service_entry_resolutions() -> None:
         for e in no_eps.load_assignment.endpoints[0].lb_endpoints
     ] == ["api.example.com"]
     rr = got["outbound|8443||rr.example.com"]
-    assert rr.type == Cluster.LOGICAL_DNS
+    rr_cfg = dns_cluster(rr)  # LOGICAL_DNS: all addresses in one endpoint
+    assert rr_cfg is not None and rr_cfg.all_addresses_in_single_endpoint
     assert len(rr.load_assignment.endpoints[0].lb_endpoints) == 1
     none = got["outbound|9000||*.wild.example.com"]
     assert none.type == Cluster.ORIGINAL_DST and none.lb_policy == Cluster.CLUSTER_PROVIDED
     assert not none.HasField("load_assignment")
     ext = got["outbound|80||extname.default.svc.cluster.local"]
-    assert ext.type == Cluster.STRICT_DNS
+    ext_cfg = dns_cluster(ext)
+    assert ext_cfg is not None and not ext_cfg.all_addresses_in_single_endpoint
     (lb,) = ext.load_assignment.endpoints[0].lb_endpoints
     assert lb.endpoint.address.socket_address.address == "www.example.org"
     assert got["outbound|6379||db-0.default.svc.cluster.local"].type == Cluster.ORIGINAL_DST

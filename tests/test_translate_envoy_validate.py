@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 
-from tests.envoy_static import envoy_binary, envoy_validate, sample_mesh, sidecar, static_bootstrap
+from tests.envoy_static import (
+    deprecated_options,
+    envoy_binary,
+    envoy_validate,
+    sample_mesh,
+    sidecar,
+    static_bootstrap,
+)
 from xdsd.model.proxy import InterceptionMode
 from xdsd.translate.context import OutboundPolicy
 from xdsd.translate.generate import GENERATORS, generate_all, proxy_context
@@ -38,6 +45,7 @@ def test_envoy_accepts_generated_config(mode: InterceptionMode, ip: str, tmp_pat
     result = envoy_validate(boot, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout + result.stderr
+    assert deprecated_options(result) == []
 
 
 def test_envoy_accepts_registry_only(tmp_path: Path) -> None:

@@ -565,3 +565,27 @@ def test_auto_passthrough_routes_mesh_sni_to_sni_dnat_clusters(tmp_path: Any) ->
         node = "router~10.0.0.9~ingress-0.istio-system~istio-system.svc.cluster.local"
         result = envoy_validate(static_bootstrap(out, node), tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_oldest_gateway_wins_a_port_conflict() -> None:
+    """istiod orders config by creationTimestamp: the older object wins a conflict."""
+    a = gateway(
+        "a",
+        GW_NS,
+        [{"port": {"number": 9000, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
+        LABELS,
+    )
+    b = gateway(
+        "b",
+        GW_NS,
+        [{"port": {"number": 9000, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]}],
+        LABELS,
+    )
+    a["metadata"]["creationTimestamp"] = "2026-02-01T00:00:00Z"
+    b["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    text = "\n".join(proxy_context(snap([a, b]), router()).conflicts)
+    assert "Gateway istio-system/a server 0 (port http 9000): conflicts with istio-system/b" in text
+    # Without timestamps (a folder): by name.
+    del a["metadata"]["creationTimestamp"], b["metadata"]["creationTimestamp"]
+    text = "\n".join(proxy_context(snap([a, b]), router()).conflicts)
+    assert "Gateway istio-system/b server 0 (port tcp 9000): conflicts with istio-system/a" in text

@@ -15,7 +15,14 @@ from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from tests.envoy_static import envoy_binary, envoy_validate, sample_mesh, sidecar, static_bootstrap
+from tests.envoy_static import (
+    deprecated_options,
+    envoy_binary,
+    envoy_validate,
+    sample_mesh,
+    sidecar,
+    static_bootstrap,
+)
 from xdsd.model.parse import parse_documents
 from xdsd.model.proxy import InterceptionMode, ProxyType
 from xdsd.model.snapshot import MeshSnapshot
@@ -90,6 +97,10 @@ def test_header_match_routes_to_subset_and_replaces_default_route() -> None:
     assert (hm.name, hm.string_match.exact) == ("end-user", "jason")
     assert first.match.prefix == "/" and first.match.case_sensitive.value
     assert first.route.cluster == f"outbound|9080|v2|{REVIEWS}"
+    # No timeout: istiod's inbound form (max_grpc_timeout is deprecated).
+    msd = first.route.max_stream_duration
+    assert msd.HasField("grpc_timeout_header_max") and msd.grpc_timeout_header_max.seconds == 0
+    assert msd.HasField("max_stream_duration") and not first.route.HasField("max_grpc_timeout")
     assert second.route.cluster == f"outbound|9080|v1|{REVIEWS}"
     assert first.decorator.operation == f"{REVIEWS}:9080/*"
     assert first.metadata.filter_metadata["istio"].fields["config"].string_value == (
@@ -194,7 +205,10 @@ def test_weights_timeout_retries_mirror_headers_rewrite() -> None:
     ]
     assert wc[1].response_headers_to_add[0].header.key == "x-v"
     assert r.route.timeout.ToMilliseconds() == 2500
-    assert r.route.max_grpc_timeout.ToMilliseconds() == 2500
+    # Not istiod's max_grpc_timeout (deprecated), nor max_stream_duration (Envoy would
+    # ignore the route timeout): gRPC requests get the route's timeout too.
+    assert not r.route.HasField("max_grpc_timeout")
+    assert not r.route.HasField("max_stream_duration")
     rp = r.route.retry_policy
     assert (rp.num_retries.value, rp.retry_on) == (4, "gateway-error,retriable-status-codes")
     assert list(rp.retriable_status_codes) == [503]
@@ -655,6 +669,8 @@ def test_envoy_accepts_every_feature(mode: InterceptionMode, tmp_path: Path) -> 
     assert len(vhost(rc, f"{REVIEWS}:9080").routes) == 6  # type: ignore[arg-type]
     result = envoy_validate(static_bootstrap(resources, proxy.node_id), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    # Routes with timeouts and DNS clusters (sample_mesh's ServiceEntries) included.
+    assert deprecated_options(result) == []
 
 
 TCP_TLS = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -190,7 +191,7 @@ class Client:
     ) -> tuple[int, Any]:
         async with self.session.post(
             f"https://127.0.0.1:{self.port}{path}",
-            data=body,
+            data=io.BytesIO(body),  # aiohttp warns of large raw bytes
             headers={"Content-Type": content_type},
         ) as resp:
             text = await resp.text()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from envoy.service.status.v3 import csds_pb2
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from xdsd.admin.http import AdminServer
 from xdsd.cache.dump import dump_messages, dump_resources
@@ -33,11 +33,13 @@ from xdsd.cache.groups import Change, GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
 from xdsd.heap import HeapKeeper
 from xdsd.model.build import SnapshotBuilder
-from xdsd.model.objects import key_of, object_label
+from xdsd.model.jwks import JWKS_KIND, is_fetched_source
+from xdsd.model.jwks import describe as describe_jwks
+from xdsd.model.objects import SecretData, key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot, ServiceKey
 from xdsd.model.store import ConfigStore
-from xdsd.model.types import ConfigError, Endpoint, Resolution
+from xdsd.model.types import ConfigError, ConfigObject, Endpoint, Resolution
 from xdsd.multicluster import ClusterMetrics, Clusters, RemoteSource, Source
 from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
@@ -47,10 +49,12 @@ from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
 from xdsd.sources.folder import FolderSource
+from xdsd.sources.jwks import JwksResolver, JwksSettings, wanted_by
 from xdsd.translate.auto_mtls import endpoints_need_mtls
 from xdsd.translate.checks import config_problems
 from xdsd.translate.generate import (
     GENERATORS,
+    SERVED_TYPES,
     ProxyContext,
     context_key,
     group_key,
@@ -107,6 +111,9 @@ class AppSettings:
     own_namespace: str = "istio-system"  # where the istio/multiCluster Secrets are
     remote_secrets_dir: Path | None = None  # kubeconfig files instead of Secrets
     cluster_id: str = "Kubernetes"  # the config cluster's id
+    # istio.io/rev of this control plane (several per external cluster): other revisions'
+    # Istio config and remote secrets are not read. None: every object is ours.
+    revision: str | None = None
     remote_sync_timeout: float = 30.0  # a slower remote cluster does not hold readiness
     sync_progress_interval: float = 5.0  # log progress of a long initial sync
     kube_backoff: Backoff | None = None  # reconnect delays after API errors (None: default)
@@ -124,6 +131,8 @@ class AppSettings:
     # are told about the control plane.
     webhooks: WebhookSettings | None = None
     inject: InjectSettings = field(default_factory=InjectSettings)
+    # Fetching the key sets RequestAuthentications name by jwksUri (xdsd.sources.jwks).
+    jwks: JwksSettings = field(default_factory=JwksSettings)
 
     def __post_init__(self) -> None:
         sources = [self.config_dir is not None, self.kubeconfig is not None, self.in_cluster]
@@ -181,6 +190,10 @@ class SourceHooks:
     serve_xds: bool = True  # the supervisor serves no proxies
     push: bool = True  # rebuild after changes (the supervisor: only for --write-status)
     writer: bool = True  # --write-status and the root-cert ConfigMaps (not in workers)
+    # JWKS fetching (the supervisor's, shipped to workers as store changes).
+    fetch_jwks: bool = True
+    # Called with each fetched-JWKS change the app applied (the supervisor ships it).
+    fetched: Callable[[ConfigChange], None] | None = None
 
 
 # -- end of worker hooks ----------------------------------------------------------------------
@@ -208,7 +221,7 @@ class _Watch:
         return self._ctx, self._key
 
     def resources(self, type_url: str) -> ResourceSet:
-        if type_url not in GENERATORS:
+        if type_url not in SERVED_TYPES:
             return ResourceSet.of(type_url, ())
         ctx, key = self._context()
         return self.app.cache.get(ctx, key, type_url)
@@ -337,6 +350,11 @@ class XdsdApp:
         )
         self.debouncer = Debouncer(self._push, settings.debounce)
         self.source: FolderLike | None = None if settings.kube else self._new_source()
+        self.jwks: JwksResolver | None = None
+        if self.hooks.fetch_jwks:
+            self.jwks = JwksResolver(settings.jwks, registry=self.registry)
+        self._jwks_seen: tuple[object, ...] | None = None
+        self._jwks_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._server: XdsServer | None = None
@@ -354,6 +372,13 @@ class XdsdApp:
         )
         self._generation = 0
         self._build_errors: tuple[ConfigError, ...] = ()
+        self._ca_secret_seen: object = None  # the cacerts Secret object last looked at
+        self.m_ca_rotation = Counter(
+            "xdsd_ca_rotations",
+            "cacerts Secret changes: rotated to a new CA, or refused (error)",
+            ["result"],
+            registry=self.registry,
+        )
         self._logged_errors: set[str] = set()
         self._last_push: dict[str, Any] | None = None
         self._pushes = 0
@@ -461,6 +486,8 @@ class XdsdApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.jwks is not None:
+            await self.jwks.aclose()  # its HTTP session, if a fetch was cut short
         try:
             await self._close_servers()
         finally:
@@ -510,7 +537,9 @@ class XdsdApp:
                 change = self._as_resync(change)
             before = self.store.generation
             self.store.apply(change)
+            self._track_jwks()
             if not self.ready.is_set() and self.source.synced.is_set():
+                await self._start_jwks()
                 self._open_gate()
                 log.info(
                     "initial config loaded: %d services, %d errors",
@@ -530,7 +559,11 @@ class XdsdApp:
     def _new_source(self) -> FolderLike:
         def folder() -> FolderSource:
             assert self.settings.config_dir is not None
-            return FolderSource(self.settings.config_dir, poll_interval=self.settings.poll_interval)
+            return FolderSource(
+                self.settings.config_dir,
+                poll_interval=self.settings.poll_interval,
+                revision=self.settings.revision,
+            )
 
         return folder() if self.hooks.folder is None else self.hooks.folder(folder)
 
@@ -543,7 +576,7 @@ class XdsdApp:
         s = self.settings
         backoff = s.kube_backoff or DEFAULT_BACKOFF
         kubeconfig = None if s.kubeconfig is None else load_kubeconfig(s.kubeconfig)
-        config = ClusterSpec(s.cluster_id, kubeconfig, "config", s.namespaces)
+        config = ClusterSpec(s.cluster_id, kubeconfig, "config", s.namespaces, s.revision)
 
         def remote_secrets() -> RemoteSource:
             if s.remote_secrets_dir is not None:
@@ -560,6 +593,7 @@ class XdsdApp:
                 namespaces=s.namespaces,
                 backoff=backoff,
                 watch_timeout=s.kube_watch_timeout,
+                revision=s.revision,
             )
 
         hook = self.hooks.remotes
@@ -638,6 +672,7 @@ class XdsdApp:
         """The gate opens once the config cluster (and remotes, up to a timeout) synced."""
         assert self.clusters is not None
         await self.clusters.initial_sync.wait()
+        await self._start_jwks()
         self._open_gate()
         self._update_status()
         log.info(
@@ -651,10 +686,12 @@ class XdsdApp:
         """The initial load is in: the first snapshot, readiness, and the heap settles."""
         self._rebuild(PushRequest(reason="initial"))
         self.ready.set()
+        self._track_jwks()
         if self.heap is not None:
             self.heap.settle()
 
     def _cluster_changed(self, cluster_id: str, kinds: frozenset[str]) -> None:
+        self._track_jwks()
         # Before the gate opens, the initial build takes everything in.
         if self.ready.is_set():
             self.debouncer.request(
@@ -676,11 +713,104 @@ class XdsdApp:
     def _as_resync(self, change: ConfigChange) -> ConfigChange:
         """A full load after a restart: files the store has but the scan lacks are gone."""
         present = {c.source for c in change.files}
-        gone = tuple(FileContent(s, None) for s in self.store.sources() if s not in present)
+        gone = tuple(
+            FileContent(s, None)
+            for s in self.store.sources()
+            if s not in present and not is_fetched_source(s)
+        )
         return ConfigChange(change.files + gone, change.kinds, synced=True)
+
+    # -- JWKS (RequestAuthentication jwksUri) ------------------------------------------------
+
+    async def _start_jwks(self) -> None:
+        """Before the gate opens: fetch what the config names (each fetch bounded by its
+        rule's timeout), so the first push already inlines the key sets, as istiod's
+        first push context does; then keep following the config and refreshing."""
+        if self.jwks is None or self._jwks_task is not None:
+            return
+        objs = self.store.objects("RequestAuthentication")
+        self._jwks_seen = objs
+        self.jwks.want(wanted_by(o for o in objs if isinstance(o, ConfigObject)))
+        change = None
+        try:
+            change = await self.jwks.step()
+        except Exception:
+            log.exception("initial JWKS fetch failed; the resolver retries")
+        if change is not None:
+            self._apply_fetched(change)
+        self._jwks_task = asyncio.create_task(self._follow_jwks(), name="jwks")
+        self._tasks.append(self._jwks_task)
+
+    def _track_jwks(self) -> None:
+        """Tell the resolver which URLs the RequestAuthentications name. Only once the
+        gate is open: a worker started later gets the fetched key sets in the replay."""
+        if self.jwks is None or not self.ready.is_set():
+            return
+        objs = self.store.objects("RequestAuthentication")
+        if objs is not self._jwks_seen:  # the store hands out the same tuple until a change
+            self._jwks_seen = objs
+            self.jwks.want(wanted_by(o for o in objs if isinstance(o, ConfigObject)))
+
+    async def _follow_jwks(self) -> None:
+        assert self.jwks is not None
+        while True:
+            try:
+                async for change in self.jwks.changes():
+                    self._apply_fetched(change)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("JWKS resolver failed; keeping the fetched key sets, restarting")
+                await asyncio.sleep(1.0)
+
+    def _apply_fetched(self, change: ConfigChange) -> None:
+        """Fetched key sets into the config store (and to the workers), then a push."""
+        before = self.store.generation
+        self.store.apply(change)
+        if self.hooks.fetched is not None:
+            self.hooks.fetched(change)  # no await since the apply: workers' replay stays exact
+        if not self.ready.is_set():
+            return
+        if self.store.generation != before:
+            self.debouncer.request(
+                PushRequest(kinds=change.kinds, reason="jwks", started=time.monotonic())
+            )
+        else:
+            self._refresh_errors()
+
+    def _follow_ca_secret(self) -> None:
+        """Serve a rotated cacerts Secret (--ca-secret) without a restart: new CSRs are
+        signed by the new CA and the istio-ca-root-cert ConfigMaps get its root. The
+        Secret is watched with the other Secrets of the config cluster (when its namespace
+        is watched); a Secret that does not make a CA leaves the current one serving."""
+        name = self.settings.security.ca_secret
+        if not self.settings.kube or name is None or self.security.ca is None:
+            return
+        from xdsd.sources.kube.rootcert import CACERTS_KEYS
+
+        obj = self.store.get("Secret", self.settings.own_namespace, name)
+        if obj is None or obj is self._ca_secret_seen or not isinstance(obj, ConfigObject):
+            return
+        self._ca_secret_seen = obj
+        data = obj.spec.get("data")
+        source = f"Secret {self.settings.own_namespace}/{name}"
+        if not isinstance(data, SecretData):
+            return
+        try:
+            entries = {k: data.decoded(k) for k in CACERTS_KEYS if k in data}
+            rotated = self.security.rotate_ca(entries, source)
+        except (ValueError, KeyError, AttributeError) as e:
+            self.m_ca_rotation.labels("error").inc()
+            log.error("%s does not make a CA (%s): the current CA keeps signing", source, e)
+            return
+        if rotated:
+            self.m_ca_rotation.labels("rotated").inc()
+            if self.root_certs is not None:
+                self.root_certs.set_root(self.security.ca.root_pem)
 
     def _rebuild(self, req: PushRequest) -> frozenset[ServiceKey] | None:
         """A new snapshot; returns the services whose endpoints changed when nothing else did."""
+        self._follow_ca_secret()
         start = time.perf_counter()
         self._generation += 1
         old = self.snapshot
@@ -950,6 +1080,10 @@ class XdsdApp:
             "objects": objects,
             "rejected": rejected,
             "skipped": ignored,
+            # Key sets fetched for RequestAuthentication jwksUri (xdsd.sources.jwks).
+            "jwks": [describe_jwks(o) for o in snap.configs_of(JWKS_KIND)],
+            # The fetcher's view (the process that fetches: single or supervisor).
+            "jwks_fetches": self.jwks.status() if self.jwks is not None else None,
         }
 
     async def _injectz(self) -> dict[str, Any]:

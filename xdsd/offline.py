@@ -15,15 +15,19 @@ from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.store import ConfigStore
 from xdsd.model.types import ConfigError
 from xdsd.sources.folder import FolderSource
+from xdsd.sources.jwks import fetch_once
 from xdsd.translate.generate import GENERATORS, proxy_context
 
 
-async def load_snapshot(config_dir: Path) -> MeshSnapshot:
-    """Read a config folder once and build its snapshot."""
+async def load_snapshot(config_dir: Path, *, fetch_jwks: bool = False) -> MeshSnapshot:
+    """Read a config folder once and build its snapshot (with `fetch_jwks`, the key sets
+    RequestAuthentications name by jwksUri fetched once, as `serve` would inline them)."""
     store = ConfigStore()
     change = await FolderSource(config_dir).poll()
     if change is not None:
         store.apply(change)
+    if fetch_jwks:
+        await fetch_once(store)
     return build_snapshot(store, generation=1)
 
 
@@ -43,10 +47,10 @@ def translate_snapshot(
 
 
 def translate_dir(
-    config_dir: Path, node_id: str, metadata: Mapping[str, Any]
+    config_dir: Path, node_id: str, metadata: Mapping[str, Any], *, fetch_jwks: bool = False
 ) -> tuple[dict[str, Any], tuple[ConfigError, ...]]:
     if not config_dir.is_dir():
         raise ValueError(f"config folder {config_dir} is not a directory")
-    snapshot = asyncio.run(load_snapshot(config_dir))
+    snapshot = asyncio.run(load_snapshot(config_dir, fetch_jwks=fetch_jwks))
     sets = translate_snapshot(snapshot, node_id, metadata)
     return dump_resources(sets), snapshot.errors

@@ -31,6 +31,7 @@ from xdsd.server.auth import (
     TokenReviewer,
 )
 from xdsd.server.limits import TokenBucket
+from xdsd.server.token_cache import DEFAULT_MAX_TTL_S, CachedTokenReviewer
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,14 @@ class SecuritySettings:
     # TokenReview: the audience tokens must be for, and (folder mode) the cluster that reviews.
     token_audience: str = "istio-ca"
     token_review_kubeconfig: Path | None = None
+    # An authenticated token is trusted again without a review until it expires, at
+    # most this long (seconds; 0: review every call). See xdsd/server/token_cache.py.
+    token_review_cache_ttl: float = DEFAULT_MAX_TTL_S
     # New xDS streams and CA calls per second (0: unlimited), and the burst allowed.
     new_streams_per_second: float = 100.0
     new_streams_burst: float = 200.0
+    # The port where client certificates authenticate (-1: none), for the warning below.
+    mtls_port: int = -1
 
     def __post_init__(self) -> None:
         if (self.ca_cert_file is None) != (self.ca_key_file is None):
@@ -68,6 +74,8 @@ class SecuritySettings:
             raise ValueError("give the CA as files or as a Secret, not both")
         if self.new_streams_per_second < 0:
             raise ValueError("new streams per second must not be negative")
+        if self.token_review_cache_ttl < 0:
+            raise ValueError("the token review cache TTL must not be negative")
 
 
 class Security:
@@ -81,7 +89,9 @@ class Security:
         default_cluster_id: str = "Kubernetes",
     ) -> None:
         self.settings = settings
+        self._registry_for_cache = registry
         self.ca: CertificateAuthority | None = None
+        self._ca_entries: dict[str, bytes] = {}  # what `ca` was made from (Secret mode)
         if settings.ca_cert_file is not None and settings.ca_key_file is not None:
             # CAError names the files, never their content.
             self.ca = CertificateAuthority.from_files(
@@ -101,10 +111,19 @@ class Security:
                 authenticators.append(
                     BearerTokenAuthenticator(reviewer, lambda u: identity_from_username(u, td))
                 )
-            else:
+            elif settings.mtls_port >= 0:
                 log.warning(
                     "no Kubernetes cluster to review tokens: only client certificates "
-                    "authenticate (give a kubeconfig, or --token-review-kubeconfig)"
+                    "authenticate (on --mtls-port %d); add --token-review-kubeconfig PATH to "
+                    "accept service-account tokens",
+                    settings.mtls_port,
+                )
+            else:
+                log.warning(
+                    "no Kubernetes cluster to review tokens and no --mtls-port: every proxy "
+                    "will be refused; add --token-review-kubeconfig PATH (service-account "
+                    "tokens), --mtls-port PORT (client certificates) or --insecure-no-auth "
+                    "(a trusted lab)"
                 )
         self.auth = StreamAuth(
             authenticators,
@@ -138,6 +157,7 @@ class Security:
         from xdsd.sources.kube.rootcert import read_cacerts_secret
 
         entries = await read_cacerts_secret(kubeconfig, namespace, name)
+        self._ca_entries = dict(entries)
         self.ca = CertificateAuthority.from_cacerts(
             entries, max_ttl=self.settings.max_cert_ttl, source=f"Secret {namespace}/{name}"
         )
@@ -149,6 +169,25 @@ class Security:
             self.ca.root.subject.rfc4514_string(),
         )
         self._make_ca_service()
+
+    def rotate_ca(self, entries: Mapping[str, bytes], source: str) -> bool:
+        """Serve a new CA from Istio's cacerts layout (a rotated Secret); False if unchanged.
+
+        ValueError (naming `source`, never key material) leaves the current CA serving.
+        """
+        if entries == self._ca_entries:
+            return False
+        ca = CertificateAuthority.from_cacerts(
+            entries, max_ttl=self.settings.max_cert_ttl, source=source
+        )
+        self._ca_entries = dict(entries)
+        self.ca = ca
+        if self.ca_service is not None:
+            self.ca_service.ca = ca  # the server keeps its handlers; they sign with this
+        else:
+            self._make_ca_service()
+        log.info("CA rotated from %s: %r, root %s", source, ca, ca.root.subject.rfc4514_string())
+        return True
 
     def _token_reviewer(
         self, kubeconfigs: KubeconfigLookup | None, default_cluster_id: str
@@ -179,9 +218,14 @@ class Security:
             kubeconfigs = lookup
         if kubeconfigs is None:
             return None
-        self._reviewer = KubeTokenReviewer(
+        reviewer: Any = KubeTokenReviewer(
             kubeconfigs, default_cluster_id, audiences=(s.token_audience,)
         )
+        if s.token_review_cache_ttl > 0:
+            reviewer = CachedTokenReviewer(
+                reviewer, self._registry_for_cache, max_ttl=s.token_review_cache_ttl
+            )
+        self._reviewer = reviewer
         return self._reviewer  # type: ignore[no-any-return]
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:

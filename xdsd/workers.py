@@ -275,12 +275,16 @@ class _Relay:
             log.warning("unexpected message from the supervisor: %s", type(message).__name__)
 
     def hooks(self, settings: AppSettings) -> SourceHooks:
+        # Fetched JWKS come from the supervisor as changes of the config store's source.
         if not settings.kube:
-            return SourceHooks(folder=lambda _default: _RelaySource(self, None), writer=False)
+            return SourceHooks(
+                folder=lambda _default: _RelaySource(self, None), writer=False, fetch_jwks=False
+            )
         return SourceHooks(
             cluster=lambda spec, _default: _RelaySource(self, spec.cluster_id),
             remotes=lambda _default: _RelayRemotes(self),
             writer=False,
+            fetch_jwks=False,
         )
 
 
@@ -536,6 +540,7 @@ class Supervisor:
             remotes=self._tee_remotes,
             serve_xds=False,
             push=s.kube and s.write_status,
+            fetched=self._ship_fetched,
         )
         self.app = await XdsdApp(own, self.registry, hooks=hooks).__aenter__()
         if s.admin_port >= 0:
@@ -658,6 +663,11 @@ class Supervisor:
         self._remotes = _TeeRemotes(default(), self._fanout)
         return self._remotes
 
+    def _ship_fetched(self, change: ConfigChange) -> None:
+        """Fetched JWKS go to the workers' config store, as its source's changes do."""
+        s = self.settings
+        self._fanout.send(Changed(s.cluster_id if s.kube else None, change))
+
     def _replay(self) -> list[object]:
         """What a new worker needs before the stream: the current state of everything."""
         app = self.app
@@ -773,6 +783,10 @@ class Supervisor:
             return await proc.wait()
         finally:
             self._fanout.links.pop(slot.index, None)
+            if slot.writer is not None:
+                # The stream's transport, not only its socket: else it is left to the GC
+                # ("unclosed StreamWriter") when the worker ended the link first.
+                slot.writer.close()
             slot.writer = None
             slot.state = None
             self.m_workers.set(sum(1 for s in self.slots if s.state and s.state.ready))

@@ -54,6 +54,12 @@ TIMER_SLACK_S = 0.02
 _blocks = itertools.count(0)
 
 
+def address_block() -> str:
+    """A fresh 127.B.C prefix for one test (shared by every suite in the process)."""
+    block = next(_blocks)
+    return f"127.{10 + block // 250}.{1 + block % 250}"
+
+
 def fqdn(name: str, ns: str) -> str:
     return f"{name}.{ns}.{DOMAIN}"
 
@@ -240,7 +246,7 @@ def binomial_bounds(n: int, p: float, sigmas: float = 5.0) -> tuple[float, float
 # --------------------------------------------------------------------------- the harness
 
 
-def _port_free_everywhere(port: int, ips: Iterable[str]) -> bool:
+def port_free_everywhere(port: int, ips: Iterable[str]) -> bool:
     for ip in ips:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -251,7 +257,7 @@ def _port_free_everywhere(port: int, ips: Iterable[str]) -> bool:
     return True
 
 
-def _app_settings(config_dir: Path) -> AppSettings:
+def app_settings(config_dir: Path) -> AppSettings:
     return AppSettings(
         config_dir=config_dir,
         xds=GrpcSettings(port=0, shutdown_grace_s=0.2),
@@ -267,8 +273,7 @@ class Traffic:
     def __init__(self, tmp_path: Path) -> None:
         self.dir = tmp_path / "config"
         self.dir.mkdir()
-        block = next(_blocks)
-        self._prefix = f"127.{10 + block // 250}.{1 + block % 250}"
+        self._prefix = address_block()
         self._hosts = itertools.count(2)
         self._stack = AsyncExitStack()
         self.backends: dict[str, Backend] = {}
@@ -290,7 +295,7 @@ class Traffic:
             with socket.socket() as s:
                 s.bind(("0.0.0.0", 0))
                 port = int(s.getsockname()[1])
-            if _port_free_everywhere(port, ("127.0.0.1", f"{self._prefix}.2")):
+            if port_free_everywhere(port, ("127.0.0.1", f"{self._prefix}.2")):
                 return port
         raise RuntimeError("no free port")
 
@@ -389,7 +394,7 @@ class Traffic:
 
     async def start_xdsd(self) -> XdsdApp:
         assert self.app is None
-        self.app = await self._stack.enter_async_context(XdsdApp(_app_settings(self.dir)))
+        self.app = await self._stack.enter_async_context(XdsdApp(app_settings(self.dir)))
         await asyncio.wait_for(self.app.ready.wait(), 30)
         return self.app
 

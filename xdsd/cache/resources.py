@@ -19,14 +19,24 @@ ENDPOINT = _TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = _TYPE_PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SECRET = _TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+# Istio's DNS name table, asked for by pilot-agent (not Envoy) on the same stream.
+NAME_TABLE = _TYPE_PREFIX + "istio.networking.nds.v1.NameTable"
 
 # The order a push sends types in on one stream (Envoy's make-before-break:
 # clusters and their endpoints before the listeners and routes that use them).
 PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
 # Types whose SotW responses must carry every resource (the others are sent by name).
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+# Istio's own types are wildcard too (istiod IsWildcardTypeURL): NDS names nothing.
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, NAME_TABLE})
 
-SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds", SECRET: "sds"}
+SHORT_NAMES = {
+    CLUSTER: "cds",
+    ENDPOINT: "eds",
+    LISTENER: "lds",
+    ROUTE: "rds",
+    SECRET: "sds",
+    NAME_TABLE: "nds",
+}
 
 
 def short_type(type_url: str) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
+from xdsd.model.jwks import JWKS_KIND, fetch_problems
 from xdsd.model.objects import (
     EndpointAddress,
     EndpointSet,
@@ -141,6 +142,8 @@ class SnapshotBuilder:
         self._endpoints: dict[ServiceKey, tuple[object, dict[int, tuple[Endpoint, ...]]]] = {}
         self._workloads = _Memo()
         self._configs = _Memo()
+        # kind -> (the store's tuple, the same objects oldest first)
+        self._ordered: dict[str, tuple[tuple[ConfigObject, ...], tuple[ConfigObject, ...]]] = {}
         self._ips: tuple[tuple[Workload, ...], Mapping[str, tuple[Workload, ...]]] = ((), {})
         # The last build's and this build's `_slice_pods` answers.
         self._found: dict[tuple[str, str, str], _SlicePods] = {}
@@ -260,11 +263,34 @@ class SnapshotBuilder:
             configs=self._configs.get(
                 config.configs, lambda: MappingProxyType(dict(config.configs))
             ),
-            errors=store_errors + tuple(errors),
+            errors=store_errors
+            + tuple(errors)
+            + tuple(
+                fetch_problems(
+                    config.configs.get("RequestAuthentication", ()),
+                    config.configs.get(JWKS_KIND, ()),
+                )
+            ),
             root_namespace=root_namespace,
             domain_suffix=domain_suffix,
             stale_clusters=stale,
         )
+
+    def _istio_order(self, kind: str, objs: tuple[ConfigObject, ...]) -> tuple[ConfigObject, ...]:
+        """Oldest first (creationTimestamp), then name, then namespace, as istiod orders
+        objects to resolve conflicts between them (configCompareByCreationTime).
+
+        Where no object has a timestamp (a folder) the store's tuple is kept as it is
+        (namespace, then name); a sorted one is reused until the store's changes.
+        """
+        hit = self._ordered.get(kind)
+        if hit is not None and hit[0] is objs:
+            return hit[1]
+        ordered = objs
+        if any(o.created for o in objs):
+            ordered = tuple(sorted(objs, key=lambda o: (o.created, o.name, o.namespace)))
+        self._ordered[kind] = (objs, ordered)
+        return ordered
 
     def _slice_pods(
         self, cl: _Cluster, own: Service, sets: Sequence[EndpointSet]
@@ -383,8 +409,7 @@ class SnapshotBuilder:
             elif kind == "ServiceEntry":
                 config.entries.extend(o for o in objs if isinstance(o, ServiceEntryConfig))
             elif kind not in _INDEXED_KINDS:
-                # The store sorts by (kind, namespace, name): each kind's tuple is in order.
-                config.configs[kind] = cast(tuple[ConfigObject, ...], objs)
+                config.configs[kind] = self._istio_order(kind, cast(tuple[ConfigObject, ...], objs))
         return cl
 
 
@@ -634,8 +659,14 @@ def _merge(
         names.add(p.name)
     clusters = dict.fromkeys(have.clusters or (first.cluster_id,))
     clusters.update(dict.fromkeys(svc.clusters or (cl.cluster_id,)))
+    per_cluster = dict(have.cluster_addresses)
+    if svc.addresses and svc.addresses != have.addresses and cl.cluster_id not in per_cluster:
+        per_cluster[cl.cluster_id] = svc.addresses
     return dataclasses.replace(
-        have, ports=tuple(sorted(ports, key=lambda p: p.port)), clusters=tuple(clusters)
+        have,
+        ports=tuple(sorted(ports, key=lambda p: p.port)),
+        clusters=tuple(clusters),
+        cluster_addresses=tuple(sorted(per_cluster.items())),
     )
 
 

@@ -64,6 +64,7 @@ DEFAULT_NAMESPACE = "default"
 DEFAULT_CLUSTER_ID = "Kubernetes"  # istiod's default cluster id
 DEFAULT_DOMAIN_SUFFIX = "cluster.local"
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
+REVISION_LABEL = "istio.io/rev"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 _ISTIO_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -145,6 +146,15 @@ class _Options:
     # The Kubernetes cluster the documents come from: tags Services, Pods,
     # EndpointSlices/Endpoints, WorkloadEntries and Nodes. None keeps the defaults.
     cluster_id: str | None = None
+    # This control plane's revision (`--revision`): Istio config labelled for another
+    # revision is not ours (istiod's LabelsInRevision). None: every object is.
+    revision: str | None = None
+
+
+def in_revision(labels: Mapping[str, str], revision: str | None) -> bool:
+    """istiod's LabelsInRevision: unlabelled objects are everybody's."""
+    rev = labels.get(REVISION_LABEL)
+    return rev is None or not revision or rev == revision
 
 
 @dataclass
@@ -176,12 +186,15 @@ def parse_documents(
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX,
     complete: bool = True,
     cluster_id: str | None = None,
+    revision: str | None = None,
 ) -> ParseResult:
     """Parse the documents of one file; document i is named `source#i`.
 
-    `cluster_id` names the Kubernetes cluster the documents were read from.
+    `cluster_id` names the Kubernetes cluster the documents were read from;
+    `revision`: Istio config labelled `istio.io/rev` for another revision is skipped
+    (it belongs to another control plane).
     """
-    opts = _Options(default_namespace, domain_suffix, cluster_id)
+    opts = _Options(default_namespace, domain_suffix, cluster_id, revision)
     out = _Out([], [], set())
     for i, doc in enumerate(documents):
         _parse_one(doc, f"{source}#{i}", "", opts, out)
@@ -251,6 +264,8 @@ def _dispatch(iss: Issues, doc: object, source: str, base: str, opts: _Options, 
     meta = _metadata(iss, doc, kind, base, namespaced, name_check, opts)
     if meta is None:
         return
+    if group.endswith("istio.io") and not in_revision(meta.labels, opts.revision):
+        return  # another revision's object: that control plane serves and reports it
     ref = ObjectRef(kind, meta.namespace, meta.name, source)
     iss.obj = object_label(key_of(ref))
     obj = parser(iss, doc, meta, ref, opts, base)

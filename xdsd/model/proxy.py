@@ -10,6 +10,7 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from xdsd.model.types import EMPTY_LABELS, frozen_map
@@ -45,6 +46,10 @@ class Proxy:
     mesh_id: str = ""
     istio_version: str = ""
     workload_name: str = ""
+    # The workload's controller, e.g. kubernetes://apis/apps/v1/namespaces/NS/deployments/NAME.
+    owner: str = ""
+    # The agent's effective ProxyConfig (meshconfig.ProxyConfig as JSON; numbers are floats).
+    proxy_config: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     interception_mode: InterceptionMode = InterceptionMode.REDIRECT
 
     @property
@@ -57,21 +62,38 @@ class Proxy:
         return self.ip_addresses[0] if self.ip_addresses else ""
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+# Labels istiod adds to a proxy's own (pilot/pkg/xds/ads.go setTopologyLabels, through
+# labelutil.AugmentLabels): selectors may name them.
+CLUSTER_LABEL = "topology.istio.io/cluster"
+NETWORK_LABEL = "topology.istio.io/network"
+
+
 def _str(meta: Mapping[str, Any], key: str) -> str:
     value = meta.get(key)
     return value if isinstance(value, str) else ""
 
 
-def _labels(meta: Mapping[str, Any]) -> Mapping[str, str]:
-    raw = meta.get("LABELS")
-    if isinstance(raw, str):  # some agents send LABELS as a JSON string
+def _object(meta: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    raw = meta.get(key)
+    if isinstance(raw, str):  # some agents send objects as JSON strings
         try:
             raw = json.loads(raw)
         except ValueError:
             raw = None
-    if not isinstance(raw, Mapping):
-        return EMPTY_LABELS
-    return frozen_map({str(k): str(v) for k, v in raw.items()})
+    return raw if isinstance(raw, Mapping) else None
+
+
+def _labels(meta: Mapping[str, Any], cluster_id: str, network: str) -> Mapping[str, str]:
+    raw = _object(meta, "LABELS") or {}
+    labels = {str(k): str(v) for k, v in raw.items()}
+    # pilot-agent sends the pod's labels; istiod adds the proxy's cluster (and its
+    # network, unless a label names one) before matching selectors.
+    if cluster_id:
+        labels[CLUSTER_LABEL] = cluster_id
+    if network and not labels.get(NETWORK_LABEL):
+        labels[NETWORK_LABEL] = network
+    return frozen_map(labels) if labels else EMPTY_LABELS
 
 
 def parse_proxy(node_id: str, metadata: Mapping[str, Any] | None = None) -> Proxy:
@@ -108,6 +130,8 @@ def parse_proxy(node_id: str, metadata: Mapping[str, Any] | None = None) -> Prox
         raise NodeIdError(
             f"node metadata INTERCEPTION_MODE {mode_s!r} is not one of REDIRECT, TPROXY, NONE"
         ) from None
+    cluster_id = _str(meta, "CLUSTER_ID") or "Kubernetes"
+    network = _str(meta, "NETWORK")
     return Proxy(
         node_id=node_id,
         type=ptype,
@@ -115,12 +139,14 @@ def parse_proxy(node_id: str, metadata: Mapping[str, Any] | None = None) -> Prox
         pod_name=pod,
         namespace=namespace,
         dns_domain=domain,
-        labels=_labels(meta),
+        labels=_labels(meta, cluster_id, network),
         service_account=_str(meta, "SERVICE_ACCOUNT"),
-        cluster_id=_str(meta, "CLUSTER_ID") or "Kubernetes",
-        network=_str(meta, "NETWORK"),
+        cluster_id=cluster_id,
+        network=network,
         mesh_id=_str(meta, "MESH_ID"),
         istio_version=_str(meta, "ISTIO_VERSION"),
         workload_name=_str(meta, "WORKLOAD_NAME"),
+        owner=_str(meta, "OWNER"),
+        proxy_config=MappingProxyType(dict(_object(meta, "PROXY_CONFIG") or {})),
         interception_mode=mode,
     )

@@ -37,7 +37,8 @@ class MeshSnapshot:
     # Pods and WorkloadEntries, for finding a proxy's own workload by IP.
     workloads: tuple[Workload, ...] = ()
     # Istio kinds not turned into services (VirtualService, DestinationRule, ...),
-    # keyed by kind, sorted by (namespace, name).
+    # keyed by kind, oldest first (creationTimestamp, then name, namespace) where they
+    # have timestamps, else by (namespace, name); see SnapshotBuilder._istio_order.
     configs: Mapping[str, tuple[ConfigObject, ...]] = field(
         default_factory=_empty  # type: ignore[arg-type]
     )

@@ -113,6 +113,16 @@ class Service:
     # Kubernetes clusters defining this Service (merged by hostname across clusters);
     # empty for ServiceEntries and for config read from a folder.
     clusters: tuple[str, ...] = ()
+    # Each cluster's own ClusterIPs where they differ from `addresses` (the first
+    # cluster's): istiod gives a proxy its own cluster's VIP of a multi-cluster Service.
+    cluster_addresses: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def addresses_for(self, cluster_id: str) -> tuple[str, ...]:
+        """The service's addresses as a proxy in `cluster_id` sees them."""
+        for cid, addrs in self.cluster_addresses:
+            if cid == cluster_id:
+                return addrs
+        return self.addresses
 
     def port_by_number(self, number: int) -> ServicePort | None:
         for p in self.ports:
@@ -223,6 +233,8 @@ class ConfigError:
     severity: str = "error"  # "error" | "warning" (unsupported field, unknown kind)
 
     def __str__(self) -> str:
-        obj = f" {self.object}" if self.object else ""
-        path = f" at {self.path}" if self.path else ""
-        return f"{self.source}:{obj}{path}: {self.message}"
+        # "SOURCE: OBJECT at PATH: MESSAGE", leaving out the parts a problem lacks.
+        where = " ".join(p for p in (self.object, f"at {self.path}" if self.path else "") if p)
+        return (
+            f"{self.source}: {where}: {self.message}" if where else f"{self.source}: {self.message}"
+        )

@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import logging
+import os
 import secrets
+import socket
 import sys
 import time
 import weakref
@@ -35,6 +38,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
+from xdsd import __version__
 from xdsd.cache import wire
 from xdsd.cache.resources import (
     CLUSTER,
@@ -126,6 +130,19 @@ class ConfigProvider(Protocol):
         ...
 
 
+def proxy_version(node: Any, metadata: Mapping[str, Any]) -> str:
+    """pilot_xds's version label: the proxy's ISTIO_VERSION (as istiod), else the Envoy
+    build a plain Envoy reports ("envoy-1.40.0"), else "unknown" (never an empty label)."""
+    istio = metadata.get("ISTIO_VERSION")
+    if isinstance(istio, str) and istio:
+        return istio
+    if node.HasField("user_agent_build_version"):
+        v = node.user_agent_build_version.version
+        name = node.user_agent_name or "envoy"
+        return f"{name}-{v.major_number}.{v.minor_number}.{v.patch}"
+    return "unknown"
+
+
 @dataclass
 class Connection:
     """One xDS stream, for debug output and pushes. Mutated only by its own task."""
@@ -136,6 +153,7 @@ class Connection:
     node_id: str = ""
     proxy_id: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    version: str = ""  # pilot_xds's version label (see `proxy_version`)
     # Who the stream authenticated as (None when authentication is off).
     caller: Caller | None = None
     watch: ProxyWatch | None = None
@@ -173,9 +191,26 @@ class Connection:
             self.inbox.put_nowait(_WAKE)
 
 
+def instance_id() -> str:
+    """This server process's name among replicas (and workers): the pod's name, as
+    istiod uses POD_NAME, else the host's; with the process id, so that two xdsd
+    processes on one host answer istioctl as two control planes."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}.{os.getpid()}"
+
+
+def istio_control_plane_identifier(component: str, instance: str, version: str) -> str:
+    """ControlPlane.identifier as istiod writes it on `istio.io/debug/syncz` answers
+    (pilot/pkg/xds IstioControlPlaneInstance as JSON): istioctl proxy-status reads
+    the ID for its ISTIOD column and keys the answers of replicas by it."""
+    info = {"version": version, "revision": "", "golang_version": "", "status": "", "tag": ""}
+    return json.dumps({"Component": component, "ID": instance, "Info": info})
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     control_plane_id: str = "xdsd"
+    # The version debug answers report in their control plane identifier.
+    version: str = __version__
     # Responses being written at once, over all streams (istiod PILOT_PUSH_THROTTLE):
     # bounds the bytes queued in gRPC during a push to every proxy.
     push_concurrency: int = 100
@@ -211,6 +246,12 @@ class XdsServices:
         # New streams per second; over the limit a stream ends RESOURCE_EXHAUSTED.
         self.new_streams = new_streams
         self._control_plane = wire.control_plane(self.settings.control_plane_id)
+        # Debug answers (syncz, config_dump) name the instance the way istiod does.
+        self._debug_control_plane = wire.control_plane(
+            istio_control_plane_identifier(
+                self.settings.control_plane_id, instance_id(), self.settings.version
+            )
+        )
         self.connections: dict[str, Connection] = {}
         # The names SotW streams request, shared by the streams that request the same.
         self.requested_names: weakref.WeakValueDictionary[bytes, RequestedNames] = (
@@ -405,8 +446,8 @@ class XdsServices:
         conn.watch = watch
         conn.proxy_id = watch.proxy_id
         self.connections[conn.conn_id] = conn
-        version = metadata.get("ISTIO_VERSION")
-        self.metrics.connected.labels(version=version if isinstance(version, str) else "").inc()
+        conn.version = proxy_version(node, metadata)
+        self.metrics.connected.labels(version=conn.version).inc()
         log.info(
             "proxy %s connected (%s, %s)",
             conn.proxy_id,
@@ -417,8 +458,7 @@ class XdsServices:
     def _disconnect(self, conn: Connection) -> None:
         if self.connections.pop(conn.conn_id, None) is None:
             return
-        version = conn.metadata.get("ISTIO_VERSION")
-        self.metrics.connected.labels(version=version if isinstance(version, str) else "").dec()
+        self.metrics.connected.labels(version=conn.version).dec()
         if conn.watch is not None:
             conn.watch.close()
         log.info("proxy %s disconnected", conn.proxy_id)
@@ -489,7 +529,7 @@ class XdsServices:
             type_url=type_url,
             nonce=nonce,
             resource_fields=sotw_chunks(resources),
-            control_plane=self._control_plane,
+            control_plane=self._debug_control_plane,
         )
 
     def _push(self, conn: Connection) -> list[bytes]:

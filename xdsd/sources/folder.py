@@ -115,6 +115,7 @@ class _FileState:
 class _Options:
     default_namespace: str
     domain_suffix: str
+    revision: str | None = None
 
 
 def load_yaml(
@@ -123,6 +124,7 @@ def load_yaml(
     *,
     default_namespace: str = DEFAULT_NAMESPACE,
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX,
+    revision: str | None = None,
 ) -> ParseResult:
     """Parse the YAML text of one file; never raises.
 
@@ -154,6 +156,7 @@ def load_yaml(
         default_namespace=default_namespace,
         domain_suffix=domain_suffix,
         complete=not syntax,
+        revision=revision,
     )
     if not syntax:
         return result
@@ -201,6 +204,7 @@ def _refresh(
         source,
         default_namespace=opts.default_namespace,
         domain_suffix=opts.domain_suffix,
+        revision=opts.revision,
     )
     # An incomplete read keeps the old objects, so keep their kinds too.
     file_kinds = result.kinds | (old.kinds if old and not result.complete else frozenset())
@@ -484,6 +488,7 @@ class FolderSource:
         sleep: Sleep = asyncio.sleep,
         watch: bool = True,
         rescan_interval: float | None = None,
+        revision: str | None = None,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
@@ -497,7 +502,7 @@ class FolderSource:
         )
         self.synced = SyncedEvent()
         self.watching = False  # file events are in use right now
-        self._opts = _Options(default_namespace, domain_suffix)
+        self._opts = _Options(default_namespace, domain_suffix, revision)
         self._sleep = sleep
         self._states: dict[str, _FileState] = {}
         self._loaded = False

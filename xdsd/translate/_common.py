@@ -27,6 +27,8 @@ ENDPOINT_TYPE = _PREFIX + endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_nam
 LISTENER_TYPE = _PREFIX + listener_pb2.Listener.DESCRIPTOR.full_name
 ROUTE_TYPE = _PREFIX + route_pb2.RouteConfiguration.DESCRIPTOR.full_name
 SECRET_TYPE = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+# Istio's DNS name table (NDS), for pilot-agent rather than Envoy.
+NAME_TABLE_TYPE = _PREFIX + "istio.networking.nds.v1.NameTable"
 
 # Cluster names (pilot/pkg/networking/util).
 BLACKHOLE_CLUSTER = "BlackHoleCluster"

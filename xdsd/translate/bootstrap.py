@@ -177,14 +177,23 @@ def build_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         },
         "layered_runtime": {
             "layers": [
-                {
-                    "name": "static",
-                    "static_layer": {
-                        # Istio's sidecars run with these; overload manager warns otherwise.
-                        "overload.global_downstream_max_connections": 2147483647,
-                    },
-                },
+                {"name": "static", "static_layer": {}},
                 {"name": "admin", "admin_layer": {}},
+            ]
+        },
+        # Istio's sidecars allow 2^31-1 downstream connections; Envoy warns when no limit
+        # is set, and warns of the runtime key istiod's bootstrap sets it with
+        # (overload.global_downstream_max_connections) as deprecated: this is its successor.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 2147483647,
+                    },
+                }
             ]
         },
     }

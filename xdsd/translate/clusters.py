@@ -5,6 +5,8 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.clusters.common.dns.v3 import dns_pb2
+from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
@@ -57,12 +59,34 @@ def _protocol_options(cluster: cluster_pb2.Cluster, protocol: Protocol) -> None:
     cluster.typed_extension_protocol_options[c.HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(c.pack(opts))
 
 
+# Envoy's DNS cluster (STRICT_DNS, or LOGICAL_DNS with all addresses in one endpoint).
+DNS_CLUSTER_EXTENSION = "envoy.cluster.dns"
+
+
 def _dns_lookup_family(ctx: ProxyContext) -> int:
     if ctx.ip_family == "v6":
-        return int(Cluster.V6_ONLY)
+        return int(dns_pb2.V6_ONLY)
     if ctx.ip_family == "dual":
-        return int(Cluster.ALL)
-    return int(Cluster.V4_ONLY)
+        return int(dns_pb2.ALL)
+    return int(dns_pb2.V4_ONLY)
+
+
+def _dns_cluster_type(ctx: ProxyContext, logical: bool) -> cluster_pb2.Cluster.CustomClusterType:
+    """A DNS cluster as Envoy's DnsCluster extension, with istiod's DNS settings (60 s
+    refresh, the records' TTL respected, the proxy's IP family; LOGICAL_DNS: one endpoint
+    for all addresses). istiod still sets them on the Cluster itself (type STRICT_DNS /
+    LOGICAL_DNS), fields Envoy has deprecated and warns about on every update."""
+    return cluster_pb2.Cluster.CustomClusterType(
+        name=DNS_CLUSTER_EXTENSION,
+        typed_config=c.pack(
+            dns_cluster_pb2.DnsCluster(
+                dns_refresh_rate=c.seconds(c.DNS_REFRESH_RATE_S),
+                respect_dns_ttl=True,
+                dns_lookup_family=_dns_lookup_family(ctx),
+                all_addresses_in_single_endpoint=logical,
+            )
+        ),
+    )
 
 
 def _service_metadata(oc: OutboundCluster) -> base_pb2.Metadata:
@@ -97,10 +121,7 @@ def outbound_cluster(ctx: ProxyContext, oc: OutboundCluster) -> cluster_pb2.Clus
         cl.type = Cluster.ORIGINAL_DST
         cl.lb_policy = Cluster.CLUSTER_PROVIDED
     else:
-        cl.type = Cluster.STRICT_DNS if oc.kind is ClusterKind.STRICT_DNS else Cluster.LOGICAL_DNS
-        cl.dns_lookup_family = _dns_lookup_family(ctx)
-        cl.dns_refresh_rate.CopyFrom(c.seconds(c.DNS_REFRESH_RATE_S))
-        cl.respect_dns_ttl = True
+        cl.cluster_type.CopyFrom(_dns_cluster_type(ctx, oc.kind is ClusterKind.LOGICAL_DNS))
         cl.load_assignment.CopyFrom(
             endpoint_pb2.ClusterLoadAssignment(
                 cluster_name=oc.name,

@@ -211,9 +211,11 @@ def _inbound_ports(
     return tuple(by_port[p] for p in sorted(by_port))
 
 
-def service_vip(service: Service, ip_family: str) -> str | None:
-    """The service address outbound TCP listeners bind (istiod GetAddressForProxy), if any."""
-    ips = [a for a in service.addresses if c.is_ip(a) and a not in ("0.0.0.0", "::")]
+def service_vip(service: Service, ip_family: str, cluster_id: str = "") -> str | None:
+    """The service address outbound TCP listeners bind (istiod GetAddressForProxy), if any:
+    the proxy's own cluster's ClusterIP of a Service defined in several clusters."""
+    addresses = service.addresses_for(cluster_id)
+    ips = [a for a in addresses if c.is_ip(a) and a not in ("0.0.0.0", "::")]
     if not ips:
         return None
     want_v6 = ip_family == "v6"
@@ -221,6 +223,15 @@ def service_vip(service: Service, ip_family: str) -> str | None:
         if c.is_ipv6(a) == want_v6:
             return a
     return ips[0]
+
+
+def vip_cluster(snapshot: MeshSnapshot, proxy: Proxy) -> str:
+    """The proxy's cluster, where some Service has per-cluster ClusterIPs ("" otherwise,
+    so proxies of every cluster keep sharing their outbound resources)."""
+    has = snapshot.derived(
+        f"{__name__}:per-cluster-vips", lambda s: any(svc.cluster_addresses for svc in s.services)
+    )
+    return proxy.cluster_id if has else ""
 
 
 def _is_passthrough(service: Service) -> bool:
@@ -290,6 +301,7 @@ def _listeners(
     *,
     bind: str = "",
     bind_to_port: bool = False,
+    cluster_id: str = "",
 ) -> tuple[tuple[ListenerPlan, ...], tuple[RoutePlan, ...]]:
     # A Sidecar egress listener with a bind address or captureMode NONE gets one listener
     # per port at that address (bound when captureMode NONE), like NONE-mode proxies
@@ -384,7 +396,7 @@ def _listeners(
         tcp_vip: list[tuple[Service, ServicePort, str]] = []
         tcp_novip: list[tuple[Service, ServicePort]] = []
         for svc, sp in entries:
-            vip = service_vip(svc, ip_family)
+            vip = service_vip(svc, ip_family, cluster_id)
             if sp.protocol.is_http:
                 http_like.append((svc, sp))
             elif sp.protocol is Protocol.AUTO:
@@ -466,7 +478,11 @@ def _listeners(
 
 
 def _egress_listeners(
-    scope: SidecarScope, mode: InterceptionMode, ip_family: str, conflicts: list[str]
+    scope: SidecarScope,
+    mode: InterceptionMode,
+    ip_family: str,
+    conflicts: list[str],
+    cluster_id: str = "",
 ) -> tuple[tuple[ListenerPlan, ...], tuple[RoutePlan, ...]]:
     """Listeners of every Sidecar egress listener, in order (istiod: a port-specific
     listener locks its address and port; the catch-all only fills what is left; a route
@@ -486,6 +502,7 @@ def _egress_listeners(
             conflicts,
             bind=egress.bind,
             bind_to_port=egress.capture_mode == "NONE",
+            cluster_id=cluster_id,
         )
         for plan in plans:
             listeners.setdefault(plan.name, plan)
@@ -526,6 +543,7 @@ def _outbound_plan(
         id(scope),  # scopes are memoized per snapshot, so identity is stable within it
         tuple(sorted(proxy.labels.items())),
         loc,
+        vip_cluster(snapshot, proxy),
     )
     hit = memo.get(key)
     if hit is None:
@@ -535,7 +553,9 @@ def _outbound_plan(
 
         clusters, dr_key = plan_clusters(snapshot, proxy, workloads, clusters, notes)
         if scope is not None:
-            listeners, routes = _egress_listeners(scope, proxy.interception_mode, ip_family, notes)
+            listeners, routes = _egress_listeners(
+                scope, proxy.interception_mode, ip_family, notes, vip_cluster(snapshot, proxy)
+            )
         else:
             listeners, routes = (), ()
         hit = memo[key] = ((clusters, listeners, routes, dr_key), tuple(notes))
@@ -629,6 +649,7 @@ def _shared_key(ctx: ProxyContext) -> tuple[object, ...]:
         ctx.sidecar.key if ctx.sidecar is not None else None,  # the applied Sidecar
         vs_index.group_key(ctx.snapshot, ctx.proxy),  # VirtualService sourceLabels
         ctx.gateway,  # router proxies: selected Gateways, merged (labels, resolved ports)
+        vip_cluster(ctx.snapshot, ctx.proxy),  # multi-cluster Services' own VIPs
     )
 
 

@@ -245,17 +245,14 @@ def _bad(rules: rbac.BuiltRules) -> Any:
     return out
 
 
-def problems(snapshot: MeshSnapshot, policies: Sequence[ConfigObject]) -> list[str]:
-    """Why CUSTOM policies deny instead of asking their provider (for status/debug)."""
-    found = providers(snapshot)
-    out = []
-    for name, objs in _by_provider(policies).items():
-        p = found.get(name)
-        err = p.error if p is not None else f"no extension provider {name!r} in MeshConfig"
-        if err:
-            who = ", ".join(f"{o.namespace}/{o.name}" for o in objs)
-            out.append(f"AuthorizationPolicy {who}: {err}; its rules deny instead")
-    return out
+def _evaluate_only(cfg: Any, built: rbac.BuiltRules) -> Any:
+    """The CUSTOM rules as an RBAC filter's shadow rules (they only tag requests for
+    ext_authz); dry-run CUSTOM policies as its rules, evaluated too, as istiod does."""
+    if built.rules is not None:
+        cfg.shadow_rules.CopyFrom(built.rules)
+    if built.shadow is not None:
+        cfg.rules.CopyFrom(built.shadow)
+    return cfg
 
 
 def http_filters(
@@ -271,11 +268,7 @@ def http_filters(
             cfg = http_rbac_pb2.RBAC(rules=_bad(built))
             out.append(hcm_pb2.HttpFilter(name=rbac.HTTP_RBAC_FILTER, typed_config=c.pack(cfg)))
             continue
-        cfg = http_rbac_pb2.RBAC(shadow_rules_stat_prefix=SHADOW_PREFIX)
-        if built.rules is not None:
-            cfg.shadow_rules.CopyFrom(built.rules)
-        if built.shadow is not None:
-            cfg.rules.CopyFrom(built.shadow)  # dry-run CUSTOM: evaluated, as istiod
+        cfg = _evaluate_only(http_rbac_pb2.RBAC(shadow_rules_stat_prefix=SHADOW_PREFIX), built)
         out.append(hcm_pb2.HttpFilter(name=rbac.HTTP_RBAC_FILTER, typed_config=c.pack(cfg)))
         out.append(hcm_pb2.HttpFilter(name=EXT_AUTHZ_HTTP_FILTER, typed_config=c.pack(p.http)))
     return out
@@ -297,13 +290,10 @@ def network_filters(
             continue
         if p.tcp is None:
             continue  # an HTTP provider has nothing to say about TCP (istiod ignores it)
-        cfg = net_rbac_pb2.RBAC(
+        net = net_rbac_pb2.RBAC(
             stat_prefix=rbac.TCP_STAT_PREFIX, shadow_rules_stat_prefix=SHADOW_PREFIX
         )
-        if built.rules is not None:
-            cfg.shadow_rules.CopyFrom(built.rules)
-        if built.shadow is not None:
-            cfg.rules.CopyFrom(built.shadow)
+        cfg = _evaluate_only(net, built)
         out.append(Filter(name=rbac.NETWORK_RBAC_FILTER, typed_config=c.pack(cfg)))
         out.append(Filter(name=EXT_AUTHZ_NETWORK_FILTER, typed_config=c.pack(p.tcp)))
     return out

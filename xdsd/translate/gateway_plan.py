@@ -128,7 +128,7 @@ def selected_gateways(snapshot: MeshSnapshot, proxy: Proxy) -> list[ConfigObject
         for c in snapshot.configs_of("Gateway")
         if isinstance(c.typed, Gateway) and c.typed.selects(proxy.labels)
     ]
-    found.sort(key=lambda c: (c.name, c.namespace))
+    found.sort(key=lambda c: (c.created, c.name, c.namespace))  # istiod: oldest first
     return found
 
 

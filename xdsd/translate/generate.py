@@ -22,6 +22,7 @@ from xdsd.translate._common import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
     LISTENER_TYPE,
+    NAME_TABLE_TYPE,
     ROUTE_TYPE,
     SECRET_TYPE,
 )
@@ -46,6 +47,7 @@ from xdsd.translate.gateway import (
 )
 from xdsd.translate.inbound import generate_inbound_listeners
 from xdsd.translate.listeners import generate_outbound_listeners
+from xdsd.translate.name_table import generate_name_table
 from xdsd.translate.routes import generate_routes
 from xdsd.translate.sidecar_ingress import with_ingress_clusters, with_ingress_listeners
 
@@ -99,6 +101,14 @@ class Part:
 
 
 _VS = frozenset({"VirtualService"})
+# The name table reads the Sidecar scope's services and headless endpoints only
+# (as istiod's skippedNdsConfigs; WorkloadEntries stay read: headless ServiceEntries).
+_NDS_UNREAD = _SIDECAR_UNREAD | {
+    "DestinationRule",
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+}
 
 # Sidecars: the outbound side (most of the bytes) is shared by every app of a namespace
 # (outbound_key); only the inbound side depends on the app's own ports (group_key).
@@ -134,6 +144,7 @@ _SIDECAR_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
         ),
         ROUTE_TYPE: (Part("outbound", outbound_key, generate_routes, _SIDECAR_UNREAD),),
         SECRET_TYPE: (Part("all", group_key, generate_secrets, _SIDECAR_UNREAD),),
+        NAME_TABLE_TYPE: (Part("outbound", outbound_key, generate_name_table, _NDS_UNREAD, _VS),),
     }
 )
 _ROUTER_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
@@ -170,6 +181,10 @@ GENERATORS: Mapping[str, Generator] = MappingProxyType(
 )
 
 
+# Every type served to proxies: Envoy's, and the ones pilot-agent asks for itself.
+SERVED_TYPES = frozenset(GENERATORS) | {NAME_TABLE_TYPE}
+
+
 def generate_all(snapshot: MeshSnapshot, proxy: Proxy) -> dict[str, list[tuple[str, Message]]]:
     ctx = proxy_context(snapshot, proxy)
     return {type_url: gen(ctx) for type_url, gen in GENERATORS.items()}
@@ -180,8 +195,10 @@ __all__ = [
     "ENDPOINT_TYPE",
     "GENERATORS",
     "LISTENER_TYPE",
+    "NAME_TABLE_TYPE",
     "ROUTE_TYPE",
     "SECRET_TYPE",
+    "SERVED_TYPES",
     "Generator",
     "Part",
     "ProxyContext",

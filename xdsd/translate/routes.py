@@ -70,7 +70,7 @@ def virtual_host_domains(ctx: ProxyContext, service: Service) -> list[str]:
             domains += _kube_alt_hosts(host, ctx.dns_domain)
     else:
         domains += _shared_suffix_alt_hosts(host, ctx.dns_domain)
-    for addr in service.addresses:
+    for addr in service.addresses_for(ctx.proxy.cluster_id):
         if c.is_ip(addr) and addr not in ("0.0.0.0", "::"):
             domains.append(f"[{addr}]" if c.is_ipv6(addr) else addr)
     return domains
@@ -99,7 +99,7 @@ def default_route(cluster: str, hostname: str, port: int) -> route_components_pb
         route=RouteAction(
             cluster=cluster,
             timeout=c.seconds(0),
-            max_grpc_timeout=c.seconds(0),
+            max_stream_duration=vs_http.NO_TIMEOUT,
             retry_policy=_retry_policy(),
         ),
     )
@@ -117,7 +117,7 @@ def catch_all_virtual_host(policy: OutboundPolicy) -> route_components_pb2.Virtu
                     route=RouteAction(
                         cluster=c.PASSTHROUGH_CLUSTER,
                         timeout=c.seconds(0),
-                        max_grpc_timeout=c.seconds(0),
+                        max_stream_duration=vs_http.NO_TIMEOUT,
                     ),
                 )
             ],

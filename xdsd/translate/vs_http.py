@@ -15,7 +15,8 @@ share it. Facts mirrored from istiod:
   destination port, else the only port of the service, else the listener port
   (GetDestinationCluster); hosts not in the registry are routed anyway (Envoy
   answers 503 until the cluster exists), and reported;
-- timeout defaults to 0s (none); max_grpc_timeout follows it; retries default to
+- timeout defaults to 0s (none); see `set_timeout` for gRPC's grpc-timeout
+  header (istiod's deprecated max_grpc_timeout is not sent); retries default to
   istiod's default policy; `attempts: 0` disables retries (retry.ConvertPolicy);
 - fault and CORS go to typed_per_filter_config (the HCM carries empty fault and
   cors filters before the router);
@@ -364,6 +365,26 @@ def _hash_for(lk: _Lookup, dest: Destination, listen_port: int) -> list[Message]
     return route_hash_policy(lk.ctx, svc, port, dest.subset)
 
 
+def set_timeout(action: route_components_pb2.RouteAction, timeout: float) -> None:
+    """istiod setTimeout, without the deprecated max_grpc_timeout Envoy warns about.
+
+    No timeout (0s): max_stream_duration 0s with grpc_timeout_header_max 0s, as istiod
+    writes inbound routes: no limit, except the grpc-timeout header of a gRPC request
+    (what max_grpc_timeout 0s did). A timeout: only `timeout`. Envoy ignores a route's
+    `timeout` once max_stream_duration is set (the regression istiod keeps the deprecated
+    field for), so gRPC requests get the route's timeout, not a shorter grpc-timeout.
+    """
+    action.timeout.CopyFrom(c.seconds(timeout))
+    if not timeout:
+        action.max_stream_duration.CopyFrom(NO_TIMEOUT)
+
+
+# No stream duration limit; a gRPC request's grpc-timeout header applies, uncapped.
+NO_TIMEOUT = route_components_pb2.RouteAction.MaxStreamDuration(
+    max_stream_duration=c.seconds(0), grpc_timeout_header_max=c.seconds(0)
+)
+
+
 def _apply_destination(
     out: route_components_pb2.Route,
     r: HTTPRoute,
@@ -373,8 +394,7 @@ def _apply_destination(
 ) -> None:
     """istiod applyHTTPRouteDestination."""
     action = out.route
-    action.timeout.CopyFrom(c.seconds(r.timeout or 0))
-    action.max_grpc_timeout.CopyFrom(c.seconds(r.timeout or 0))
+    set_timeout(action, r.timeout or 0)
     if r.rewrite is not None:
         if r.rewrite.regex_match:
             action.regex_rewrite.pattern.regex = r.rewrite.regex_match

@@ -241,12 +241,6 @@ def parse(iss: Issues, spec: Mapping[str, Any], path: str, ref: ObjectRef) -> Au
     )
     selector = parse_selector(iss, spec, path)
     targets = parse_target_refs(iss, spec, path)
-    if targets:
-        iss.warn(
-            f.join(path, "targetRefs" if "targetRefs" in spec else "targetRef"),
-            "targets Gateway API gateways and waypoints, which xdsd does not serve: "
-            "the policy applies to no sidecar or gateway here",
-        )
     action = f.get_str(iss, spec, "action", path) or "ALLOW"
     if action not in ACTIONS:
         iss.error(f.join(path, "action"), f"{action!r} must be one of {', '.join(ACTIONS)}")

@@ -52,12 +52,6 @@ def parse(iss: Issues, spec: Mapping[str, Any], path: str, ref: ObjectRef) -> Pe
     )
     selector = parse_selector(iss, spec, path)
     targets = parse_target_refs(iss, spec, path)
-    if targets:
-        iss.warn(
-            f.join(path, "targetRefs" if "targetRefs" in spec else "targetRef"),
-            "targets Gateway API gateways and waypoints, which xdsd does not serve: "
-            "the policy applies to no sidecar",
-        )
     ports: dict[int, str] = {}
     raw_ports = f.get_map(iss, spec, "portLevelMtls", path)
     if raw_ports is not None:

@@ -11,6 +11,7 @@ from xdsd.model.istio import (
     destinationrule,
     gateway,
     peerauthentication,
+    requestauthentication,
     sidecar,
     virtualservice,
 )
@@ -21,6 +22,7 @@ TypedParser = Callable[[Issues, Mapping[str, Any], str, ObjectRef], object | Non
 PARSERS: dict[str, TypedParser] = {
     "AuthorizationPolicy": authorizationpolicy.parse,
     "PeerAuthentication": peerauthentication.parse,
+    "RequestAuthentication": requestauthentication.parse,
     "DestinationRule": destinationrule.parse,
     "Gateway": gateway.parse,
     "Sidecar": sidecar.parse,

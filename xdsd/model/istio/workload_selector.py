@@ -47,7 +47,11 @@ def parse_selector(iss: Issues, spec: Mapping[str, Any], path: str) -> Mapping[s
 
 
 def parse_target_refs(iss: Issues, spec: Mapping[str, Any], path: str) -> tuple[TargetRef, ...]:
-    """`targetRef` (deprecated) and `targetRefs`; either excludes `selector` (istiod)."""
+    """`targetRef` (deprecated) and `targetRefs`; either excludes `selector` (istiod).
+
+    They name Gateway API gateways and waypoints, which xdsd does not serve: a policy
+    with them applies to none of its proxies, and says so (a warning).
+    """
     out: list[TargetRef] = []
     entries: list[tuple[str, Mapping[Any, Any]]] = []
     single = f.get_map(iss, spec, "targetRef", path)
@@ -72,4 +76,10 @@ def parse_target_refs(iss: Issues, spec: Mapping[str, Any], path: str) -> tuple[
         )
     if out and spec.get("selector") is not None:
         iss.error(path, "only one of selector or targetRef(s) can be set")
+    if out:
+        iss.warn(
+            f.join(path, "targetRefs" if "targetRefs" in spec else "targetRef"),
+            "targets Gateway API gateways and waypoints, which xdsd does not serve: "
+            "the policy applies to no sidecar or gateway here",
+        )
     return tuple(out)

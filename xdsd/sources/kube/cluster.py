@@ -100,6 +100,8 @@ class ClusterSpec:
     kubeconfig: Mapping[str, Any] | None = field(default=None, repr=False, hash=False)
     role: ClusterRole = "config"
     namespaces: frozenset[str] | None = None
+    # This control plane's revision: other revisions' Istio config is not read.
+    revision: str | None = None
 
     @property
     def server(self) -> str:
@@ -204,8 +206,13 @@ class ClusterSource:
         batch_window: float = 0.0,
         clock: Callable[[], float] = time.time,
         api_client_factory: Callable[[ClusterSpec], Any] | None = None,
+        rediscover_interval: float = 30.0,
     ) -> None:
         """`kinds` defaults to CONFIG_KINDS or REMOTE_KINDS by `spec.role`.
+
+        Istio kinds the API server does not serve yet are looked for again every
+        `rediscover_interval` seconds (through `sleep`): CRDs installed after start
+        are watched from then on, without a restart.
 
         `batch_window` (seconds, through `sleep`) waits after the first event of
         a batch for more to arrive. `api_client_factory(spec)` is awaited to
@@ -226,6 +233,7 @@ class ClusterSource:
         self._batch_window = batch_window
         self._clock = clock
         self._factory = api_client_factory
+        self._rediscover_interval = rediscover_interval
         self._api: ApiClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -391,23 +399,54 @@ class ClusterSource:
                 log.warning("cluster %s: %s", self.spec.cluster_id, note)
             break
         self._setup_error = None
-        namespaces = sorted(self.spec.namespaces) if self.spec.namespaces is not None else None
         for kind in self.kinds:
             rtype = found.get(kind) if kind in ISTIO_GROUP_OF else CORE_TYPES[kind]
-            if rtype is None:
-                continue
-            selectors: tuple[str | None, ...] = (None,)
-            if kind == "ConfigMap":
-                selectors = tuple(f"metadata.name={n}" for n in CONFIGMAP_NAMES)
-            for sel in selectors:
-                if rtype.namespaced and namespaces is not None:
-                    self._watches.extend(_Watch(rtype, ns, field_selector=sel) for ns in namespaces)
-                else:
-                    self._watches.append(_Watch(rtype, None, field_selector=sel))
-        for w in self._watches:
-            self._spawn(self._run_watch(w), w.label)
+            if rtype is not None:
+                self._add_watches(rtype)
         self._setup_done = True
         self._wake.set()
+        missing = [k for k in istio if k not in found]
+        if missing and self._rediscover_interval > 0:
+            self._spawn(self._rediscover(missing), "rediscover")
+
+    def _add_watches(self, rtype: ResourceType) -> None:
+        namespaces = sorted(self.spec.namespaces) if self.spec.namespaces is not None else None
+        selectors: tuple[str | None, ...] = (None,)
+        if rtype.kind == "ConfigMap":
+            selectors = tuple(f"metadata.name={n}" for n in CONFIGMAP_NAMES)
+        new = [
+            _Watch(rtype, ns, field_selector=sel)
+            for sel in selectors
+            for ns in (namespaces if rtype.namespaced and namespaces is not None else [None])
+        ]
+        self._watches.extend(new)
+        for w in new:
+            self._spawn(self._run_watch(w), w.label)
+
+    async def _rediscover(self, missing: list[str]) -> None:
+        """Watch Istio kinds whose CRDs appear after start (istiod restarts for them)."""
+        assert self._api is not None
+        while missing and not self._closed:
+            await self._sleep(self._rediscover_interval)
+            try:
+                found, notes = await discover_istio_types(
+                    self._api, missing, timeout=self._request_timeout
+                )
+            except Exception as e:
+                log.debug("cluster %s: rediscovery: %s", self.spec.cluster_id, describe_error(e))
+                continue
+            for kind, rtype in sorted(found.items()):
+                log.info(
+                    "cluster %s: %s (%s) is served now: watching it",
+                    self.spec.cluster_id,
+                    kind,
+                    rtype.api_version,
+                )
+                self._add_watches(rtype)
+                missing.remove(kind)
+            if found:
+                self.notes = tuple(notes)
+                self._wake.set()
 
     async def _run_watch(self, w: _Watch) -> None:
         assert self._api is not None
@@ -485,6 +524,7 @@ class ClusterSource:
                 source,
                 domain_suffix=self._domain_suffix,
                 cluster_id=self.spec.cluster_id,
+                revision=self.spec.revision,
             )
             out.append(FileContent(source, result))
         return out

@@ -52,6 +52,7 @@ from typing import Any
 import yaml
 from kubernetes_asyncio.client import ApiClient
 
+from xdsd.model.parse import in_revision
 from xdsd.sources.kube.client import CORE_TYPES, KubeResourceApi, kubeconfig_problem, new_api_client
 from xdsd.sources.kube.cluster import (
     MULTICLUSTER_LABEL,
@@ -175,9 +176,12 @@ class RemoteSecrets:
         request_timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         api_client_factory: Callable[[ClusterSpec], Any] | None = None,
+        revision: str | None = None,
     ) -> None:
         """Watch Secrets in `namespace` of `cluster`, or poll `folder` (exactly one).
 
+        `revision`: Secrets labelled `istio.io/rev` for another revision are another
+        control plane's remote clusters, not ours.
         `local_cluster_id`: the config cluster's id, refused as a remote.
         `namespaces`: the namespace filter given to every remote ClusterSpec.
         """
@@ -198,6 +202,7 @@ class RemoteSecrets:
         self._request_timeout = request_timeout
         self._clock = clock
         self._factory = api_client_factory
+        self._revision = revision
         self._api: ApiClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -319,7 +324,9 @@ class RemoteSecrets:
                     if kept is not None:
                         desired[cluster_id] = kept
                     continue
-                desired[cluster_id] = ClusterSpec(cluster_id, kubeconfig, "remote", self.namespaces)
+                desired[cluster_id] = ClusterSpec(
+                    cluster_id, kubeconfig, "remote", self.namespaces, self._revision
+                )
         self._report(problems)
         events: list[RemoteEvent] = []
         for cluster_id in sorted(self._current.keys() - desired.keys()):
@@ -421,7 +428,11 @@ class RemoteSecrets:
             if ev.type in ("ADDED", "MODIFIED", "DELETED"):
                 source = f"secret {ev.namespace}/{ev.name}"
                 data = ev.object.get("data") if ev.object is not None else None
-                if ev.type == "DELETED":
+                meta = ev.object.get("metadata") if ev.object is not None else None
+                labels = meta.get("labels") if isinstance(meta, Mapping) else None
+                if not in_revision(labels if isinstance(labels, Mapping) else {}, self._revision):
+                    data = None  # another revision's cluster: as if deleted for us
+                if ev.type == "DELETED" or (data is None and ev.object is not None):
                     self._entries.pop(source, None)
                 else:
                     self._entries[source] = dict(data) if isinstance(data, Mapping) else {}

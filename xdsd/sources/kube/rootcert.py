@@ -72,6 +72,18 @@ CACERTS_KEYS = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 ClientFactory = Callable[[Mapping[str, Any] | None], Awaitable[ApiClient]]
 
 
+def namespace_in_revision(labels: Mapping[str, str], revision: str | None) -> bool:
+    """A namespace whose proxies this control plane serves: with `--revision REV`, one
+    labelled `istio.io/rev=REV` (for REV `default`, also `istio-injection=enabled`);
+    without a revision, every namespace."""
+    if not revision:
+        return True
+    rev = labels.get("istio.io/rev")
+    if rev is not None:
+        return rev == revision
+    return revision == "default" and labels.get("istio-injection") == "enabled"
+
+
 def leads(annotations: Mapping[str, Any] | None, cluster_id: str) -> bool:
     """Whether a system namespace's annotations let the control plane of `cluster_id` lead."""
     value = (annotations or {}).get(CONTROL_PLANE_CLUSTERS)
@@ -253,6 +265,9 @@ class RootCertWriter:
         filt = self.spec.namespaces
         for name, ns in sorted(self._namespaces.items()):
             if name in IGNORED_NAMESPACES or (filt is not None and name not in filt):
+                continue
+            labels = (ns.get("metadata") or {}).get("labels") or {}
+            if name != self._system_ns and not namespace_in_revision(labels, self.spec.revision):
                 continue
             if ((ns.get("status") or {}).get("phase")) == "Terminating":
                 continue
