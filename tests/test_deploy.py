@@ -610,7 +610,13 @@ def test_docs_overlays_render(tmp_path: Path) -> None:
         pytest.skip("the documented overlays need kubectl >= 1.21 (kustomize v4)")
     text = (REPO / "docs" / "deploy.md").read_text()
     overlays = re.findall(r"```yaml\n(# overlays/([\w-]+)/kustomization\.yaml\n.*?)```", text, re.S)
-    assert {name for _, name in overlays} == {"prod", "ingress", "blue", "ingress-revisions"}
+    assert {name for _, name in overlays} == {
+        "prod",
+        "ingress",
+        "blue",
+        "ingress-revisions",
+        "webhooks",
+    }
     (tmp_path / "deploy").symlink_to(DEPLOY)
     rendered = {}
     for body, name in overlays:
@@ -630,7 +636,15 @@ def test_docs_overlays_render(tmp_path: Path) -> None:
         rendered[name] = [d for d in yaml.safe_load_all(proc.stdout) if d]
     c = _container(rendered["prod"])
     assert c["image"] == "REGISTRY/xdsd:0.1.0"
-    assert {e["name"]: e.get("value") for e in c["env"]}["CLUSTER_ID"] == "cluster1"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["CLUSTER_ID"] == "cluster1"
+    assert env["EXTERNAL_ISTIOD_ADDR"] == "xdsd.mesh.example.org"
+    # The webhooks: every URL names the gateway's host; injection names cluster and network.
+    urls = {w["clientConfig"]["url"] for d in rendered["webhooks"] for w in d["webhooks"]}
+    assert urls == {
+        "https://xdsd.mesh.example.org:15017/inject/cluster/cluster1/net/network1",
+        "https://xdsd.mesh.example.org:15017/validate",
+    }
     hosts = {
         h
         for d in rendered["ingress"]

@@ -745,3 +745,19 @@ async def test_pod_created_through_the_api_server_is_injected(tmp_path: Path) ->
                 assert status == 201
                 image = container(created, "istio-proxy")["image"]
                 assert image == "registry.example.com/istio/proxyv2:1.30.2"
+
+
+def test_revisions_as_istios_selectors() -> None:
+    from xdsd.webhooks.config import InjectorConfig
+    from xdsd.webhooks.inject import injection_required
+
+    config = InjectorConfig()
+    enabled = {"istio-injection": "enabled"}
+    blue = {"istio.io/rev": "blue"}
+    assert injection_required(pod(), "shop", config, enabled).inject
+    assert not injection_required(pod(), "shop", config, enabled, "blue").inject
+    assert injection_required(pod(), "shop", config, blue, "blue").inject
+    assert not injection_required(pod(), "shop", config, blue).inject
+    labelled = pod(labels={"istio.io/rev": "blue"})
+    assert injection_required(labelled, "shop", config, None, "blue").inject
+    assert not injection_required(labelled, "shop", config, None).inject

@@ -454,6 +454,7 @@ def _webhook_settings(args: argparse.Namespace, grpc_settings: Any) -> tuple[Any
         discovery_address=args.webhook_discovery_address or "",
         cluster_id=args.cluster_id,
         trust_domain=args.trust_domain,
+        revision=args.revision or "",
     )
     cert, key = args.webhook_cert_file, args.webhook_key_file
     if (cert is None) != (key is None):

@@ -37,6 +37,7 @@ from xdsd.webhooks.config import load_injector_config
 from xdsd.webhooks.inject import (
     InjectionError,
     InjectSettings,
+    effective_revision,
     inject_pod,
     injection_required,
     parse_inject_path,
@@ -239,7 +240,8 @@ class Handlers:
                 if ns.name == namespace:
                     ns_labels = ns.labels
                     break
-        decision = injection_required(pod, namespace, config, ns_labels)
+        revision = effective_revision(config, self.ctx.inject)
+        decision = injection_required(pod, namespace, config, ns_labels, revision)
         if not decision.inject:
             log.info("inject %s: %s not injected: %s", path, where, decision.reason)
             return allowed, "skip"

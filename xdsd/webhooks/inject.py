@@ -73,6 +73,12 @@ class InjectSettings:
     discovery_address: str = ""
     cluster_id: str = "Kubernetes"  # when neither the path nor the values name one
     trust_domain: str = "cluster.local"  # when neither MeshConfig nor the values name one
+    revision: str = ""  # this control plane's istio.io/rev (`--revision`) unless values say
+
+
+def effective_revision(config: InjectorConfig, settings: InjectSettings) -> str:
+    """The injector's revision: values `revision`, else xdsd's `--revision`, else default."""
+    return str(config.value("revision", "")) or settings.revision or "default"
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ def injection_required(
     namespace: str,
     config: InjectorConfig,
     namespace_labels: Mapping[str, str] | None,
+    revision: str = "default",
 ) -> Decision:
     """Whether to inject, as istiod's injectRequired plus the webhooks' selectors.
 
@@ -109,12 +116,14 @@ def injection_required(
         return Decision(False, "hostNetwork pod")
     if namespace in IGNORED_NAMESPACES:
         return Decision(False, f"namespace {namespace} is never injected")
-    revision = str(config.value("revision", "")) or "default"
     if namespace_labels is not None:
         ns_inject = namespace_labels.get(NAMESPACE_INJECTION_LABEL)
         ns_rev = namespace_labels.get(REV_LABEL)
         if ns_inject == "disabled":
             return Decision(False, f"namespace {namespace} has istio-injection=disabled")
+        if ns_inject == "enabled" and revision != "default":
+            # istio-injection=enabled selects the default revision (Istio's selectors).
+            return Decision(False, f"namespace {namespace} is for the default revision")
         if ns_inject != "enabled" and ns_rev is not None and ns_rev != revision:
             return Decision(False, f"namespace {namespace} is for revision {ns_rev}")
     pod_rev = labels.get(REV_LABEL)
@@ -386,7 +395,7 @@ def inject_pod(
         annotations, "sidecar.istio.io/agentLogLevel", v("global.logging.level", "default:info")
     )
     log_json = bool(v("global.logAsJson", False))
-    revision = str(v("revision", "")) or "default"
+    revision = effective_revision(config, settings)
     workload, owner_api, owner_kind = _deploy_meta(out)
     containers = [c for c in spec.get("containers") or () if isinstance(c, Mapping)]
     app_names = [str(c.get("name", "")) for c in containers if c.get("name") != PROXY_CONTAINER]
