@@ -761,3 +761,82 @@ def test_revisions_as_istios_selectors() -> None:
     labelled = pod(labels={"istio.io/rev": "blue"})
     assert injection_required(labelled, "shop", config, None, "blue").inject
     assert not injection_required(labelled, "shop", config, None).inject
+
+
+def test_webhook_flags(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def settings(*flags: str) -> tuple[Any, Any]:
+        args = cli._parser().parse_args(["serve", "--config-dir", ".", *flags])
+        grpc_s, _ = cli._security_settings(args)
+        return cli._webhook_settings(args, grpc_s)  # type: ignore[no-any-return]
+
+    # No certificate: off, and the log says why.
+    with caplog.at_level("INFO", logger="xdsd"):
+        webhooks, inject = settings()
+    assert webhooks is None and "webhooks off: no certificate" in caplog.text
+    assert inject.discovery_address == "" and inject.cluster_id == "Kubernetes"
+    # --dev-certs: the development serving certificate, on 15017 at --xds-host.
+    certs = tmp_path / "certs"
+    webhooks, _ = settings("--dev-certs", str(certs), "--xds-host", "0.0.0.0")
+    assert (webhooks.host, webhooks.port) == ("0.0.0.0", 15017)
+    assert webhooks.cert_file == certs / "server-cert.pem"
+    # The TLS serving certificate, unless the webhook's own is given.
+    c = ("--tls-cert-file", "a.pem", "--tls-key-file", "a.key")
+    webhooks, _ = settings(*c)
+    assert (webhooks.cert_file, webhooks.key_file) == (Path("a.pem"), Path("a.key"))
+    webhooks, inject = settings(
+        *c,
+        "--webhook-cert-file",
+        "w.pem",
+        "--webhook-key-file",
+        "w.key",
+        "--webhook-discovery-address",
+        EXTERNAL,
+        "--cluster-id",
+        "cluster1",
+        "--revision",
+        "blue",
+    )
+    assert (webhooks.cert_file, webhooks.key_file) == (Path("w.pem"), Path("w.key"))
+    assert (inject.discovery_address, inject.cluster_id, inject.revision) == (
+        EXTERNAL,
+        "cluster1",
+        "blue",
+    )
+    assert settings(*c, "--webhook-port", "-1")[0] is None
+    with pytest.raises(ValueError, match="both --webhook-cert-file and --webhook-key-file"):
+        settings("--webhook-cert-file", "w.pem")
+
+
+async def test_rotated_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    from tests.certs import TestCA
+    from xdsd.demo import poll
+    from xdsd.webhooks.server import WebhookServer, WebhookSettings
+
+    old, new = TestCA("old CA"), TestCA("new CA")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+
+    def install(ca: TestCA) -> None:
+        issued = ca.issue("127.0.0.1")
+        key.write_bytes(issued.key_pem)
+        cert.write_bytes(issued.cert_pem)
+
+    install(old)
+    handlers = Handlers(
+        WebhookContext(snapshot=MeshSnapshot, ready=lambda: True),
+        WebhookMetrics(CollectorRegistry()),
+    )
+    settings = WebhookSettings(host="127.0.0.1", port=0, cert_file=cert, key_file=key)
+    async with WebhookServer(handlers, settings) as server:
+
+        async def served_by(ca: TestCA) -> bool:
+            (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+            tls = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"https://127.0.0.1:{server.port}/ready", ssl=tls) as r,
+            ):
+                return r.status == 200
+
+        assert await served_by(old)
+        install(new)
+        await poll(lambda: served_by(new), timeout=10, what="the new certificate")
