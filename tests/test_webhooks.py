@@ -840,3 +840,63 @@ async def test_rotated_certificate_is_served_without_a_restart(tmp_path: Path) -
         assert await served_by(old)
         install(new)
         await poll(lambda: served_by(new), timeout=10, what="the new certificate")
+
+
+async def test_workers_all_serve_the_webhooks(tmp_path: Path) -> None:
+    """`xdsd serve --workers 2`: one webhook port, answered by every worker."""
+    from tests.test_workers import Serve, get_json, ready, workers
+    from xdsd.demo import free_port, poll
+
+    config = tmp_path / "mesh"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(MESH)
+    admin, hooks = free_port(), free_port()
+    certs = tmp_path / "certs"
+    async with Serve(
+        "--workers",
+        "2",
+        "--config-dir",
+        str(config),
+        "--dev-certs",
+        str(certs),
+        "--insecure-no-auth",
+        "--xds-port",
+        str(free_port()),
+        "--admin-port",
+        str(admin),
+        "--webhook-host",
+        "127.0.0.1",
+        "--webhook-port",
+        str(hooks),
+        "--shutdown-grace",
+        "0.5",
+    ) as serve:
+        await poll(lambda: ready(admin), timeout=30, what="the supervisor's /ready")
+        tls = ssl.create_default_context(cafile=str(certs / "root-cert.pem"))
+        ports = [w["admin_port"] for w in await workers(admin)]
+
+        async def injected_by(port: int) -> float:
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+            for line in text.splitlines():
+                if line.startswith("sidecar_injection_success_total "):
+                    return float(line.split()[1])
+            return 0.0
+
+        async def both_answered() -> bool:
+            # A new connection each time: the kernel spreads connections over the workers.
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as s,
+                s.post(
+                    f"https://127.0.0.1:{hooks}/inject",
+                    data=review(pod()),
+                    headers={"Content-Type": "application/json"},
+                ) as r,
+            ):
+                assert "patch" in (await r.json())["response"]
+            return all([await injected_by(p) > 0 for p in ports])
+
+        await poll(both_answered, timeout=20, interval=0.01, what="both workers injecting")
+        assert len(ports) == 2
+        assert (await get_json(admin, "/debug/injectz"))["port"] == hooks
+        assert await serve.stop() == 0

@@ -702,13 +702,16 @@ async def _serve_workers(args: argparse.Namespace, settings: Any, stop: asyncio.
         if supervisor.xds_port >= 0:
             ports.append(f"plaintext {supervisor.xds_port}")
         logging.getLogger("xdsd").info(
-            "serving %s with %d worker processes: xDS on %s (%s), admin on http://%s:%d",
+            "serving %s with %d worker processes: xDS on %s (%s), admin on http://%s:%d%s",
             args.config_dir or f"Kubernetes cluster {settings.cluster_id}",
             args.workers,
             args.xds_host,
             ", ".join(ports),
             args.admin_host,
             supervisor.admin_port,
+            f", webhooks on https://{settings.webhooks.host}:{supervisor.webhook_port}"
+            if settings.webhooks is not None
+            else "",
         )
         await stop.wait()
         logging.getLogger("xdsd").info("shutting down the workers")

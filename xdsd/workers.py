@@ -554,6 +554,8 @@ class Supervisor:
                     "syncz": lambda: self._gather("syncz"),
                     "adsz": lambda: self._gather("adsz"),
                     "config_dump": self._per_worker,
+                    # Every worker reads the same injector config: the first one's.
+                    "injectz": lambda: self._first_worker("injectz"),
                 },
             ).__aenter__()
         loop = asyncio.get_running_loop()
@@ -824,6 +826,21 @@ class Supervisor:
 
     async def _per_worker(self) -> dict[str, str]:
         return {"error": _PER_WORKER}
+
+    async def _first_worker(self, what: str) -> dict[str, Any]:
+        """A worker's `/debug/<what>`: the first that answers."""
+        async with ClientSession(timeout=ClientTimeout(total=5)) as http:
+            for s in self.slots:
+                if s.state is None:
+                    continue
+                url = f"http://127.0.0.1:{s.state.admin_port}/debug/{what}"
+                try:
+                    async with http.get(url) as resp:
+                        doc: dict[str, Any] = json.loads(await resp.text())
+                        return {"worker": s.index, **doc}
+                except (OSError, TimeoutError, ValueError):
+                    continue
+        return {"error": "no worker answered"}
 
     async def _gather(self, what: str) -> list[dict[str, Any]]:
         """A per-proxy listing of every worker, each entry with its worker's index."""
