@@ -30,6 +30,7 @@ from xdsd.model.types import ConfigError, ConfigObject, ObjectRef
 from xdsd.offline import load_snapshot, translate_snapshot
 from xdsd.sources.folder import FolderSource
 from xdsd.sources.jwks import fetch_once
+from xdsd.translate.checks import config_problems
 from xdsd.translate.vs_index import resolve_host
 
 SYNCZ = "istio.io/debug/syncz"
@@ -161,6 +162,8 @@ async def validate_paths(paths: Iterable[Path], *, fetch_jwks: bool = False) -> 
                 ConfigError(err.source, err.object, err.path, err.message, severity="warning")
             )
     problems.extend(unknown_hosts(combined, sources))
+    # What only translation sees: CUSTOM providers, HTTP-only fields on TCP ports.
+    problems.extend(config_problems(build_snapshot(combined, generation=1)))
     if fetch_jwks:
         await fetch_once(combined)
         problems.extend(
