@@ -763,16 +763,15 @@ def test_revisions_as_istios_selectors() -> None:
     assert not injection_required(labelled, "shop", config, None).inject
 
 
-def test_webhook_flags(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_webhook_flags(tmp_path: Path) -> None:
     def settings(*flags: str) -> tuple[Any, Any]:
         args = cli._parser().parse_args(["serve", "--config-dir", ".", *flags])
         grpc_s, _ = cli._security_settings(args)
         return cli._webhook_settings(args, grpc_s)  # type: ignore[no-any-return]
 
-    # No certificate: off, and the log says why.
-    with caplog.at_level("INFO", logger="xdsd"):
-        webhooks, inject = settings()
-    assert webhooks is None and "webhooks off: no certificate" in caplog.text
+    # No certificate: off (`serve` logs why: test_serve_without_a_certificate_...).
+    webhooks, inject = settings()
+    assert webhooks is None
     assert inject.discovery_address == "" and inject.cluster_id == "Kubernetes"
     # --dev-certs: the development serving certificate, on 15017 at --xds-host.
     certs = tmp_path / "certs"
@@ -900,3 +899,75 @@ async def test_workers_all_serve_the_webhooks(tmp_path: Path) -> None:
         assert len(ports) == 2
         assert (await get_json(admin, "/debug/injectz"))["port"] == hooks
         assert await serve.stop() == 0
+
+
+def test_serve_names_a_busy_webhook_port_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from tests.test_cli_first_use import xdsd
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = int(s.getsockname()[1])
+        result = xdsd(
+            "serve",
+            "--config-dir",
+            str(tmp_path),
+            "--dev-certs",
+            str(tmp_path / "certs"),
+            "--xds-port",
+            "0",
+            "--admin-port",
+            "-1",
+            "--webhook-host",
+            "127.0.0.1",
+            "--webhook-port",
+            str(port),
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"xdsd: --webhook-port {port}: cannot listen on 127.0.0.1:{port} (--webhook-host): "
+        "address in use"
+    ]
+    bad = xdsd("serve", "--config-dir", str(tmp_path), "--webhook-port", "70000")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "xdsd: --webhook-port 70000: not a port (0-65535, or -1 for off)"
+
+
+async def test_serve_without_a_certificate_says_the_webhooks_are_off(tmp_path: Path) -> None:
+    import asyncio
+    import signal
+    import time
+
+    from tests.test_cli_first_use import xdsd_command
+
+    proc = await asyncio.create_subprocess_exec(
+        *xdsd_command(),
+        "serve",
+        "--config-dir",
+        str(tmp_path),
+        "--xds-port",
+        "0",
+        "--admin-port",
+        "-1",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not any("serving" in line for line in lines):
+            left = deadline - time.monotonic()
+            assert left > 0, lines
+            line = await asyncio.wait_for(proc.stderr.readline(), left)
+            assert line, lines  # exited early
+            lines.append(line.decode())
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 30)
+    text = "".join(lines)
+    assert "webhooks off: no certificate" in text
+    assert "webhooks on" not in text

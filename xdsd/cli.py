@@ -461,14 +461,8 @@ def _webhook_settings(args: argparse.Namespace, grpc_settings: Any) -> tuple[Any
         raise ValueError("give both --webhook-cert-file and --webhook-key-file")
     if cert is None:
         cert, key = grpc_settings.tls_cert_file, grpc_settings.tls_key_file
-    if args.webhook_port < 0:
-        return None, inject
-    if cert is None or key is None:
-        logging.getLogger("xdsd").info(
-            "webhooks off: no certificate (give --webhook-cert-file/--webhook-key-file, "
-            "--tls-cert-file/--tls-key-file or --dev-certs)"
-        )
-        return None, inject
+    if args.webhook_port < 0 or cert is None or key is None:
+        return None, inject  # off; without a certificate `serve` logs why
     host = args.webhook_host if args.webhook_host is not None else args.xds_host
     return WebhookSettings(
         host=host,
@@ -632,10 +626,15 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("xdsd: --workers must be at least 1", file=sys.stderr)
         return 2
-    taken = _port_taken(args, grpc_settings)
+    taken = _port_taken(args, grpc_settings, webhooks)
     if taken:
         print(f"xdsd: {taken}", file=sys.stderr)
         return 2
+    if webhooks is None and args.webhook_port >= 0:
+        logging.getLogger("xdsd").info(
+            "webhooks off: no certificate (give --webhook-cert-file/--webhook-key-file, "
+            "--tls-cert-file/--tls-key-file or --dev-certs)"
+        )
     if grpc_settings.tls_port < 0:
         logging.getLogger("xdsd").warning(
             "no TLS certificate: serving plaintext xDS without authentication on port %d "
@@ -747,6 +746,7 @@ _PORT_FLAGS = (
     ("plaintext_port", "--plaintext-port"),
     ("mtls_port", "--mtls-port"),
     ("admin_port", "--admin-port"),
+    ("webhook_port", "--webhook-port"),
 )
 
 
@@ -759,7 +759,7 @@ def _port_out_of_range(args: argparse.Namespace) -> str:
     return ""
 
 
-def _port_taken(args: argparse.Namespace, grpc: Any) -> str:
+def _port_taken(args: argparse.Namespace, grpc: Any, webhooks: Any = None) -> str:
     """The first listen address `serve` cannot bind, as one line naming its flag ("" if none).
 
     Checked before anything starts, so a busy port is one line and exit 2, not a traceback
@@ -778,6 +778,9 @@ def _port_taken(args: argparse.Namespace, grpc: Any) -> str:
         ("--mtls-port", "--xds-host", args.xds_host, grpc.mtls_port),
         ("--admin-port", "--admin-host", args.admin_host, args.admin_port),
     ]
+    if webhooks is not None:
+        host_flag = "--webhook-host" if args.webhook_host is not None else "--xds-host"
+        listens.append(("--webhook-port", host_flag, webhooks.host, webhooks.port))
     for port_flag, host_flag, host, port in listens:
         if port <= 0:
             continue
