@@ -426,9 +426,15 @@ def _add_webhook_args(serve: argparse.ArgumentParser) -> None:
         "on when a certificate is configured",
     )
     wh.add_argument(
-        "--webhook-port", type=int, default=15017, help="webhook HTTPS port (15017; -1: off)"
+        "--webhook-port",
+        type=int,
+        default=15017,
+        metavar="PORT",
+        help="webhook HTTPS port (15017; -1: off)",
     )
-    wh.add_argument("--webhook-host", help="webhook listen address (default: --xds-host)")
+    wh.add_argument(
+        "--webhook-host", metavar="HOST", help="webhook listen address (default: --xds-host)"
+    )
     wh.add_argument(
         "--webhook-cert-file",
         type=Path,
