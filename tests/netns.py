@@ -373,7 +373,9 @@ class PodEnvoy(EnvoyProcess):
         delta: bool = False,
         log_level: str = "warning",
         extra_args: Sequence[str] = (),
+        sds_socket: str | None = None,
     ) -> None:
+        """`sds_socket`: the local agent's SDS (tests/agent_sds.py), for mTLS."""
         self.pod = pod
         node_id = sidecar_node_id(pod.name, namespace, pod.ip)
         metadata: dict[str, Any] = {
@@ -390,6 +392,7 @@ class PodEnvoy(EnvoyProcess):
                 xds_port=xds_port,
                 delta=delta,
                 admin_port=ADMIN_PORT,
+                **({"sds_socket": sds_socket} if sds_socket is not None else {}),
             )
         )
         uid = str(PROXY_UID)

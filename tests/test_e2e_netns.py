@@ -19,12 +19,18 @@ an iptables that loads the rules (nft or legacy) and an Envoy binary.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.agent_sds import AgentSds
+from tests.certs import TestCA
 from tests.meshgen import pod, service, write_docs
 from tests.netns import HttpApp, Pod, PodEnvoy, Topology, http_get, unavailable_reason
 from xdsd.app import AppSettings, XdsdApp
@@ -171,3 +177,93 @@ async def test_captured_request_crosses_both_sidecars(
             except BaseException:
                 print(logs(client, server))
                 raise
+
+
+@pytest.fixture
+def sds_dir() -> Iterator[Path]:
+    """A folder for the agents' sockets that uid 1337 can reach (pytest's are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="xdsd-sds-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_strict_mtls_between_captured_sidecars(
+    pods: Pods, tmp_path: Path, app: HttpApp, sds_dir: Path
+) -> None:
+    """PeerAuthentication STRICT with real capture: virtualInbound (15006) takes only
+    mTLS. The client sidecar speaks it without any DestinationRule (auto mTLS, both pods
+    have Istio's tlsMode label); a client without a sidecar (the node) is refused."""
+    mesh_labels = {"security.istio.io/tlsMode": "istio"}
+    d = tmp_path / "config"
+    d.mkdir()
+    write_docs(
+        d / "mesh.yaml",
+        [
+            service("web", NS, [("http", PORT)], selector={"app": "web"}, cluster_ip=CLUSTER_IP),
+            pod(
+                "web-0",
+                NS,
+                pods.server.ip,
+                {"app": "web", **mesh_labels},
+                ports={"http": PORT},
+                service_account="web",
+            ),
+            pod(
+                "sleep-0",
+                NS,
+                pods.client.ip,
+                {"app": "sleep", **mesh_labels},
+                service_account="sleep",
+            ),
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "PeerAuthentication",
+                "metadata": {"name": "default", "namespace": "istio-system"},
+                "spec": {"mtls": {"mode": "STRICT"}},
+            },
+        ],
+    )
+    ca = TestCA("netns mesh CA")
+    async with (
+        XdsdApp(settings(d, pods.topo.host_ip)) as xdsd,
+        AgentSds(sds_dir / "sleep.sock", ca=ca, identity=spiffe("sleep")) as a1,
+        AgentSds(sds_dir / "web.sock", ca=ca, identity=spiffe("web")) as a2,
+    ):
+        for agent in (a1, a2):
+            os.chmod(agent.socket, 0o777)  # Envoy runs as uid 1337
+        common: dict[str, Any] = {"xds_host": pods.topo.host_ip, "xds_port": xdsd.xds_port}
+        client = PodEnvoy(
+            pods.client, NS, {"app": "sleep", **mesh_labels}, sds_socket=a1.socket, **common
+        )
+        server = PodEnvoy(
+            pods.server, NS, {"app": "web", **mesh_labels}, sds_socket=a2.socket, **common
+        )
+        async with client, server:
+            try:
+                await client.wait_ready(timeout=20)
+                await server.wait_ready(timeout=20)
+
+                async def routed() -> bool:
+                    status, body = await http_get(pods.client.ns, CLUSTER_IP, PORT)
+                    return status == 200 and json.loads(body)["name"] == "web-0"
+
+                await poll(routed, timeout=20, what="mTLS request reaching web-0")
+                stats = await server.stats("ssl.handshake")
+                assert stats.get("listener.0.0.0.0_15006.ssl.handshake", 0) >= 1, stats
+
+                # No sidecar (the node namespace): plaintext to the pod IP is refused.
+                try:
+                    status, _ = await http_get(pods.topo.node, pods.server.ip, PORT)
+                except ConnectionError:
+                    status = 0
+                assert status != 200
+                assert await client.rejected_updates() == 0, logs(client)
+                assert await server.rejected_updates() == 0, logs(server)
+            except BaseException:
+                print(logs(client, server))
+                raise
+
+
+def spiffe(sa: str) -> str:
+    return f"spiffe://cluster.local/ns/{NS}/sa/{sa}"

@@ -11,7 +11,7 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
@@ -208,9 +208,14 @@ def test_tls_modes() -> None:
     assert sds.grpc_services[0].envoy_grpc.cluster_name == "sds-grpc"
     combined = common.combined_validation_context
     assert combined.validation_context_sds_secret_config.name == "ROOTCA"
-    assert [m.exact for m in combined.default_validation_context.match_subject_alt_names] == [
-        "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+    typed = combined.default_validation_context.match_typed_subject_alt_names
+    assert [(m.san_type, m.matcher.exact) for m in typed] == [
+        (
+            common_pb2.SubjectAltNameMatcher.URI,
+            "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+        )
     ]
+    assert not combined.default_validation_context.match_subject_alt_names  # deprecated
     assert list(common.alpn_protocols) == ["istio-peer-exchange", "istio", "h2"]  # upgraded to h2
     assert tls_of(clusters[name(9080, "v1")]).sni == f"outbound_.9080_.v1_.{HOST}"
     # MUTUAL with files (port 9090): the agent's file SDS resources.

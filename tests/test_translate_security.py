@@ -280,8 +280,8 @@ def test_auto_mtls_to_sidecar_endpoints_only() -> None:
     cl.transport_socket_matches[0].transport_socket.typed_config.Unpack(ctx)
     assert ctx.sni == f"outbound_.8000_._.httpbin.{NS}.svc.cluster.local"
     sans = [
-        m.exact
-        for m in ctx.common_tls_context.combined_validation_context.default_validation_context.match_subject_alt_names
+        m.matcher.exact
+        for m in ctx.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names
     ]
     assert sans == [f"spiffe://cluster.local/ns/{NS}/sa/httpbin"]
     # legacy has no sidecar: plaintext, no matches at all.

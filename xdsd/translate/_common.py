@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Iterable
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
@@ -139,6 +142,20 @@ def is_ip(value: str) -> bool:
 
 def is_ipv6(value: str) -> bool:
     return ip_version(value) == 6
+
+
+def typed_san_matchers(sans: Iterable[str], *, uri_only: bool = False) -> list[Message]:
+    """Exact SAN matches in Envoy's typed form (`match_typed_subject_alt_names`).
+
+    istiod still fills the untyped `match_subject_alt_names`, which Envoy deprecated: it
+    matched any SAN type, so user-given names match DNS, URI, email and IP SANs here too;
+    SPIFFE identities (ISTIO_MUTUAL) are URIs.
+    """
+    M = common_pb2.SubjectAltNameMatcher
+    types = (M.URI,) if uri_only else (M.DNS, M.URI, M.EMAIL, M.IP_ADDRESS)
+    return [
+        M(san_type=t, matcher=string_pb2.StringMatcher(exact=san)) for san in sans for t in types
+    ]
 
 
 def outbound_cluster_name(port: int, hostname: str, subset: str = "") -> str:

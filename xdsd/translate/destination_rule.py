@@ -26,7 +26,6 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
@@ -480,10 +479,6 @@ def _sds_ads(name: str) -> secret_pb2.SdsSecretConfig:
     )
 
 
-def _san_matchers(sans: Iterable[str]) -> list[string_pb2.StringMatcher]:
-    return [string_pb2.StringMatcher(exact=s) for s in sans]
-
-
 def _common_tls() -> tls_pb2.CommonTlsContext:
     return tls_pb2.CommonTlsContext(
         tls_params=common_pb2.TlsParameters(
@@ -527,7 +522,9 @@ def _tls_context(
         common = _common_tls()
         common.tls_certificate_sds_secret_configs.append(_sds(SDS_DEFAULT))
         combined = common.combined_validation_context
-        combined.default_validation_context.match_subject_alt_names.extend(_san_matchers(sans))
+        combined.default_validation_context.match_typed_subject_alt_names.extend(
+            c.typed_san_matchers(sans, uri_only=True)
+        )
         combined.validation_context_sds_secret_config.CopyFrom(_sds(SDS_ROOT))
         common.alpn_protocols.extend(ALPN_IN_MESH_H2 if _is_http2(opts) else ALPN_IN_MESH)
         return tls_pb2.UpstreamTlsContext(common_tls_context=common, sni=tls.sni or _mesh_sni(oc))
@@ -548,7 +545,9 @@ def _tls_context(
             common.tls_certificate_sds_secret_configs.append(_sds_ads(tls.credential_name))
         if not tls.insecure_skip_verify:
             combined = common.combined_validation_context
-            combined.default_validation_context.match_subject_alt_names.extend(_san_matchers(sans))
+            combined.default_validation_context.match_typed_subject_alt_names.extend(
+                c.typed_san_matchers(sans)
+            )
             combined.validation_context_sds_secret_config.CopyFrom(
                 _sds_ads(tls.credential_name + SDS_CA_SUFFIX)
             )
@@ -562,7 +561,9 @@ def _tls_context(
             common.validation_context.SetInParent()
         else:
             combined = common.combined_validation_context
-            combined.default_validation_context.match_subject_alt_names.extend(_san_matchers(sans))
+            combined.default_validation_context.match_typed_subject_alt_names.extend(
+                c.typed_san_matchers(sans)
+            )
             combined.validation_context_sds_secret_config.CopyFrom(_sds(f"file-root:{ca}"))
     if _is_http2(opts):
         common.alpn_protocols.append("h2")

@@ -52,7 +52,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
-from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
@@ -106,21 +105,6 @@ def _sds(name: str) -> secret_pb2.SdsSecretConfig:
     )
 
 
-def _san_matchers(sans: Sequence[str]) -> list[common_pb2.SubjectAltNameMatcher]:
-    # istiod: exact matches on match_subject_alt_names, which Envoy deprecated for the
-    # typed form; any SAN type matched, as the untyped field did.
-    out: list[common_pb2.SubjectAltNameMatcher] = []
-    M = common_pb2.SubjectAltNameMatcher
-    for san in sans:
-        for san_type in (M.DNS, M.URI, M.EMAIL, M.IP_ADDRESS):
-            out.append(
-                common_pb2.SubjectAltNameMatcher(
-                    san_type=san_type, matcher=string_pb2.StringMatcher(exact=san)
-                )
-            )
-    return out
-
-
 def _tls_params(tls: ServerTLS) -> common_pb2.TlsParameters | None:
     params = common_pb2.TlsParameters()
     used = False
@@ -147,7 +131,7 @@ def downstream_tls_context(tls: ServerTLS) -> tls_pb2.DownstreamTlsContext:
         common.tls_certificate_sds_secret_configs.append(agent_sds(SDS_DEFAULT))
         combined = common.combined_validation_context
         combined.default_validation_context.match_typed_subject_alt_names.extend(
-            _san_matchers(tls.subject_alt_names)
+            c.typed_san_matchers(tls.subject_alt_names)
         )
         combined.validation_context_sds_secret_config.CopyFrom(agent_sds(SDS_ROOT))
     elif tls.credential_name:
@@ -156,12 +140,12 @@ def downstream_tls_context(tls: ServerTLS) -> tls_pb2.DownstreamTlsContext:
         if tls.validates_client:
             combined = common.combined_validation_context
             combined.default_validation_context.match_typed_subject_alt_names.extend(
-                _san_matchers(tls.subject_alt_names)
+                c.typed_san_matchers(tls.subject_alt_names)
             )
             combined.validation_context_sds_secret_config.CopyFrom(_sds(name + CA_SUFFIX))
         elif tls.subject_alt_names:
             common.validation_context.match_typed_subject_alt_names.extend(
-                _san_matchers(tls.subject_alt_names)
+                c.typed_san_matchers(tls.subject_alt_names)
             )
     else:
         cert = common.tls_certificates.add()
@@ -169,7 +153,7 @@ def downstream_tls_context(tls: ServerTLS) -> tls_pb2.DownstreamTlsContext:
         cert.private_key.filename = tls.private_key
         if tls.validates_client:
             vc = common.validation_context
-            vc.match_typed_subject_alt_names.extend(_san_matchers(tls.subject_alt_names))
+            vc.match_typed_subject_alt_names.extend(c.typed_san_matchers(tls.subject_alt_names))
             if tls.ca_certificates:
                 vc.trusted_ca.filename = tls.ca_certificates
     params = _tls_params(tls)

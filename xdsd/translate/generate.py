@@ -101,26 +101,27 @@ class Part:
 
 
 _VS = frozenset({"VirtualService"})
+# What only HTTP/network filters read (authorization, JWT, ext_authz providers in the
+# mesh config): every part but the listeners ignores them. PeerAuthentication stays
+# read by clusters and endpoints (auto mTLS).
+_FILTER_ONLY = frozenset({"AuthorizationPolicy", "RequestAuthentication", "FetchedJwks"})
+_SIDECAR_NOT_FILTERS = _SIDECAR_UNREAD | _FILTER_ONLY
+_ROUTER_NOT_FILTERS = UNREAD_KINDS | _FILTER_ONLY
 # The name table reads the Sidecar scope's services and headless endpoints only
 # (as istiod's skippedNdsConfigs; WorkloadEntries stay read: headless ServiceEntries).
-_NDS_UNREAD = _SIDECAR_UNREAD | {
-    "DestinationRule",
-    "PeerAuthentication",
-    "AuthorizationPolicy",
-    "RequestAuthentication",
-}
+_NDS_UNREAD = _SIDECAR_UNREAD | _FILTER_ONLY | {"DestinationRule", "PeerAuthentication"}
 
 # Sidecars: the outbound side (most of the bytes) is shared by every app of a namespace
 # (outbound_key); only the inbound side depends on the app's own ports (group_key).
 _SIDECAR_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
     {
         CLUSTER_TYPE: (
-            Part("outbound", outbound_key, generate_outbound_clusters, _SIDECAR_UNREAD, _VS),
+            Part("outbound", outbound_key, generate_outbound_clusters, _SIDECAR_NOT_FILTERS, _VS),
             Part(
                 "inbound",
                 group_key,
                 with_ingress_clusters(generate_inbound_clusters),
-                _SIDECAR_UNREAD,
+                _SIDECAR_NOT_FILTERS,
             ),
         ),
         ENDPOINT_TYPE: (
@@ -128,13 +129,13 @@ _SIDECAR_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
                 "outbound",
                 outbound_key,
                 generate_endpoints,
-                _SIDECAR_UNREAD,
+                _SIDECAR_NOT_FILTERS,
                 _VS,
                 by_service=generate_endpoints,
             ),
         ),
         LISTENER_TYPE: (
-            Part("outbound", outbound_key, generate_outbound_listeners, _SIDECAR_UNREAD),
+            Part("outbound", outbound_key, generate_outbound_listeners, _SIDECAR_NOT_FILTERS),
             Part(
                 "inbound",
                 group_key,
@@ -142,20 +143,26 @@ _SIDECAR_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
                 _SIDECAR_UNREAD,
             ),
         ),
-        ROUTE_TYPE: (Part("outbound", outbound_key, generate_routes, _SIDECAR_UNREAD),),
-        SECRET_TYPE: (Part("all", group_key, generate_secrets, _SIDECAR_UNREAD),),
+        ROUTE_TYPE: (Part("outbound", outbound_key, generate_routes, _SIDECAR_NOT_FILTERS),),
+        SECRET_TYPE: (Part("all", group_key, generate_secrets, _SIDECAR_NOT_FILTERS),),
         NAME_TABLE_TYPE: (Part("outbound", outbound_key, generate_name_table, _NDS_UNREAD, _VS),),
     }
 )
 _ROUTER_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
     {
-        CLUSTER_TYPE: (Part("all", group_key, generate_clusters, UNREAD_KINDS),),
+        CLUSTER_TYPE: (Part("all", group_key, generate_clusters, _ROUTER_NOT_FILTERS),),
         ENDPOINT_TYPE: (
-            Part("all", group_key, generate_endpoints, UNREAD_KINDS, by_service=generate_endpoints),
+            Part(
+                "all",
+                group_key,
+                generate_endpoints,
+                _ROUTER_NOT_FILTERS,
+                by_service=generate_endpoints,
+            ),
         ),
         LISTENER_TYPE: (Part("all", group_key, generate_gateway_listeners, UNREAD_KINDS),),
-        ROUTE_TYPE: (Part("all", group_key, generate_gateway_routes, UNREAD_KINDS),),
-        SECRET_TYPE: (Part("all", group_key, generate_secrets, UNREAD_KINDS),),
+        ROUTE_TYPE: (Part("all", group_key, generate_gateway_routes, _ROUTER_NOT_FILTERS),),
+        SECRET_TYPE: (Part("all", group_key, generate_secrets, _ROUTER_NOT_FILTERS),),
     }
 )
 
