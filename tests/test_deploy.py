@@ -32,7 +32,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
-BASES = ("control-plane", "config-cluster", "ingress")
+BASES = ("control-plane", "config-cluster", "ingress", "webhooks")
 ISTIO_CRDS = REPO.parent / "shared" / "corpus" / "istio" / "crd-all.gen.yaml"
 # Oldest Kubernetes the manifests claim (HPA autoscaling/v2 and PDB policy/v1 are GA since
 # 1.23 and 1.21); kubernetes-validate picks its newest schemas not newer than this.
@@ -95,7 +95,13 @@ def test_base_renders_offline(base: str) -> None:
     docs = render(base)
     keys = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
     assert len(keys) == len(set(keys)), f"duplicate objects in deploy/{base}: {keys}"
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    }
     for doc in docs:
         if doc["kind"] in cluster_scoped:
             assert "namespace" not in doc["metadata"], where(doc)
@@ -507,6 +513,79 @@ def test_ingress_routes_to_the_xdsd_service_as_istio_documents() -> None:
     assert settings[15012]["connectionPool"]["http"]["h2UpgradePolicy"] == "UPGRADE"
 
 
+# -- the webhooks a cluster's API server calls ----------------------------------------------------
+
+
+@needs_kubectl
+def test_webhooks_reach_xdsd_through_the_gateway_as_istio_configures_them() -> None:
+    from urllib.parse import urlsplit
+
+    from xdsd.webhooks.admission import ISTIO_GROUPS
+    from xdsd.webhooks.inject import parse_inject_path
+
+    docs = render("webhooks")
+    gateway = one(render("ingress"), "Gateway")
+    hosts = {
+        h for s in gateway["spec"]["servers"] if s["port"]["number"] == 15017 for h in s["hosts"]
+    }
+    mutating = one(docs, "MutatingWebhookConfiguration")
+    assert mutating["metadata"]["name"] == "istio-sidecar-injector"
+    names = [w["name"] for w in mutating["webhooks"]]
+    assert names == [
+        f"{p}sidecar-injector.istio.io"
+        for p in ("rev.namespace.", "rev.object.", "namespace.", "object.")
+    ]
+    for hook in mutating["webhooks"]:
+        url = urlsplit(hook["clientConfig"]["url"])
+        assert (url.scheme, url.hostname, url.port) == ("https", *sorted(hosts), 15017)
+        assert parse_inject_path(url.path) == {
+            "ISTIO_META_CLUSTER_ID": "cluster1",
+            "ISTIO_META_NETWORK": "network1",
+        }
+        assert hook["rules"] == [
+            {
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+            }
+        ]
+        assert hook["failurePolicy"] == "Fail" and hook["admissionReviewVersions"] == ["v1"]
+        assert hook["sideEffects"] == "None"
+    # A pod that opts out never reaches xdsd; disabled namespaces neither.
+    selectors = {
+        w["name"].split(".")[0] + "." + w["name"].split(".")[1]: w for w in mutating["webhooks"]
+    }
+    ns = selectors["namespace.sidecar-injector"]["namespaceSelector"]["matchExpressions"]
+    assert ns == [{"key": "istio-injection", "operator": "In", "values": ["enabled"]}]
+    for hook in mutating["webhooks"]:
+        exprs = hook["objectSelector"]["matchExpressions"]
+        inject = next(e for e in exprs if e["key"] == "sidecar.istio.io/inject")
+        assert inject in (
+            {"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]},
+            {"key": "sidecar.istio.io/inject", "operator": "In", "values": ["true"]},
+        )
+    validating = one(docs, "ValidatingWebhookConfiguration")
+    (hook,) = validating["webhooks"]
+    url = urlsplit(hook["clientConfig"]["url"])
+    assert (url.scheme, url.hostname, url.port, url.path) == (
+        "https",
+        *sorted(hosts),
+        15017,
+        "/validate",
+    )
+    (rule,) = hook["rules"]
+    assert set(rule["apiGroups"]) == ISTIO_GROUPS
+    assert rule["operations"] == ["CREATE", "UPDATE"] and rule["resources"] == ["*"]
+    # The Deployment serves them: the port, and the address injected proxies are given.
+    c = _container(render("control-plane"))
+    flags = _flags(c["args"])
+    assert flags["--webhook-port"] == "15017"
+    assert flags["--webhook-discovery-address"] == "$(EXTERNAL_ISTIOD_ADDR):15012"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["EXTERNAL_ISTIOD_ADDR"] in hosts
+
+
 # -- the overlays docs/deploy.md shows ----------------------------------------------------------
 
 
@@ -531,7 +610,13 @@ def test_docs_overlays_render(tmp_path: Path) -> None:
         pytest.skip("the documented overlays need kubectl >= 1.21 (kustomize v4)")
     text = (REPO / "docs" / "deploy.md").read_text()
     overlays = re.findall(r"```yaml\n(# overlays/([\w-]+)/kustomization\.yaml\n.*?)```", text, re.S)
-    assert {name for _, name in overlays} == {"prod", "ingress", "blue", "ingress-revisions"}
+    assert {name for _, name in overlays} == {
+        "prod",
+        "ingress",
+        "blue",
+        "ingress-revisions",
+        "webhooks",
+    }
     (tmp_path / "deploy").symlink_to(DEPLOY)
     rendered = {}
     for body, name in overlays:
@@ -551,7 +636,15 @@ def test_docs_overlays_render(tmp_path: Path) -> None:
         rendered[name] = [d for d in yaml.safe_load_all(proc.stdout) if d]
     c = _container(rendered["prod"])
     assert c["image"] == "REGISTRY/xdsd:0.1.0"
-    assert {e["name"]: e.get("value") for e in c["env"]}["CLUSTER_ID"] == "cluster1"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["CLUSTER_ID"] == "cluster1"
+    assert env["EXTERNAL_ISTIOD_ADDR"] == "xdsd.mesh.example.org"
+    # The webhooks: every URL names the gateway's host; injection names cluster and network.
+    urls = {w["clientConfig"]["url"] for d in rendered["webhooks"] for w in d["webhooks"]}
+    assert urls == {
+        "https://xdsd.mesh.example.org:15017/inject/cluster/cluster1/net/network1",
+        "https://xdsd.mesh.example.org:15017/validate",
+    }
     hosts = {
         h
         for d in rendered["ingress"]

@@ -19,7 +19,7 @@ import pytest
 from tests.kube.apiserver import DEFAULT_RESOURCES, KubeApiServer
 from xdsd.model.store import ConfigChange, ConfigStore
 from xdsd.sources.kube import Backoff, ClusterSource, ClusterSpec
-from xdsd.sources.kube.cluster import CONFIG_KINDS, REMOTE_KINDS
+from xdsd.sources.kube.cluster import CONFIG_KINDS, CONFIGMAP_NAMES, REMOTE_KINDS
 
 FAST = Backoff(initial=0.02, maximum=0.2, factor=2.0, jitter=0.1)
 TOKEN = "s3cret-token-value"
@@ -240,10 +240,15 @@ async def test_initial_sync_of_every_kind_as_one_change() -> None:
             status = run.source.status()
             assert status.cluster_id == "c1" and status.objects == 10 and status.last_error is None
             assert status.last_sync is not None and status.server == api.url
-            # One watch per kind; Istio kinds in the first served of v1, v1beta1, v1alpha3.
-            await api.wait_watches(len(CONFIG_KINDS))
+            # One watch per kind (ConfigMaps: one per name read, by field selector); Istio
+            # kinds in the first served of v1, v1beta1, v1alpha3.
+            watches = len(CONFIG_KINDS) - 1 + len(CONFIGMAP_NAMES)
+            await api.wait_watches(watches)
             versions = {(w.resource, w.version) for w in api.watches()}
-            assert len(api.watches()) == len(CONFIG_KINDS)
+            assert len(api.watches()) == watches
+            assert {w.field_selector for w in api.watches("configmaps")} == {
+                f"metadata.name={n}" for n in CONFIGMAP_NAMES
+            }
             assert ("virtualservices", "v1") in versions
             assert ("envoyfilters", "v1alpha3") in versions
             assert ("proxyconfigs", "v1beta1") in versions

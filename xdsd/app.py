@@ -61,6 +61,10 @@ from xdsd.translate.generate import (
     group_key,
     proxy_context,
 )
+from xdsd.webhooks.admission import Handlers, WebhookContext, WebhookMetrics
+from xdsd.webhooks.config import injector_problems, load_injector_config
+from xdsd.webhooks.inject import InjectSettings
+from xdsd.webhooks.server import WebhookServer, WebhookSettings
 
 if TYPE_CHECKING:  # kubernetes_asyncio is imported only in the Kubernetes mode
     from xdsd.sources.kube import Backoff, ClusterSource, ClusterSpec
@@ -128,6 +132,10 @@ class AppSettings:
     # not for one that hosts other work (tests).
     freeze_heap: bool = False
     gc_collect_interval: float = 300.0  # the frozen heap's full collection; 0: never
+    # istiod's webhooks on 15017 (xdsd.webhooks; None: off) and what injected proxies
+    # are told about the control plane.
+    webhooks: WebhookSettings | None = None
+    inject: InjectSettings = field(default_factory=InjectSettings)
     # Fetching the key sets RequestAuthentications name by jwksUri (xdsd.sources.jwks).
     jwks: JwksSettings = field(default_factory=JwksSettings)
 
@@ -382,6 +390,17 @@ class XdsdApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: XdsServer | None = None
         self._admin: AdminServer | None = None
+        self._webhooks: WebhookServer | None = None
+        self.webhook_handlers = Handlers(
+            WebhookContext(
+                snapshot=lambda: self.snapshot,
+                ready=self.ready.is_set,
+                namespaces=settings.namespaces,
+                config_cluster_id=settings.cluster_id,
+                inject=settings.inject,
+            ),
+            WebhookMetrics(self.registry),
+        )
         self._generation = 0
         self._build_errors: tuple[ConfigError, ...] = ()
         self._ca_secret_seen: object = None  # the cacerts Secret object last looked at
@@ -437,6 +456,13 @@ class XdsdApp:
         return self._server.tls_port if self._server else self.settings.xds.tls_port
 
     @property
+    def webhook_port(self) -> int:
+        """The webhook server's port (-1: off)."""
+        if self._webhooks is not None:
+            return self._webhooks.port
+        return self.settings.webhooks.port if self.settings.webhooks is not None else -1
+
+    @property
     def admin_port(self) -> int:
         return self._admin.port if self._admin else self.settings.admin_port
 
@@ -459,6 +485,11 @@ class XdsdApp:
                     self.settings.admin_host,
                     self.settings.admin_port,
                     remote_debug=self.settings.remote_debug,
+                    extra={"injectz": self._injectz},
+                ).__aenter__()
+            if self.settings.webhooks is not None and self.hooks.serve_xds:
+                self._webhooks = await WebhookServer(
+                    self.webhook_handlers, self.settings.webhooks
                 ).__aenter__()
             if self.clusters is not None:
                 await self.clusters.start()
@@ -508,6 +539,9 @@ class XdsdApp:
             await self._server.__aexit__(None, None, None)
             self._server = None
         await self.security.aclose()
+        if self._webhooks is not None:
+            await self._webhooks.__aexit__(None, None, None)
+            self._webhooks = None
         if self._admin is not None:
             await self._admin.__aexit__(None, None, None)
             self._admin = None
@@ -826,6 +860,8 @@ class XdsdApp:
             stale=clusters.stale() if clusters else frozenset(),
         )
         extra = config_problems(snapshot)  # e.g. CUSTOM policies without their provider
+        if self.settings.webhooks is not None:
+            extra += injector_problems(snapshot)  # what the injector ConfigMap has that we ignore
         if extra:
             snapshot = dataclasses.replace(snapshot, errors=snapshot.errors + tuple(extra))
         self.snapshot = snapshot
@@ -1092,6 +1128,18 @@ class XdsdApp:
             "jwks": [describe_jwks(o) for o in snap.configs_of(JWKS_KIND)],
             # The fetcher's view (the process that fetches: single or supervisor).
             "jwks_fetches": self.jwks.status() if self.jwks is not None else None,
+        }
+
+    async def _injectz(self) -> dict[str, Any]:
+        """The injector's config: where it comes from and what of it xdsd ignores."""
+        config = load_injector_config(self.snapshot)
+        return {
+            "enabled": self.settings.webhooks is not None,
+            "port": self.webhook_port,
+            "source": config.source,
+            "policy": config.policy,
+            "values": config.values,
+            "ignored": [{"path": p, "message": m} for p, m in config.problems],
         }
 
     def clusterz(self) -> dict[str, Any]:

@@ -209,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write each Istio config object's validation result into its status",
     )
     _add_security_args(serve)
+    _add_webhook_args(serve)
     _add_log_level(serve)
 
     boot = sub.add_parser(
@@ -427,6 +428,66 @@ def _add_security_args(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_webhook_args(serve: argparse.ArgumentParser) -> None:
+    wh = serve.add_argument_group(
+        "Webhooks",
+        "istiod's sidecar injection (/inject) and validation (/validate) webhooks over HTTPS; "
+        "on when a certificate is configured",
+    )
+    wh.add_argument(
+        "--webhook-port",
+        type=int,
+        default=15017,
+        metavar="PORT",
+        help="webhook HTTPS port (15017; -1: off)",
+    )
+    wh.add_argument(
+        "--webhook-host", metavar="HOST", help="webhook listen address (default: --xds-host)"
+    )
+    wh.add_argument(
+        "--webhook-cert-file",
+        type=Path,
+        metavar="PATH",
+        help="webhook serving certificate (default: --tls-cert-file, or the --dev-certs serving certificate)",
+    )
+    wh.add_argument("--webhook-key-file", type=Path, metavar="PATH", help="its key")
+    wh.add_argument(
+        "--webhook-discovery-address",
+        metavar="HOST:PORT",
+        help="the xDS/CA address injected proxies connect to, e.g. the external control "
+        "plane's ingress gateway (default: istiod.<istioNamespace>.svc:15012; MeshConfig "
+        "defaultConfig.discoveryAddress and a pod's proxy.istio.io/config win)",
+    )
+
+
+def _webhook_settings(args: argparse.Namespace, grpc_settings: Any) -> tuple[Any, Any]:
+    """(WebhookSettings or None, InjectSettings) from the serve flags."""
+    from xdsd.webhooks.inject import InjectSettings
+    from xdsd.webhooks.server import WebhookSettings
+
+    inject = InjectSettings(
+        discovery_address=args.webhook_discovery_address or "",
+        cluster_id=args.cluster_id,
+        trust_domain=args.trust_domain,
+        revision=args.revision or "",
+    )
+    cert, key = args.webhook_cert_file, args.webhook_key_file
+    if (cert is None) != (key is None):
+        raise ValueError("give both --webhook-cert-file and --webhook-key-file")
+    if cert is None:
+        cert, key = grpc_settings.tls_cert_file, grpc_settings.tls_key_file
+    if args.webhook_port < 0 or cert is None or key is None:
+        return None, inject  # off; without a certificate `serve` logs why
+    host = args.webhook_host if args.webhook_host is not None else args.xds_host
+    return WebhookSettings(
+        host=host,
+        port=args.webhook_port,
+        cert_file=cert,
+        key_file=key,
+        shutdown_grace=args.shutdown_grace,
+    ), inject
+
+
 def _security_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     """(GrpcSettings, SecuritySettings) from the serve flags; ValueError if they do not fit."""
     import datetime
@@ -539,6 +600,7 @@ async def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         grpc_settings, security = _security_settings(args)
+        webhooks, inject = _webhook_settings(args, grpc_settings)
         settings = AppSettings(
             config_dir=args.config_dir,
             kubeconfig=kubeconfig,
@@ -561,6 +623,8 @@ async def _serve(args: argparse.Namespace) -> int:
             server=ServerSettings(push_concurrency=args.push_concurrency),
             freeze_heap=True,
             gc_collect_interval=args.gc_collect_interval,
+            webhooks=webhooks,
+            inject=inject,
             jwks=JwksSettings(
                 refresh_interval=args.jwks_refresh_interval,
                 blocked_cidrs=parse_cidrs(args.jwks_blocked_cidrs),
@@ -578,10 +642,15 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("xdsd: --workers must be at least 1", file=sys.stderr)
         return 2
-    taken = _port_taken(args, grpc_settings)
+    taken = _port_taken(args, grpc_settings, webhooks)
     if taken:
         print(f"xdsd: {taken}", file=sys.stderr)
         return 2
+    if webhooks is None and args.webhook_port >= 0:
+        logging.getLogger("xdsd").info(
+            "webhooks off: no certificate (give --webhook-cert-file/--webhook-key-file, "
+            "--tls-cert-file/--tls-key-file or --dev-certs)"
+        )
     if grpc_settings.tls_port < 0:
         logging.getLogger("xdsd").warning(
             "no TLS certificate: serving plaintext xDS without authentication on port %d "
@@ -614,7 +683,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if app.xds_port >= 0:
             ports.append(f"plaintext {app.xds_port}")
         logging.getLogger("xdsd").info(
-            "serving %s: xDS on %s (%s)%s%s, admin on http://%s:%d",
+            "serving %s: xDS on %s (%s)%s%s, admin on http://%s:%d%s",
             what,
             args.xds_host,
             ", ".join(ports),
@@ -622,6 +691,9 @@ async def _serve(args: argparse.Namespace) -> int:
             "" if app.security.auth.enabled else ", no authentication",
             args.admin_host,
             app.admin_port,
+            f", webhooks on https://{settings.webhooks.host}:{app.webhook_port}"
+            if settings.webhooks is not None and app.webhook_port >= 0
+            else "",
         )
         await stop.wait()
         logging.getLogger("xdsd").info("shutting down")
@@ -645,13 +717,16 @@ async def _serve_workers(args: argparse.Namespace, settings: Any, stop: asyncio.
         if supervisor.xds_port >= 0:
             ports.append(f"plaintext {supervisor.xds_port}")
         logging.getLogger("xdsd").info(
-            "serving %s with %d worker processes: xDS on %s (%s), admin on http://%s:%d",
+            "serving %s with %d worker processes: xDS on %s (%s), admin on http://%s:%d%s",
             args.config_dir or f"Kubernetes cluster {settings.cluster_id}",
             args.workers,
             args.xds_host,
             ", ".join(ports),
             args.admin_host,
             supervisor.admin_port,
+            f", webhooks on https://{settings.webhooks.host}:{supervisor.webhook_port}"
+            if settings.webhooks is not None
+            else "",
         )
         await stop.wait()
         logging.getLogger("xdsd").info("shutting down the workers")
@@ -687,6 +762,7 @@ _PORT_FLAGS = (
     ("plaintext_port", "--plaintext-port"),
     ("mtls_port", "--mtls-port"),
     ("admin_port", "--admin-port"),
+    ("webhook_port", "--webhook-port"),
 )
 
 
@@ -699,7 +775,7 @@ def _port_out_of_range(args: argparse.Namespace) -> str:
     return ""
 
 
-def _port_taken(args: argparse.Namespace, grpc: Any) -> str:
+def _port_taken(args: argparse.Namespace, grpc: Any, webhooks: Any = None) -> str:
     """The first listen address `serve` cannot bind, as one line naming its flag ("" if none).
 
     Checked before anything starts, so a busy port is one line and exit 2, not a traceback
@@ -718,6 +794,9 @@ def _port_taken(args: argparse.Namespace, grpc: Any) -> str:
         ("--mtls-port", "--xds-host", args.xds_host, grpc.mtls_port),
         ("--admin-port", "--admin-host", args.admin_host, args.admin_port),
     ]
+    if webhooks is not None:
+        host_flag = "--webhook-host" if args.webhook_host is not None else "--xds-host"
+        listens.append(("--webhook-port", host_flag, webhooks.host, webhooks.port))
     for port_flag, host_flag, host, port in listens:
         if port <= 0:
             continue

@@ -63,6 +63,7 @@ from xdsd.model.store import ConfigChange
 from xdsd.multicluster import RemoteSource, Source
 from xdsd.server.grpc_server import GrpcSettings
 from xdsd.sources.folder import FolderSource
+from xdsd.webhooks.server import WebhookSettings
 
 if TYPE_CHECKING:  # kubernetes_asyncio is imported only in the Kubernetes mode
     from xdsd.sources.kube import ClusterSpec, ClusterStatus, RemoteEvent, RemoteProblem
@@ -480,6 +481,7 @@ class Supervisor:
         self.slots = [_Slot(i) for i in range(options.workers)]
         self.app: XdsdApp | None = None
         self.xds: GrpcSettings = settings.xds
+        self.webhooks: WebhookSettings | None = settings.webhooks
         self._fanout = _Fanout()
         self._tees: dict[str | None, _TeeSource] = {}
         self._remotes: _TeeRemotes | None = None
@@ -516,6 +518,7 @@ class Supervisor:
         register_pickling()
         try:
             self.xds = self._reserve_ports()
+            self.webhooks = self._reserve_webhook_port()
             await self._start()
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -551,6 +554,8 @@ class Supervisor:
                     "syncz": lambda: self._gather("syncz"),
                     "adsz": lambda: self._gather("adsz"),
                     "config_dump": self._per_worker,
+                    # Every worker reads the same injector config: the first one's.
+                    "injectz": lambda: self._first_worker("injectz"),
                 },
             ).__aenter__()
         loop = asyncio.get_running_loop()
@@ -584,6 +589,19 @@ class Supervisor:
             tls_port=reserve(x.tls_port),
             mtls_port=reserve(x.mtls_port),
         )
+
+    def _reserve_webhook_port(self) -> WebhookSettings | None:
+        """The webhooks run in every worker too, on one shared port."""
+        w = self.settings.webhooks
+        if w is None:
+            return None
+        hold, port = _reserve(w.host, w.port)
+        self._holds.append(hold)
+        return dataclasses.replace(w, port=port, reuse_port=True)
+
+    @property
+    def webhook_port(self) -> int:
+        return self.webhooks.port if self.webhooks is not None else -1
 
     async def __aexit__(
         self,
@@ -782,7 +800,12 @@ class Supervisor:
 
     def _worker_settings(self) -> AppSettings:
         return dataclasses.replace(
-            self.settings, xds=self.xds, admin_host="127.0.0.1", admin_port=0, write_status=False
+            self.settings,
+            xds=self.xds,
+            webhooks=self.webhooks,
+            admin_host="127.0.0.1",
+            admin_port=0,
+            write_status=False,
         )
 
     # -- admin -----------------------------------------------------------------------------------
@@ -803,6 +826,21 @@ class Supervisor:
 
     async def _per_worker(self) -> dict[str, str]:
         return {"error": _PER_WORKER}
+
+    async def _first_worker(self, what: str) -> dict[str, Any]:
+        """A worker's `/debug/<what>`: the first that answers."""
+        async with ClientSession(timeout=ClientTimeout(total=5)) as http:
+            for s in self.slots:
+                if s.state is None:
+                    continue
+                url = f"http://127.0.0.1:{s.state.admin_port}/debug/{what}"
+                try:
+                    async with http.get(url) as resp:
+                        doc: dict[str, Any] = json.loads(await resp.text())
+                        return {"worker": s.index, **doc}
+                except (OSError, TimeoutError, ValueError):
+                    continue
+        return {"error": "no worker answered"}
 
     async def _gather(self, what: str) -> list[dict[str, Any]]:
         """A per-proxy listing of every worker, each entry with its worker's index."""

@@ -27,8 +27,15 @@ Semantics follow https://kubernetes.io/docs/reference/using-api/api-concepts/:
   matching as ADDED, as the watch cache does;
 - a DELETED event carries the object's last state at the deletion's version.
 
+Admission: ``add_mutating_webhook(MutatingWebhook(url, ca_file=...))`` makes a
+create of a Pod over HTTP call that webhook as the real API server does (an
+``admission.k8s.io/v1`` AdmissionReview POSTed over HTTPS; the response's uid
+checked; a JSONPatch applied; ``allowed: false`` -> 400 with the webhook's
+message; an unreachable webhook or a bad answer -> 500 under failurePolicy
+Fail, ignored under Ignore). No selectors, no reinvocation, Pods only.
+
 Not modelled: strategic merge patches merge lists by key (they are JSON merge
-patches here), graceful deletion/finalizers, namespace cascades, admission.
+patches here), graceful deletion/finalizers, namespace cascades, validating admission.
 
 Fault controls: ``drop_watches(graceful=False)`` (streams cut mid-stream, or
 ended cleanly), ``await pause()``/``await resume()`` (the listener and every
@@ -74,6 +81,7 @@ __all__ = [
     "FieldSelector",
     "KubeApiServer",
     "LabelSelector",
+    "MutatingWebhook",
     "RequestRecord",
     "ResourceType",
     "SelectorError",
@@ -399,6 +407,17 @@ def json_patch(doc: Any, ops: Sequence[Mapping[str, Any]]) -> Any:
     return doc
 
 
+@dataclass(frozen=True)
+class MutatingWebhook:
+    """A webhook called on Pod CREATE (see the module docstring)."""
+
+    url: str
+    ca_file: str | None = None  # trusted for the webhook's serving certificate
+    name: str = "sidecar-injector.istio.io"
+    failure_policy: Literal["Fail", "Ignore"] = "Fail"
+    timeout: float = 10.0
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -629,6 +648,8 @@ class KubeApiServer:
         self._runner: web.AppRunner | None = None
         self._closed = False
         self.requests: list[RequestRecord] = []
+        self.mutating_webhooks: list[MutatingWebhook] = []
+        self.admission_reviews: list[JsonObj] = []  # every AdmissionReview sent, in order
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1282,6 +1303,8 @@ class KubeApiServer:
                     raise ApiError(405, "POST needs a namespaced path")
                 body = await self._body(request)
                 self._check_body(body, rtype, namespace)
+                if rtype.plural == "pods" and rtype.group == "":
+                    body = await self._admit(body, namespace or "")
                 stored, _ = self._write(rtype, body, "create")
                 self._log(request, "create", rtype.plural, 201)
                 return web.json_response(self._present(stored, rtype, version), status=201)
@@ -1324,6 +1347,81 @@ class KubeApiServer:
         if rtype is None or version not in rtype.versions:
             return None
         return rtype
+
+    def add_mutating_webhook(self, hook: MutatingWebhook) -> None:
+        self.mutating_webhooks.append(hook)
+
+    async def _admit(self, pod: JsonObj, namespace: str) -> JsonObj:
+        """Pod CREATE through the mutating webhooks, as the API server calls them."""
+        import ssl
+
+        import aiohttp
+
+        for hook in self.mutating_webhooks:
+            uid = str(uuid.uuid4())
+            review = {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": uid,
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                    "name": pod["metadata"].get("name", ""),
+                    "namespace": namespace,
+                    "operation": "CREATE",
+                    "userInfo": {
+                        "username": "system:serviceaccount:kube-system:replicaset-controller"
+                    },
+                    "object": pod,
+                    "oldObject": None,
+                    "dryRun": False,
+                    "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+                },
+            }
+            self.admission_reviews.append(copy.deepcopy(review))
+            tls = ssl.create_default_context(cafile=hook.ca_file)
+            try:
+                async with (
+                    aiohttp.ClientSession(
+                        timeout=aiohttp.ClientTimeout(total=hook.timeout)
+                    ) as session,
+                    session.post(
+                        hook.url,
+                        data=json.dumps(review),
+                        headers={"Content-Type": "application/json", "Accept": "application/json"},
+                        ssl=tls,
+                    ) as resp,
+                ):
+                    text = await resp.text()
+                    if resp.status != 200:
+                        raise ValueError(f"HTTP {resp.status}: {text.strip()}")
+                    response = json.loads(text)["response"]
+                    if response.get("uid") != uid:
+                        raise ValueError(
+                            f"expected response.uid={uid!r}, got {response.get('uid')!r}"
+                        )
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+                if hook.failure_policy == "Ignore":
+                    continue
+                raise ApiError(
+                    500, f'Internal error occurred: failed calling webhook "{hook.name}": {exc}'
+                ) from None
+            if not response.get("allowed"):
+                message = (response.get("status") or {}).get("message", "")
+                raise ApiError(
+                    400, f'admission webhook "{hook.name}" denied the request: {message}'
+                )
+            if "patch" in response:
+                if response.get("patchType") != "JSONPatch":
+                    raise ApiError(500, f"webhook {hook.name}: patchType must be JSONPatch")
+                ops = json.loads(base64.b64decode(response["patch"]))
+                try:
+                    pod = json_patch(pod, ops)
+                except ValueError as exc:
+                    raise ApiError(500, f"webhook {hook.name}: bad patch: {exc}") from None
+        return pod
 
     async def _body(self, request: web.Request) -> JsonObj:
         try:

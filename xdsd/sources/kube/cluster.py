@@ -22,7 +22,10 @@ Usage::
 - Kinds: `CONFIG_KINDS` for role "config" (the Istio kinds of networking.istio.io
   and security.istio.io, each in the first version the server serves among v1,
   v1beta1, v1alpha3, plus Service, EndpointSlice, Pod, Namespace, Secret,
-  Node); `REMOTE_KINDS` for role "remote" (Service, EndpointSlice, Pod, Node).
+  Node, and the ConfigMaps named in `CONFIGMAP_NAMES`: MeshConfig `istio` and the
+  injector's `istio-sidecar-injector`, one watch per name by field selector, so no
+  other ConfigMap is read); `REMOTE_KINDS` for role "remote" (Service, EndpointSlice,
+  Pod, Node).
 - `spec.namespaces`: None watches every namespace; a set watches only those
   (one watch per namespaced kind and namespace; Namespaces filtered by name;
   Nodes are always all).
@@ -75,7 +78,10 @@ CONFIG_KINDS: tuple[str, ...] = (
     "Namespace",
     "Secret",
     "Node",
+    "ConfigMap",
 )
+# The only ConfigMaps read (by name, in every watched namespace): MeshConfig, the injector's.
+CONFIGMAP_NAMES: tuple[str, ...] = ("istio", "istio-sidecar-injector")
 REMOTE_KINDS: tuple[str, ...] = ("Service", "EndpointSlice", "Pod", "Node")
 KNOWN_KINDS = frozenset(CORE_TYPES) | frozenset(ISTIO_GROUP_OF)
 
@@ -177,11 +183,13 @@ class _Watch:
     namespace: str | None  # None: all namespaces (or a cluster-scoped kind)
     synced: bool = False
     failing: bool = False
+    field_selector: str | None = None
 
     @property
     def label(self) -> str:
         ns = f" in {self.namespace}" if self.namespace else ""
-        return f"{self.rtype.kind} ({self.rtype.api_version}){ns}"
+        sel = f" ({self.field_selector})" if self.field_selector else ""
+        return f"{self.rtype.kind} ({self.rtype.api_version}){ns}{sel}"
 
 
 class ClusterSource:
@@ -403,10 +411,14 @@ class ClusterSource:
 
     def _add_watches(self, rtype: ResourceType) -> None:
         namespaces = sorted(self.spec.namespaces) if self.spec.namespaces is not None else None
-        if rtype.namespaced and namespaces is not None:
-            new = [_Watch(rtype, ns) for ns in namespaces]
-        else:
-            new = [_Watch(rtype, None)]
+        selectors: tuple[str | None, ...] = (None,)
+        if rtype.kind == "ConfigMap":
+            selectors = tuple(f"metadata.name={n}" for n in CONFIGMAP_NAMES)
+        new = [
+            _Watch(rtype, ns, field_selector=sel)
+            for sel in selectors
+            for ns in (namespaces if rtype.namespaced and namespaces is not None else [None])
+        ]
         self._watches.extend(new)
         for w in new:
             self._spawn(self._run_watch(w), w.label)
@@ -443,6 +455,7 @@ class ClusterSource:
             self._api,
             w.rtype,
             namespace=w.namespace,
+            field_selector=w.field_selector,
             watch_timeout=self._watch_timeout,
             request_timeout=self._request_timeout,
         )
