@@ -308,7 +308,8 @@ async def test_an_istio_crd_installed_after_start_is_watched_without_restart() -
             )
             src = "c1:PeerAuthentication/istio-system/default"
             await until(lambda: (src, True) in run.files(), what="the new kind's object")
-            assert api.watches("peerauthentications")
+            # Listed first, then watched (the watch may open just after the list).
+            await until(lambda: bool(api.watches("peerauthentications")), what="its watch")
             assert not any("security.istio.io" in n for n in run.source.notes)
             assert run.store.get("PeerAuthentication", "istio-system", "default") is not None
 
