@@ -1159,8 +1159,13 @@ class XdsdApp:
         stale = self.clusters.stale() if self.clusters else frozenset()
         out = []
         for svc in snap.services:
+            # istiod's names for the addresses of IP auto-allocation.
+            auto = {
+                f"autoAllocatedIPv{'6' if ':' in a else '4'}Address": a for a in svc.auto_addresses
+            }
             out.append(
                 {
+                    **auto,
                     "hostname": svc.hostname,
                     "namespace": svc.namespace,
                     "name": svc.name,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
+from xdsd.model.autoalloc import allocate, eligible_hosts
 from xdsd.model.jwks import JWKS_KIND, fetch_problems
 from xdsd.model.objects import (
     EndpointAddress,
@@ -141,6 +142,9 @@ class SnapshotBuilder:
         # Per service: its endpoint inputs and its endpoints by port.
         self._endpoints: dict[ServiceKey, tuple[object, dict[int, tuple[Endpoint, ...]]]] = {}
         self._workloads = _Memo()
+        self._allocation = _Memo()
+        # (namespace, host) -> (the parsed service, the same with its allocated addresses)
+        self._allocated: dict[ServiceKey, tuple[Service, Service]] = {}
         self._configs = _Memo()
         # kind -> (the store's tuple, the same objects oldest first)
         self._ordered: dict[str, tuple[tuple[ConfigObject, ...], tuple[ConfigObject, ...]]] = {}
@@ -148,6 +152,49 @@ class SnapshotBuilder:
         # The last build's and this build's `_slice_pods` answers.
         self._found: dict[tuple[str, str, str], _SlicePods] = {}
         self._found_next: dict[tuple[str, str, str], _SlicePods] = {}
+
+    def _auto_addresses(
+        self,
+        entries: Sequence[ServiceEntryConfig],
+        services: dict[ServiceKey, Service],
+        errors: list[ConfigError],
+    ) -> None:
+        """Give ServiceEntry hosts without addresses their allocated ones (in place)."""
+        if not any(e.auto_allocate for e in entries):
+            self._allocated = {}
+            return
+        taken = frozenset(
+            a
+            for svc in services.values()
+            for a in (*svc.addresses, *(x for _, xs in svc.cluster_addresses for x in xs))
+        )
+        allocation = self._allocation.get((tuple(entries), taken), lambda: allocate(entries, taken))
+        done: dict[ServiceKey, tuple[Service, Service]] = {}
+        for entry in entries:
+            for host in eligible_hosts(entry):
+                key = (host, entry.ref.namespace)
+                svc = services.get(key)
+                if svc is None or svc.ref != entry.ref:
+                    continue  # the host is another object's in this namespace
+                addrs = allocation.get((entry.ref.namespace, host))
+                if addrs is None:
+                    errors.append(
+                        ConfigError(
+                            entry.ref.source,
+                            f"ServiceEntry {entry.ref.namespace}/{entry.ref.name}",
+                            "spec.addresses",
+                            f"no address left to allocate for host {host} "
+                            "(240.240.0.0/16 is used up)",
+                            "warning",
+                        )
+                    )
+                    continue
+                hit = self._allocated.get(key)
+                if hit is None or hit[0] is not svc or hit[1].auto_addresses != addrs:
+                    hit = (svc, dataclasses.replace(svc, auto_addresses=addrs))
+                done[key] = hit
+                services[key] = hit[1]
+        self._allocated = done
 
     def build(
         self,
@@ -217,6 +264,8 @@ class SnapshotBuilder:
                         "warning",
                     )
                 )
+
+        self._auto_addresses(config.entries, services, errors)
 
         entries_by_ns: dict[str, list[Workload]] = defaultdict(list)
         for we in workload_entries:
