@@ -27,6 +27,12 @@ from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
 from xdsd.model.autoalloc import allocate, eligible_hosts
+from xdsd.model.discovery import (
+    DiscoverySelectors,
+    DiscoveryView,
+    discovery_selectors,
+    selected_namespaces,
+)
 from xdsd.model.jwks import JWKS_KIND, fetch_problems
 from xdsd.model.objects import (
     EndpointAddress,
@@ -50,6 +56,7 @@ from xdsd.model.types import (
 )
 
 _EndpointMap = dict[tuple[ServiceKey, int], list[Endpoint]]
+Stores = ConfigStore | DiscoveryView  # what the build reads a cluster from
 T = TypeVar("T")
 _NO_LOCALITY = Locality()
 
@@ -143,6 +150,7 @@ class SnapshotBuilder:
         self._endpoints: dict[ServiceKey, tuple[object, dict[int, tuple[Endpoint, ...]]]] = {}
         self._workloads = _Memo()
         self._allocation = _Memo()
+        self._views: dict[str, DiscoveryView] = {}
         # (namespace, host) -> (the parsed service, the same with its allocated addresses)
         self._allocated: dict[ServiceKey, tuple[Service, Service]] = {}
         self._configs = _Memo()
@@ -196,6 +204,19 @@ class SnapshotBuilder:
                 services[key] = hit[1]
         self._allocated = done
 
+    def _discovery_view(
+        self, cluster_id: str, store: ConfigStore, selectors: DiscoverySelectors
+    ) -> Stores:
+        """The cluster's store, through MeshConfig discoverySelectors when it sets some."""
+        if selectors.selectors is None:
+            self._views.pop(cluster_id, None)
+            return store
+        view = self._views.get(cluster_id)
+        if view is None or view.store is not store:
+            view = self._views[cluster_id] = DiscoveryView(store)
+        view.select(selected_namespaces(store, selectors))
+        return view
+
     def build(
         self,
         store: ConfigStore,
@@ -217,18 +238,28 @@ class SnapshotBuilder:
         known state is served while they are unreachable (recorded in the snapshot).
         """
         config = _Config()
-        clusters = [self._collect(store, config_cluster_id, domain_suffix, root_namespace, config)]
+        selectors = discovery_selectors(store, root_namespace)
+        views: dict[str, Stores] = {}
+        for cluster_id, st in ((config_cluster_id, store), *sorted(remotes.items())):
+            if cluster_id != config_cluster_id or st is store:
+                views[cluster_id] = self._discovery_view(cluster_id, st, selectors)
+        self._views = {k: v for k, v in self._views.items() if k in views}
+        clusters = [
+            self._collect(
+                views[config_cluster_id], config_cluster_id, domain_suffix, root_namespace, config
+            )
+        ]
         for cluster_id in sorted(remotes):
             if cluster_id != config_cluster_id:
                 clusters.append(
                     self._collect(
-                        remotes[cluster_id], cluster_id, domain_suffix, root_namespace, None
+                        views[cluster_id], cluster_id, domain_suffix, root_namespace, None
                     )
                 )
         self._clusters = {
             cl.cluster_id: self._clusters[cl.cluster_id] for cl in clusters
         }  # forget clusters that left
-        errors: list[ConfigError] = []
+        errors: list[ConfigError] = list(selectors.problems)
 
         # One service per hostname across clusters (config cluster first, then by id).
         kube: dict[ServiceKey, Service] = {}
@@ -406,7 +437,7 @@ class SnapshotBuilder:
 
     def _collect(
         self,
-        store: ConfigStore,
+        store: Stores,
         cluster_id: str,
         domain_suffix: str,
         root_namespace: str,
