@@ -858,6 +858,7 @@ class XdsdApp:
             remotes=clusters.remote_stores() if clusters else {},
             config_cluster_id=self.settings.cluster_id,
             stale=clusters.stale() if clusters else frozenset(),
+            trust_domain=self.settings.security.trust_domain,
         )
         extra = config_problems(snapshot)  # e.g. CUSTOM policies without their provider
         if self.settings.webhooks is not None:

@@ -227,6 +227,7 @@ class SnapshotBuilder:
         remotes: Mapping[str, ConfigStore] = MappingProxyType({}),
         config_cluster_id: str = DEFAULT_CLUSTER_ID,
         stale: frozenset[str] = frozenset(),
+        trust_domain: str = "cluster.local",
     ) -> MeshSnapshot:
         """The snapshot of the config cluster's `store` plus the `remotes` stores by cluster id.
 
@@ -354,6 +355,7 @@ class SnapshotBuilder:
             root_namespace=root_namespace,
             domain_suffix=domain_suffix,
             stale_clusters=stale,
+            trust_domain=trust_domain,
         )
 
     def _istio_order(self, kind: str, objs: tuple[ConfigObject, ...]) -> tuple[ConfigObject, ...]:
@@ -502,6 +504,7 @@ def build_snapshot(
     remotes: Mapping[str, ConfigStore] = MappingProxyType({}),
     config_cluster_id: str = DEFAULT_CLUSTER_ID,
     stale: frozenset[str] = frozenset(),
+    trust_domain: str = "cluster.local",
 ) -> MeshSnapshot:
     """A snapshot built from scratch (see `SnapshotBuilder.build`)."""
     return SnapshotBuilder().build(
@@ -512,6 +515,7 @@ def build_snapshot(
         remotes=remotes,
         config_cluster_id=config_cluster_id,
         stale=stale,
+        trust_domain=trust_domain,
     )
 
 

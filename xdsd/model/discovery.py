@@ -20,16 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import yaml
 
 from xdsd.model.labels import LabelSelector, parse_selector
+from xdsd.model.meshconfig import MESH_CONFIGMAP, MESH_KEY, parse_mesh
 from xdsd.model.objects import ParsedObject
 from xdsd.model.store import ConfigStore
 from xdsd.model.types import ConfigError, ConfigObject
 
-MESH_CONFIGMAP = "istio"
 # Read past the selectors: the control plane's own inputs, and cluster-scoped kinds.
 UNFILTERED_KINDS = frozenset({"ConfigMap", "Secret", "Namespace", "Node"})
 
@@ -57,12 +54,9 @@ def discovery_selectors(store: ConfigStore, root_namespace: str) -> DiscoverySel
     cm = _mesh_configmap(store, root_namespace)
     if cm is None:
         return DiscoverySelectors()
-    text = (cm.spec.get("data") or {}).get("mesh") or ""
-    try:
-        mesh: Any = yaml.safe_load(text) if isinstance(text, str) and text else {}
-    except yaml.YAMLError:
-        return DiscoverySelectors()  # reported where the MeshConfig is read for the proxies
-    raw = mesh.get("discoverySelectors") if isinstance(mesh, Mapping) else None
+    # An unreadable MeshConfig is reported where the proxies' config reads it (checks).
+    mesh, _ = parse_mesh((cm.spec.get("data") or {}).get(MESH_KEY))
+    raw = mesh.get("discoverySelectors")
     if raw is None:
         return DiscoverySelectors()
     where = "data.mesh.discoverySelectors"
