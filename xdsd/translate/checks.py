@@ -12,12 +12,18 @@ from xdsd.model.istio.authorizationpolicy import AuthorizationPolicy
 from xdsd.model.meshconfig import MESH_CONFIGMAP, mesh_config
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigError, ConfigObject, Service
+from xdsd.translate.conflicts import conflict_problems
 from xdsd.translate.ext_authz import providers
 from xdsd.translate.policy_select import labels_match
 
 
 def config_problems(snapshot: MeshSnapshot) -> list[ConfigError]:
-    return _custom_providers(snapshot) + http_only_on_tcp(snapshot) + _trust_domain(snapshot)
+    return (
+        _custom_providers(snapshot)
+        + http_only_on_tcp(snapshot)
+        + _trust_domain(snapshot)
+        + conflict_problems(snapshot)
+    )
 
 
 def _trust_domain(snapshot: MeshSnapshot) -> list[ConfigError]:
