@@ -486,6 +486,56 @@ class FloorServer(Server):
         super().stop()
 
 
+class GcpServer(FloorServer):
+    """The go-control-plane peer (benchmarks/peers/gcp): the floor's protocol, Go's caches."""
+
+    name = "gcp"
+
+    def __init__(self, binary: str, capture: Path, work: Path) -> None:
+        port = free_port()
+        argv = [binary, "-capture", str(capture), "-port", str(port)]
+        Server.__init__(self, argv, work / "gcp.log", stdin=subprocess.PIPE)
+        self.port = port
+
+
+def build_peer(name: str, say: Callable[[str], None]) -> str | None:
+    """The peer's binary, built by benchmarks/peers/build.sh; None (said why) without Go."""
+    script = HERE / "peers" / "build.sh"
+    if shutil.which("go") is None:
+        say(f"  {name}: skipped: go is not on PATH (the peer is built from its Go module)")
+        return None
+    done = subprocess.run(["bash", str(script), name], capture_output=True, text=True)
+    if done.returncode != 0:
+        say(f"  {name}: skipped: building it failed: {done.stderr.strip()[-500:]}")
+        return None
+    if done.stdout.strip():
+        say(f"  {done.stdout.strip()}")
+    path = subprocess.run(
+        ["bash", str(script), name, "--print"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return path
+
+
+def write_gcp_capture(data: dict[str, Any], path: Path) -> None:
+    """The capture as the Go peer reads it: each payload once, classes by index."""
+    import base64
+
+    index: dict[bytes, int] = {}
+    payloads: list[str] = []
+    classes: dict[str, dict[str, dict[str, int]]] = {}
+    for klass, by_type in data.items():
+        out = classes[klass] = {}
+        for type_url, named in by_type.items():
+            names = out[type_url] = {}
+            for name, payload in named.items():
+                i = index.get(payload)
+                if i is None:
+                    i = index[payload] = len(payloads)
+                    payloads.append(base64.b64encode(payload).decode())
+                names[name] = i
+    path.write_text(json.dumps({"payloads": payloads, "classes": classes}))
+
+
 class Workers:
     """Load generator processes, each an asyncio loop with its share of the proxies."""
 
@@ -806,15 +856,15 @@ NO_RATIO = frozenset({"vs_missing", "churn_missing", "alive", "errors", "churn_e
 
 def render(figs: Sequence[Figures]) -> str:
     header = ["scenario / figure", *(f.name for f in figs)]
-    ratio = len(figs) == 2 and figs[1].name == "floor"
-    if ratio:
-        header.append("xdsd/floor")
+    # xdsd against each peer measured in the same run.
+    peers = [f for f in figs[1:] if figs and figs[0].name == "xdsd"]
+    header += [f"xdsd/{f.name}" for f in peers]
     header.append("target (issue 7)")
     rows = []
     for key, label, _better, target in ROWS:
         cells = [label, *(_cell(f.values.get(key)) for f in figs)]
-        if ratio:
-            a, b = figs[0].values.get(key), figs[1].values.get(key)
+        for peer in peers:
+            a, b = figs[0].values.get(key), peer.values.get(key)
             comparable = _better is not None and key not in NO_RATIO
             cells.append(f"{a / b:,.2f}" if comparable and a is not None and b else "")
         cells.append(target)
@@ -881,7 +931,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="xdsd's --poll-interval, s: the cap on batching folder events, and the folder "
         "poll where events are unavailable (0.05: the folder stands in for a Kubernetes watch)",
     )
-    p.add_argument("--targets", default="xdsd,floor", help="xdsd,floor (floor needs xdsd)")
+    p.add_argument(
+        "--targets",
+        default="xdsd,floor",
+        help="xdsd,floor,gcp (floor and gcp serve what xdsd generated, so they need xdsd; gcp: "
+        "the go-control-plane peer, built with go)",
+    )
     p.add_argument(
         "--scenarios",
         default="storm,vs,churn",
@@ -916,8 +971,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.storm_timeout is None:
         args.storm_timeout = 30 + 0.04 * args.proxies
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not set(targets) <= {"xdsd", "floor"} or "xdsd" not in targets:
-        p.error("--targets: xdsd, optionally with floor")
+    if not set(targets) <= {"xdsd", "floor", "gcp"} or "xdsd" not in targets:
+        p.error("--targets: xdsd, optionally with floor and gcp")
     args.target_list = targets
     args.scenario_list = {x.strip() for x in args.scenarios.split(",") if x.strip()}
     if args.streams_per_channel is None:
@@ -1014,7 +1069,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args,
                 vs_xdsd,
                 ep_xdsd,
-                capture if "floor" in args.target_list else None,
+                capture if {"floor", "gcp"} & set(args.target_list) else None,
                 say,
             )
         )
@@ -1040,6 +1095,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_target(floor, workers, specs, floor_mesh, args, vs_floor, ep_floor, None, say)
             )
             floor.stop()
+        # -- go-control-plane: the same bytes in its snapshot and linear caches
+        gcp_bin = build_peer("gcp", say) if "gcp" in args.target_list else None
+        if gcp_bin is not None and capture_file.exists():
+            gcp_capture = work / "capture-gcp.json"
+            write_gcp_capture(pickle.loads(capture_file.read_bytes()), gcp_capture)
+            gcp = GcpServer(gcp_bin, gcp_capture, work)
+            servers.append(gcp)
+            gcp.wait_ready(120)
+            gcp_mesh = Mesh(args.services, args.endpoints, args.namespaces, None)
+            gcp_marks = {"vs": 0}
+
+            def vs_gcp(k: int) -> None:
+                gcp.command(f"rds {VS_MARK.format(gcp_marks['vs'])} {VS_MARK.format(k)}")
+                gcp_marks["vs"] = k
+
+            def ep_gcp(s: int, j: int) -> tuple[str, str]:
+                old, new = gcp_mesh.replace_pod(s, j)
+                gcp.command(f"eds {old} {new}")
+                return old, new
+
+            fig = run_target(gcp, workers, specs, gcp_mesh, args, vs_gcp, ep_gcp, None, say)
+            fig.notes.append(gcp.log_tail(1))
+            figs.append(fig)
+            gcp.stop()
     except KeyboardInterrupt:
         say("interrupted: stopping the servers and load processes")
         return 130

@@ -77,3 +77,39 @@ def test_load_benchmark_with_server_workers(tmp_path: Path) -> None:
     assert rows["proxies that never ACKed it"].split()[-2] == "0", out
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(tmp_path) not in ps.stdout
+
+
+def gcp_peer() -> Path | None:
+    """The go-control-plane peer's binary if benchmarks/peers/build.sh built it (.ci/run
+    does where go is present); tests never build it (a minute of Go compiling)."""
+    script = SCRIPT.parent / "peers" / "build.sh"
+    done = subprocess.run(
+        ["bash", str(script), "gcp", "--print"], capture_output=True, text=True, check=False
+    )
+    path = Path(done.stdout.strip())
+    return path if done.returncode == 0 and path.is_file() else None
+
+
+@pytest.mark.timeout(90)
+def test_load_benchmark_against_go_control_plane(tmp_path: Path) -> None:
+    """--targets xdsd,gcp: go-control-plane's caches serve what xdsd generated; every
+    proxy (SotW and Delta) converges on every change there too."""
+    if gcp_peer() is None:
+        pytest.skip("go-control-plane peer not built (benchmarks/peers/build.sh gcp needs go)")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--targets", "xdsd,gcp"],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    header = next(line for line in out.splitlines() if line.startswith("scenario / figure"))
+    assert re.split(r"\s{2,}", header)[1:4] == ["xdsd", "gcp", "xdsd/gcp"], header
+    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
+    assert rows["streams still open at the end"].split()[-3:-1] == ["10", "10"], out
+    assert rows["stream failures (retried with backoff)"].split()[-3:-1] == ["0", "0"], out
+    assert rows["proxies that never ACKed it"].split()[-3:-1] == ["0", "0"], out
+    assert rows["(event, proxy) pairs never ACKed"].split()[-3:-1] == ["0", "0"], out
+    assert "linear cache for EDS" in out, out
