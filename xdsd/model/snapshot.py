@@ -49,6 +49,14 @@ class MeshSnapshot:
     domain_suffix: str = "cluster.local"
     # Kubernetes clusters whose last known objects are served while unreachable.
     stale_clusters: frozenset[str] = frozenset()
+    # Each cluster's own Services that have external addresses (LoadBalancer ingress,
+    # externalIPs), before merging by hostname: east-west gateway candidates, whose
+    # labels and addresses differ per cluster (xdsd.model.networks).
+    external_services: tuple[Service, ...] = ()
+    # cluster id -> the network label of its system namespace (clusters that have one).
+    cluster_networks: Mapping[str, str] = field(
+        default_factory=_empty  # type: ignore[arg-type]
+    )
 
     # Per-snapshot memo for indexes later stages derive (see `derived`).
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

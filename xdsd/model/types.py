@@ -116,6 +116,10 @@ class Service:
     # Each cluster's own ClusterIPs where they differ from `addresses` (the first
     # cluster's): istiod gives a proxy its own cluster's VIP of a multi-cluster Service.
     cluster_addresses: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Addresses reachable from outside its cluster (istiod ClusterExternalAddresses): a
+    # LoadBalancer's ingress IPs/hostnames, then spec.externalIPs. East-west gateways are
+    # reached at these.
+    external_addresses: tuple[str, ...] = ()
 
     def addresses_for(self, cluster_id: str) -> tuple[str, ...]:
         """The service's addresses as a proxy in `cluster_id` sees them."""

@@ -9,14 +9,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from xdsd.model.istio.authorizationpolicy import AuthorizationPolicy
+from xdsd.model.meshconfig import MESH_CONFIGMAP, meshconfig_problems
+from xdsd.model.networks import network_problems
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigError, ConfigObject, Service
-from xdsd.translate.ext_authz import MESH_CONFIGMAP, providers
+from xdsd.translate.ext_authz import providers
 from xdsd.translate.policy_select import labels_match
 
 
 def config_problems(snapshot: MeshSnapshot) -> list[ConfigError]:
-    return _custom_providers(snapshot) + http_only_on_tcp(snapshot)
+    return (
+        _custom_providers(snapshot)
+        + http_only_on_tcp(snapshot)
+        + meshconfig_problems(snapshot)  # ConfigMap istio: keys that are not YAML
+        + network_problems(snapshot)  # MeshNetworks, gateway Services
+    )
 
 
 def _custom_providers(snapshot: MeshSnapshot) -> list[ConfigError]:
