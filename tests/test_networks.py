@@ -482,3 +482,21 @@ def test_removing_the_gateway_changes_only_the_other_networks_eds(drop: str) -> 
     after = build(c1, c2)
     assert hosts(cla(after, proxy("n1"))) == {"10.1.0.1:9080": 1}
     assert hosts(cla(after, proxy("n2", "c2"))) == hosts(cla(before, proxy("n2", "c2")))
+
+
+def test_networkz_lists_networks_gateways_and_endpoint_counts() -> None:
+    from xdsd.model.networks import describe_networks
+
+    view = describe_networks(two_networks())
+    assert view["splitHorizon"] is True
+    assert view["clusterNetworks"] == {"c1": "n1", "c2": "n2"}
+    nets = {n["network"]: n for n in view["networks"]}
+    assert nets["n1"]["endpoints"] == 1 and nets["n2"]["endpoints"] == 3
+    assert nets["n2"]["gateways"] == [
+        {
+            "address": "192.0.2.2",
+            "port": 15443,
+            "cluster": "c2",
+            "source": "Service istio-system/istio-eastwestgateway in cluster c2",
+        }
+    ]

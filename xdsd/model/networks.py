@@ -357,3 +357,45 @@ def network_problems(snapshot: MeshSnapshot) -> list[ConfigError]:
                         )
                     )
     return problems
+
+
+def describe_networks(snapshot: MeshSnapshot) -> dict[str, Any]:
+    """/debug/networkz: each network with its gateways and the endpoints it holds."""
+    view = network_view(snapshot)
+    counts: dict[str, int] = {}
+    clusters: dict[str, set[str]] = {}
+    for eps in snapshot.endpoints.values():
+        for ep in eps:
+            net = view.network_of(ep)
+            counts[net] = counts.get(net, 0) + 1
+            clusters.setdefault(net, set()).add(ep.cluster_id)
+    names = sorted(
+        set(counts) | set(view.by_network) | {n.name for n in view.mesh_networks.networks}
+    )
+    return {
+        "splitHorizon": view.enabled,
+        "weightScale": view.scale,
+        "clusterNetworks": dict(sorted(snapshot.cluster_networks.items())),
+        "meshNetworks": {
+            "fromRegistry": dict(sorted(view.registry_networks.items())),
+            "fromCidr": [{"cidr": str(net), "network": name} for net, name in view.cidrs],
+        },
+        "networks": [
+            {
+                "network": name,  # "" : endpoints without a network (everyone's)
+                "endpoints": counts.get(name, 0),
+                "clusters": sorted(clusters.get(name, ())),
+                "gateways": [
+                    {
+                        "address": g.address,
+                        "port": g.port,
+                        "cluster": g.cluster,
+                        "source": g.source,
+                    }
+                    for g in view.by_network.get(name, ())
+                ],
+            }
+            for name in names
+        ],
+        "problems": [str(p) for p in network_problems(snapshot)],
+    }
