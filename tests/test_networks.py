@@ -500,3 +500,23 @@ def test_networkz_lists_networks_gateways_and_endpoint_counts() -> None:
             "source": "Service istio-system/istio-eastwestgateway in cluster c2",
         }
     ]
+
+
+async def test_validate_reports_mesh_networks_problems_with_field_paths(tmp_path: Any) -> None:
+    from xdsd.client import validate_paths
+
+    cm = mesh_networks(
+        {
+            "n1": {
+                "endpoints": [{"fromCidr": "10.1.0.0/99"}],
+                "gateways": [{"registryServiceName": "gw.istio-system.svc.cluster.local"}],
+            }
+        }
+    )
+    cm["data"]["mesh"] = "{not: [yaml"
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump(cm))
+    found = {(p.path, p.severity) for p in await validate_paths([tmp_path])}
+    base = "data.meshNetworks.networks.n1"
+    assert (f"{base}.endpoints[0].fromCidr", "error") in found
+    assert (f"{base}.gateways[0].port", "error") in found
+    assert ("data.mesh", "error") in found  # MeshConfig that is not YAML is not ignored
