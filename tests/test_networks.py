@@ -520,3 +520,27 @@ async def test_validate_reports_mesh_networks_problems_with_field_paths(tmp_path
     assert (f"{base}.endpoints[0].fromCidr", "error") in found
     assert (f"{base}.gateways[0].port", "error") in found
     assert ("data.mesh", "error") in found  # MeshConfig that is not YAML is not ignored
+
+
+def test_failover_priority_on_the_network_label_prefers_the_own_network() -> None:
+    """failoverPriority reads the endpoint's network and cluster (istiod AugmentLabels) and
+    the gateway endpoint's (its network): n1's pod first, n2's gateway after it."""
+    dr = istio_config(
+        "DestinationRule",
+        "reviews",
+        NS,
+        {
+            "host": HOST,
+            "trafficPolicy": {
+                "outlierDetection": {"consecutive5xxErrors": 1},
+                "loadBalancer": {
+                    "localityLbSetting": {"failoverPriority": ["topology.istio.io/network"]}
+                },
+            },
+        },
+    )
+    client = pod("client-0", NS, "10.1.0.9", {"app": "client"})
+    s = two_networks(c1_extra=[dr, client])
+    c = cla(s, proxy("n1"))
+    by_priority = {g.priority: sorted(hosts_of(g)) for g in c.endpoints}
+    assert by_priority == {0: ["10.1.0.1:9080"], 1: ["192.0.2.2:15443"]}
