@@ -544,3 +544,16 @@ def test_failover_priority_on_the_network_label_prefers_the_own_network() -> Non
     c = cla(s, proxy("n1"))
     by_priority = {g.priority: sorted(hosts_of(g)) for g in c.endpoints}
     assert by_priority == {0: ["10.1.0.1:9080"], 1: ["192.0.2.2:15443"]}
+
+
+def test_a_single_stack_proxy_uses_gateways_of_its_ip_family() -> None:
+    c2_gw = gateway_service("n2", lb=[{"ip": "2001:db8::2"}])
+    s = build(
+        [
+            namespace("istio-system", {NET: "n1"}),
+            *reviews(["10.1.0.1"]),
+            gateway_service("n1", lb=[{"ip": "192.0.2.1"}]),
+        ],
+        [namespace("istio-system", {NET: "n2"}), *reviews(["10.2.0.1"], slice_name="r2"), c2_gw],
+    )
+    assert hosts(cla(s, proxy("n1"))) == {"10.1.0.1:9080": 1}  # IPv4 proxy, IPv6 gateway

@@ -1171,6 +1171,8 @@ class XdsdApp:
                     "name": svc.name,
                     "source": str(svc.ref),
                     "addresses": list(svc.addresses),
+                    # LoadBalancer ingress, externalIPs (east-west gateways: /debug/networkz)
+                    "externalAddresses": list(svc.external_addresses),
                     "resolution": svc.resolution.value,
                     "clusters": list(svc.clusters),
                     "ports": [

@@ -12,7 +12,9 @@ some network has a gateway (`NetworkView.enabled`):
   endpoint per locality group, weighted by the endpoints behind it, carrying
   `tlsMode: istio` (the client's cluster speaks mTLS to it, SNI
   `outbound_.PORT_.SUBSET_.HOST`, which the gateway's AUTO_PASSTHROUGH routes on);
-- an other-network endpoint without mTLS is dropped (SNI routing needs it).
+- an other-network endpoint without mTLS is dropped (SNI routing needs it), and so
+  is one whose network has gateways of the other IP family only (a single-stack
+  proxy cannot reach them).
 
 Where xdsd differs: an endpoint of a network with no gateway is dropped for proxies
 of other networks. istiod's sidecar mode sends such a pod IP as if it were
@@ -28,6 +30,7 @@ per proxy.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -68,7 +71,8 @@ def split_endpoints(ctx: ProxyContext, eps: Iterable[Endpoint]) -> list[Endpoint
             if in_network(local, net):
                 out.append(ep if scale == 1 else dataclasses.replace(ep, weight=weight))
             continue  # another network without a gateway: unreachable
-        if not takes_mtls(snapshot, ep):
+        gateways = _reachable(gateways, ctx.ip_family)
+        if not gateways or not takes_mtls(snapshot, ep):
             continue
         share = weight // len(gateways)
         for gw in gateways:
@@ -79,6 +83,15 @@ def split_endpoints(ctx: ProxyContext, eps: Iterable[Endpoint]) -> list[Endpoint
     ):
         out.append(gateway_endpoint(gw, service_port, locality, weight))
     return out
+
+
+def _reachable(gateways: tuple[NetworkGateway, ...], family: str) -> tuple[NetworkGateway, ...]:
+    """istiod filterGatewaysByIPFamily: a single-stack proxy uses gateways of its family
+    (dual-stack: all)."""
+    if family == "dual":
+        return gateways
+    want = 6 if family == "v6" else 4
+    return tuple(g for g in gateways if ipaddress.ip_address(g.address).version == want)
 
 
 def gateway_endpoint(
