@@ -219,7 +219,7 @@ def sidecar_cr(p: Proxy, ingress: list[dict[str, Any]] | None = None) -> dict[st
 
 
 @contextlib.asynccontextmanager
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+async def world(tmp_path: Path, *, delta: bool = False) -> AsyncIterator[World]:
     prefix = address_block()
     taken: set[int] = set()
     http_port, http_target, app_port = (free_port(taken) for _ in range(3))
@@ -319,6 +319,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
                     node_id,
                     meta,
                     xds_port=app.xds_port,
+                    delta=delta,
                     sds_socket=str(agent.socket),
                     extra_args=ENVOY_ARGS,
                 )
@@ -344,10 +345,11 @@ async def active_listeners(p: Proxy) -> set[str]:
     }
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_client_reaches_the_other_network_through_its_gateway_over_mtls(
-    tmp_path: Path,
+    tmp_path: Path, delta: bool
 ) -> None:
-    async with world(tmp_path) as w:
+    async with world(tmp_path, delta=delta) as w:
         # Both east-west gateways serve AUTO_PASSTHROUGH on their own port.
         for gw, net in ((w.gw1, "n1"), (w.gw2, "n2")):
             name = f"0.0.0.0_{w.gw_ports[net]}"
@@ -368,6 +370,9 @@ async def test_client_reaches_the_other_network_through_its_gateway_over_mtls(
         # n2's gateway sends backend's SNI to backend's own pod (its network only).
         _, text = await w.gw2.proxy().get("/clusters")
         assert set(envoy_hosts(text, w.sni)) == {f"{w.backend.ip}:{_target(w)}"}
+        # n1's gateway holds no endpoint for it: never another network's (or gateway).
+        _, text = await w.gw1.proxy().get("/clusters")
+        assert f"{w.sni}::" in text and not envoy_hosts(text, w.sni)
 
         async def answered() -> bool:
             try:
