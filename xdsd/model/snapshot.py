@@ -49,6 +49,9 @@ class MeshSnapshot:
     domain_suffix: str = "cluster.local"
     # Kubernetes clusters whose last known objects are served while unreachable.
     stale_clusters: frozenset[str] = frozenset()
+    # The trust domain xdsd's CA issues identities in (`--trust-domain`); MeshConfig
+    # trustDomain, where set, names the mesh's (xdsd.translate.trust_domain).
+    trust_domain: str = "cluster.local"
     # Each cluster's own Services that have external addresses (LoadBalancer ingress,
     # externalIPs), before merging by hostname: east-west gateway candidates, whose
     # labels and addresses differ per cluster (xdsd.model.networks).

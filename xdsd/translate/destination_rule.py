@@ -46,6 +46,7 @@ from xdsd.model.types import Endpoint, Locality, Service, Workload
 from xdsd.translate import _common as c
 from xdsd.translate.context import ClusterKind, OutboundCluster, ProxyContext
 from xdsd.translate.dr_lookup import AppliedRule, rule_for
+from xdsd.translate.trust_domain import identities, trust_domains
 
 Cluster = cluster_pb2.Cluster
 HashPolicy = route_components_pb2.RouteAction.HashPolicy
@@ -56,7 +57,6 @@ SDS_CLUSTER = "sds-grpc"
 SDS_DEFAULT = "default"
 SDS_ROOT = "ROOTCA"
 SDS_CA_SUFFIX = "-cacert"
-TRUST_DOMAIN = "cluster.local"  # MeshConfig.trustDomain default
 # ALPN in mesh with metadata exchange (util.ALPNInMeshWithMxc / ALPNInMeshH2WithMxc).
 ALPN_IN_MESH = ("istio-peer-exchange", "istio")
 ALPN_IN_MESH_H2 = ("istio-peer-exchange", "istio", "h2")
@@ -492,10 +492,12 @@ def _common_tls() -> tls_pb2.CommonTlsContext:
 def service_accounts(ctx: ProxyContext, oc: OutboundCluster) -> list[str]:
     """SPIFFE identities of the service's endpoints (istiod ServiceAccounts for the port)."""
     eps = ctx.snapshot.endpoints_for(oc.service, oc.port.port)
+    bundle = trust_domains(ctx.snapshot)  # each identity in the domain and its aliases
     out = {
-        f"spiffe://{TRUST_DOMAIN}/ns/{e.namespace or oc.service.namespace}/sa/{e.service_account}"
+        spiffe
         for e in eps
         if e.service_account
+        for spiffe in identities(bundle, e.namespace or oc.service.namespace, e.service_account)
     }
     return sorted(out)
 

@@ -38,6 +38,7 @@ from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigObject
 from xdsd.translate import _common as c
 from xdsd.translate import rbac
+from xdsd.translate.trust_domain import trust_domains
 
 EXT_AUTHZ_HTTP_FILTER = "envoy.filters.http.ext_authz"
 EXT_AUTHZ_NETWORK_FILTER = "envoy.filters.network.ext_authz"
@@ -242,9 +243,12 @@ def http_filters(
 ) -> list[hcm_pb2.HttpFilter]:
     out: list[hcm_pb2.HttpFilter] = []
     found = providers(snapshot)
+    bundle = trust_domains(snapshot)
     for name, objs in _by_provider(policies).items():
         prefix = f"{MATCH_PREFIX}-{name}-"
-        built = rbac.build_rules(objs, for_tcp=False, action="CUSTOM", name_prefix=prefix)
+        built = rbac.build_rules(
+            objs, for_tcp=False, action="CUSTOM", name_prefix=prefix, bundle=bundle
+        )
         p = found.get(name)
         if p is None or p.http is None:
             cfg = http_rbac_pb2.RBAC(rules=_bad(built))
@@ -261,10 +265,13 @@ def network_filters(
 ) -> list[listener_components_pb2.Filter]:
     out: list[listener_components_pb2.Filter] = []
     found = providers(snapshot)
+    bundle = trust_domains(snapshot)
     Filter = listener_components_pb2.Filter
     for name, objs in _by_provider(policies).items():
         prefix = f"{MATCH_PREFIX}-{name}-"
-        built = rbac.build_rules(objs, for_tcp=True, action="CUSTOM", name_prefix=prefix)
+        built = rbac.build_rules(
+            objs, for_tcp=True, action="CUSTOM", name_prefix=prefix, bundle=bundle
+        )
         p = found.get(name)
         if p is None or p.error:
             cfg = net_rbac_pb2.RBAC(rules=_bad(built), stat_prefix=rbac.TCP_STAT_PREFIX)

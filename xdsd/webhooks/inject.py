@@ -134,9 +134,9 @@ def injection_required(
     inject = selector == "true"
     if use_default:
         plain = {str(k): str(v) for k, v in labels.items()}
-        if any(s.matches(plain) for s in config.never_inject):
+        if any(s.selects(plain) for s in config.never_inject):
             use_default, inject = False, False
-        elif any(s.matches(plain) for s in config.always_inject):
+        elif any(s.selects(plain) for s in config.always_inject):
             use_default, inject = False, True
     if config.policy == "enabled":
         required = True if use_default else inject

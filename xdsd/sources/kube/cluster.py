@@ -83,6 +83,8 @@ CONFIG_KINDS: tuple[str, ...] = (
 )
 # The only ConfigMaps read (by name, in every watched namespace): MeshConfig, the injector's.
 CONFIGMAP_NAMES: tuple[str, ...] = ("istio", "istio-sidecar-injector")
+# Namespaces too: their labels decide what MeshConfig discoverySelectors select there, and
+# the system namespace's topology.istio.io/network label is the cluster's network.
 REMOTE_KINDS: tuple[str, ...] = ("Service", "EndpointSlice", "Pod", "Node", "Namespace")
 KNOWN_KINDS = frozenset(CORE_TYPES) | frozenset(ISTIO_GROUP_OF)
 
