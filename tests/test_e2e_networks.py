@@ -104,7 +104,10 @@ class Proxy:
             "NETWORK": self.network,
         }
         kind = "router" if self.router else "sidecar"
-        if not self.router:
+        if self.router:
+            # Istio's east-west gateway chart: traffic through it stays in its network.
+            meta["REQUESTED_NETWORK_VIEW"] = self.network
+        else:
             meta["INTERCEPTION_MODE"] = "NONE"
         return f"{kind}~{self.ip}~{self.name}-0.{self.ns}~{self.ns}.svc.cluster.local", meta
 

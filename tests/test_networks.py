@@ -557,3 +557,22 @@ def test_a_single_stack_proxy_uses_gateways_of_its_ip_family() -> None:
         [namespace("istio-system", {NET: "n2"}), *reviews(["10.2.0.1"], slice_name="r2"), c2_gw],
     )
     assert hosts(cla(s, proxy("n1"))) == {"10.1.0.1:9080": 1}  # IPv4 proxy, IPv6 gateway
+
+
+def test_requested_network_view_limits_what_a_proxy_sees() -> None:
+    """Istio's east-west gateway sets ISTIO_META_REQUESTED_NETWORK_VIEW to its network: it
+    sees that network's endpoints (and those of none), never another's or its gateway."""
+    s = two_networks()
+    meta = {"NAMESPACE": "istio-system", "CLUSTER_ID": "c2", "NETWORK": "n2"}
+    node = "router~10.2.0.50~eastwest-0.istio-system~istio-system.svc.cluster.local"
+    plain = parse_proxy(node, meta)
+    viewed = parse_proxy(node, {**meta, "REQUESTED_NETWORK_VIEW": "n2"})
+    assert viewed.network_view == ("n2",)
+    assert "192.0.2.1:15443" in hosts(cla(s, plain))
+    assert hosts(cla(s, viewed)) == {"10.2.0.1:9080": 1, "10.2.0.2:9080": 1, "10.2.0.3:9080": 1}
+    # A sidecar viewing n1 only, without split horizon mattering: n2 is invisible.
+    viewer = parse_proxy(
+        f"sidecar~10.1.0.9~client-0.{NS}~{NS}.svc.cluster.local",
+        {"NAMESPACE": NS, "CLUSTER_ID": "c1", "NETWORK": "n1", "REQUESTED_NETWORK_VIEW": "n1"},
+    )
+    assert hosts(cla(s, viewer)) == {"10.1.0.1:9080": 1}

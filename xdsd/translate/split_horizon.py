@@ -21,6 +21,10 @@ of other networks. istiod's sidecar mode sends such a pod IP as if it were
 reachable (its ambient mode drops it, as here); another network's pod IP is not
 reachable, so removing a network's last gateway takes its endpoints away instead.
 
+A proxy that asks for a network view (node metadata REQUESTED_NETWORK_VIEW, as
+Istio's east-west gateway does for its own network) sees only endpoints of those
+networks and of none, before anything else (istiod ProxyView).
+
 The gateway endpoint stays in the locality group of the endpoints it stands for
 (istiod does the same), so locality load balancing and failover treat it as being
 where those endpoints are. EDS is per network (the part key has the network), never
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -48,16 +52,29 @@ class GatewayEndpoint(Endpoint):
     """An east-west gateway standing in for endpoints of its network (always mTLS)."""
 
 
-def network_key(ctx: ProxyContext) -> str:
-    """What EDS reads of the proxy's network: its network while split horizon is on."""
-    return ctx.proxy.network if network_view(ctx.snapshot).enabled else ""
+def network_key(ctx: ProxyContext) -> Hashable:
+    """What EDS reads of the proxy's network: its network while split horizon is on, and
+    the networks it asked to see."""
+    enabled = network_view(ctx.snapshot).enabled
+    return (ctx.proxy.network if enabled else "", ctx.proxy.network_view)
+
+
+def visible(ctx: ProxyContext, eps: Iterable[Endpoint]) -> list[Endpoint]:
+    """istiod ProxyView: with REQUESTED_NETWORK_VIEW, endpoints of those networks and of
+    none; else all."""
+    wanted = ctx.proxy.network_view
+    if not wanted:
+        return list(eps)
+    view = network_view(ctx.snapshot)
+    return [e for e in eps if not view.network_of(e) or view.network_of(e) in wanted]
 
 
 def split_endpoints(ctx: ProxyContext, eps: Iterable[Endpoint]) -> list[Endpoint]:
     snapshot = ctx.snapshot
     view = network_view(snapshot)
+    eps = visible(ctx, eps)
     if not view.enabled:
-        return list(eps)
+        return eps
     local = ctx.proxy.network
     scale = view.scale
     out: list[Endpoint] = []
@@ -121,7 +138,11 @@ def local_mtls_endpoints(ctx: ProxyContext, eps: Iterable[Endpoint]) -> list[End
     view = network_view(ctx.snapshot)
     local = ctx.proxy.network
     snapshot: MeshSnapshot = ctx.snapshot
-    return [e for e in eps if in_network(local, view.network_of(e)) and takes_mtls(snapshot, e)]
+    return [
+        e
+        for e in visible(ctx, eps)
+        if in_network(local, view.network_of(e)) and takes_mtls(snapshot, e)
+    ]
 
 
 def _loc(loc: Locality) -> tuple[str, str, str]:
