@@ -284,9 +284,11 @@ class SnapshotBuilder:
         # Kubernetes Services first, then ServiceEntry hosts: on a (host, namespace)
         # clash the first wins and the other is reported and left out entirely.
         entry_of = {e.ref: e for e in config.entries}
+        # Among ServiceEntries the oldest wins (istiod's creation-time order).
+        created = {e.ref: e.created for e in config.entries}
         candidates = list(kube.values()) + sorted(
             (s for e in config.entries for s in e.services),
-            key=lambda s: (s.namespace, s.name, s.hostname),
+            key=lambda s: (created.get(s.ref, ""), s.name, s.namespace, s.hostname),
         )
         services: dict[ServiceKey, Service] = {}
         for svc in candidates:

@@ -13,6 +13,7 @@ from xdsd.model.meshconfig import MESH_CONFIGMAP, mesh_config, meshconfig_proble
 from xdsd.model.networks import network_problems
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigError, ConfigObject, Service
+from xdsd.translate.conflicts import conflict_problems
 from xdsd.translate.ext_authz import providers
 from xdsd.translate.policy_select import labels_match
 
@@ -22,6 +23,7 @@ def config_problems(snapshot: MeshSnapshot) -> list[ConfigError]:
         _custom_providers(snapshot)
         + http_only_on_tcp(snapshot)
         + _trust_domain(snapshot)
+        + conflict_problems(snapshot)
         + meshconfig_problems(snapshot)  # ConfigMap istio: keys that are not YAML
         + network_problems(snapshot)  # MeshNetworks, gateway Services
     )

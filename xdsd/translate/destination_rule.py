@@ -209,8 +209,11 @@ def plan_clusters(
                 )
             )
     for rule in {id(r): r for r in rules.values() if r is not None}.values():
-        for dropped in rule.dropped:
-            conflicts.append(f"DestinationRule merge for {rule.host}: duplicate {dropped} ignored")
+        for ns, name, path in rule.dropped:
+            conflicts.append(
+                f"DestinationRule merge for {rule.host}: {path} of {ns}/{name} ignored "
+                f"(an older rule for the host has it)"
+            )
         if proxy.type is ProxyType.SIDECAR and rule.selector is None:
             for tp in _policies(rule):
                 tls = tp.tls
