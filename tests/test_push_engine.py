@@ -383,3 +383,75 @@ def test_security_changes_give_what_a_fresh_generation_gives(app: XdsdApp) -> No
         mesh.apply(source, docs)
         _push(app, kind)
         _check(app, watches)
+
+
+class NetworkMesh(Mesh):
+    """ns-a's pods on network n1, ns-b's on n2, all with sidecars; a gateway per network."""
+
+    NETWORKS = {"ns-a": "n1", "ns-b": "n2"}
+
+    def endpoint_file(self, svc: str, ns: str) -> tuple[str, list[dict[str, Any]]]:
+        source, docs = super().endpoint_file(svc, ns)
+        for doc in docs:
+            if doc["kind"] == "Pod":
+                doc["metadata"]["labels"].update(
+                    {
+                        "topology.istio.io/network": self.NETWORKS[ns],
+                        "security.istio.io/tlsMode": "istio",
+                    }
+                )
+        return source, docs
+
+
+def _gateway_service(network: str, ip: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": f"eastwest-{network}",
+            "namespace": "istio-system",
+            "labels": {"topology.istio.io/network": network},
+        },
+        "spec": {"ports": [{"name": "tls", "port": 15443}], "externalIPs": [ip]},
+    }
+
+
+def test_network_changes_give_what_a_fresh_generation_gives(app: XdsdApp) -> None:
+    """Split-horizon EDS is cached per network: patches and rebuilds stay exact."""
+    mesh = NetworkMesh(app)
+    for source, docs in mesh.files():
+        mesh.apply(source, docs)
+    for net, ip in (("n1", "192.0.2.1"), ("n2", "192.0.2.2")):
+        mesh.apply(f"gw-{net}.yaml", [_gateway_service(net, ip)])
+    app._rebuild(PushRequest(reason="initial"))
+    watches = []
+    for w in _proxies(app, mesh):
+        meta = {"NAMESPACE": w.proxy.namespace, "NETWORK": NetworkMesh.NETWORKS[w.proxy.namespace]}
+        if w.proxy.type.value == "router":
+            meta["LABELS"] = {"istio": "ingressgateway"}
+        watches.append(_Watch(app, parse_proxy(w.proxy.node_id, meta)))
+    _check(app, watches)
+    eds = {w.proxy.namespace: w.resources(ENDPOINT) for w in watches}
+    gw = "192.0.2.2"
+    # ns-a (n1) reaches ns-b's services through n2's gateway, ns-b directly.
+    remote = eds["ns-a"].get("outbound|8080||svc-0.ns-b.svc.cluster.local")
+    assert remote is not None and gw.encode() in remote.payload
+    local = eds["ns-b"].get("outbound|8080||svc-0.ns-b.svc.cluster.local")
+    assert local is not None and gw.encode() not in local.payload
+
+    # A pod of n2 replaced: endpoint-only, each network's EDS patched.
+    builds = app.cache.builds
+    mesh.pods[("svc-0", "ns-b")][2] = ("svc-0-y", "10.2.0.9", "v1")
+    mesh.apply(*mesh.endpoint_file("svc-0", "ns-b"))
+    _push(app, "Pod", "EndpointSlice")
+    _check(app, watches)
+    assert app.cache.builds == builds
+
+    # n2's gateway removed: a full push; n1's proxies lose n2's endpoints.
+    mesh.apply("gw-n2.yaml", None)
+    _push(app, "Service")
+    _check(app, watches)
+    # And back.
+    mesh.apply("gw-n2.yaml", [_gateway_service("n2", gw)])
+    _push(app, "Service")
+    _check(app, watches)

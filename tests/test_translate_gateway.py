@@ -557,8 +557,11 @@ def test_auto_passthrough_routes_mesh_sni_to_sni_dnat_clusters(tmp_path: Any) ->
     assert sni == [[f"outbound_.9080_._.{host}"], [f"outbound_.9080_.v1_.{host}"]]
     clusters = by_name(out[CLUSTER_TYPE])
     dnat = clusters[f"outbound_.9080_.v1_.{host}"]
-    assert dnat.eds_cluster_config.service_name == f"outbound|9080|v1|{host}"
+    # Its own EDS resource (istiod): the gateway's own network's mTLS endpoints only.
+    assert dnat.eds_cluster_config.service_name == f"outbound_.9080_.v1_.{host}"
     assert not dnat.HasField("transport_socket") and not dnat.transport_socket_matches
+    eds = by_name(out[ENDPOINT_TYPE])
+    assert f"outbound_.9080_.v1_.{host}" in eds and f"outbound|9080|v1|{host}" in eds
     from tests.envoy_static import envoy_binary, envoy_validate, static_bootstrap
 
     if envoy_binary() is not None:

@@ -35,6 +35,7 @@ from xdsd.heap import HeapKeeper
 from xdsd.model.build import SnapshotBuilder
 from xdsd.model.jwks import JWKS_KIND, is_fetched_source
 from xdsd.model.jwks import describe as describe_jwks
+from xdsd.model.networks import describe_networks
 from xdsd.model.objects import SecretData, key_of, object_label
 from xdsd.model.proxy import NodeIdError, Proxy, parse_proxy
 from xdsd.model.snapshot import MeshSnapshot, ServiceKey
@@ -485,7 +486,7 @@ class XdsdApp:
                     self.settings.admin_host,
                     self.settings.admin_port,
                     remote_debug=self.settings.remote_debug,
-                    extra={"injectz": self._injectz},
+                    extra={"injectz": self._injectz, "networkz": self._networkz},
                 ).__aenter__()
             if self.settings.webhooks is not None and self.hooks.serve_xds:
                 self._webhooks = await WebhookServer(
@@ -1131,6 +1132,10 @@ class XdsdApp:
             "jwks_fetches": self.jwks.status() if self.jwks is not None else None,
         }
 
+    async def _networkz(self) -> dict[str, Any]:
+        """Networks, their east-west gateways and endpoint counts (split-horizon EDS)."""
+        return describe_networks(self.snapshot)
+
     async def _injectz(self) -> dict[str, Any]:
         """The injector's config: where it comes from and what of it xdsd ignores."""
         config = load_injector_config(self.snapshot)
@@ -1172,6 +1177,8 @@ class XdsdApp:
                     "name": svc.name,
                     "source": str(svc.ref),
                     "addresses": list(svc.addresses),
+                    # LoadBalancer ingress, externalIPs (east-west gateways: /debug/networkz)
+                    "externalAddresses": list(svc.external_addresses),
                     "resolution": svc.resolution.value,
                     "clusters": list(svc.clusters),
                     "ports": [

@@ -556,6 +556,7 @@ class Supervisor:
                     "config_dump": self._per_worker,
                     # Every worker reads the same injector config: the first one's.
                     "injectz": lambda: self._first_worker("injectz"),
+                    "networkz": lambda: self._first_worker("networkz"),
                 },
             ).__aenter__()
         loop = asyncio.get_running_loop()

@@ -67,6 +67,10 @@ class _Cluster:
 
     cluster_id: str
     services: list[Service] = field(default_factory=list)
+    # Services with addresses outside the cluster (east-west gateway candidates).
+    external: tuple[Service, ...] = ()
+    # The network of the cluster's system (root) namespace, "" when unlabelled.
+    network: str = ""
     pods: list[Workload] = field(default_factory=list)
     slices: dict[tuple[str, str], list[EndpointSet]] = field(
         default_factory=lambda: defaultdict(list)
@@ -125,6 +129,7 @@ class _ClusterMemo:
         self.slices = _Memo()
         self.nodes = _Memo()
         self.networks = _Memo()
+        self.external = _Memo()
         self.pods = _PodIndex()
 
 
@@ -358,6 +363,10 @@ class SnapshotBuilder:
             domain_suffix=domain_suffix,
             stale_clusters=stale,
             trust_domain=trust_domain,
+            external_services=tuple(s for cl in clusters for s in cl.external),
+            cluster_networks=MappingProxyType(
+                {cl.cluster_id: cl.network for cl in clusters if cl.network}
+            ),
         )
 
     def _istio_order(self, kind: str, objs: tuple[ConfigObject, ...]) -> tuple[ConfigObject, ...]:
@@ -466,6 +475,10 @@ class SnapshotBuilder:
             node_objs,
             lambda: {o.ref.name: o.locality for o in node_objs if isinstance(o, NodeInfo)},
         )
+        services = cl.services
+        cl.external = memo.external.get(
+            services, lambda: tuple(s for s in services if s.external_addresses)
+        )
         ns_objs = store.objects("Namespace")
         networks: dict[str, str] = memo.networks.get(
             ns_objs,
@@ -475,6 +488,7 @@ class SnapshotBuilder:
                 if isinstance(o, ConfigObject) and o.labels.get(NETWORK_LABEL)
             },
         )
+        cl.network = networks.get(root_namespace, "")
         pod_objs = store.objects("Pod")
         index = memo.pods
         index.update(pod_objs, cl, networks, root_namespace)

@@ -474,6 +474,7 @@ def _service(
         # istiod: an ExternalName service is an external host resolved by DNS.
         resolution, location = Resolution.DNS, Location.MESH_EXTERNAL
     selector = f.get_str_map(iss, spec, "selector", sp)
+    external = _external_addresses(iss, doc, spec, svc_type, base)
     export_raw = meta.annotations.get(EXPORT_TO_ANNOTATION, "")
     export_to = _export_to(
         iss,
@@ -495,7 +496,32 @@ def _service(
         external_name=external_name,
         headless=headless,
         clusters=() if opts.cluster_id is None else (opts.cluster_id,),
+        external_addresses=external,
     )
+
+
+def _external_addresses(
+    iss: Issues, doc: Mapping[Any, Any], spec: Mapping[Any, Any], svc_type: str, base: str
+) -> tuple[str, ...]:
+    """istiod's ClusterExternalAddresses: a LoadBalancer's status.loadBalancer.ingress (IP,
+    else hostname, not resolved), then spec.externalIPs (any type)."""
+    out: list[str] = []
+    if svc_type == "LoadBalancer":
+        status = doc.get("status")
+        lb = status.get("loadBalancer") if isinstance(status, Mapping) else None
+        ingress = lb.get("ingress") if isinstance(lb, Mapping) else None
+        for entry in ingress if isinstance(ingress, list) else ():
+            if isinstance(entry, Mapping):
+                addr = entry.get("ip") or entry.get("hostname")
+                if isinstance(addr, str) and addr:
+                    out.append(addr)
+    sp = f.join(base, "spec")
+    for i, ip in enumerate(f.get_str_list(iss, spec, "externalIPs", sp) or ()):
+        if f.is_ip(ip):
+            out.append(ip)
+        else:
+            iss.error(f"{f.join(sp, 'externalIPs')}[{i}]", f"{ip!r} is not an IP address")
+    return tuple(dict.fromkeys(out))
 
 
 # -- Pod --------------------------------------------------------------------------------

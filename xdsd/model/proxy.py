@@ -53,6 +53,9 @@ class Proxy:
     interception_mode: InterceptionMode = InterceptionMode.REDIRECT
     # ISTIO_META_DNS_CAPTURE: the agent answers the pod's DNS from the NDS name table.
     dns_capture: bool = False
+    # ISTIO_META_REQUESTED_NETWORK_VIEW (comma-separated): only endpoints of these networks
+    # (and of none) are sent; Istio's east-west gateway asks for its own network.
+    network_view: tuple[str, ...] = ()
 
     @property
     def uses_auto_allocated_ips(self) -> bool:
@@ -166,4 +169,9 @@ def parse_proxy(node_id: str, metadata: Mapping[str, Any] | None = None) -> Prox
         proxy_config=MappingProxyType(dict(_object(meta, "PROXY_CONFIG") or {})),
         interception_mode=mode,
         dns_capture=_bool(meta, "DNS_CAPTURE"),
+        network_view=tuple(
+            sorted(
+                {n.strip() for n in _str(meta, "REQUESTED_NETWORK_VIEW").split(",") if n.strip()}
+            )
+        ),
     )

@@ -52,6 +52,14 @@ class MeshSnapshot:
     # The trust domain xdsd's CA issues identities in (`--trust-domain`); MeshConfig
     # trustDomain, where set, names the mesh's (xdsd.translate.trust_domain).
     trust_domain: str = "cluster.local"
+    # Each cluster's own Services that have external addresses (LoadBalancer ingress,
+    # externalIPs), before merging by hostname: east-west gateway candidates, whose
+    # labels and addresses differ per cluster (xdsd.model.networks).
+    external_services: tuple[Service, ...] = ()
+    # cluster id -> the network label of its system namespace (clusters that have one).
+    cluster_networks: Mapping[str, str] = field(
+        default_factory=_empty  # type: ignore[arg-type]
+    )
 
     # Per-snapshot memo for indexes later stages derive (see `derived`).
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

@@ -132,6 +132,10 @@ class Service:
     # (istiod's IP auto-allocation, xdsd.model.autoalloc). Only proxies whose agent
     # captures DNS use them: they resolve the host to these and get listeners on them.
     auto_addresses: tuple[str, ...] = ()
+    # Addresses reachable from outside its cluster (istiod ClusterExternalAddresses): a
+    # LoadBalancer's ingress IPs/hostnames, then spec.externalIPs. East-west gateways are
+    # reached at these.
+    external_addresses: tuple[str, ...] = ()
 
     def addresses_for(self, view: AddressView) -> tuple[str, ...]:
         """The service's addresses as a proxy with this view sees them."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from xdsd.model.istio.authorizationpolicy import AuthorizationPolicy
-from xdsd.model.meshconfig import MESH_CONFIGMAP, mesh_config
+from xdsd.model.meshconfig import MESH_CONFIGMAP, mesh_config, meshconfig_problems
+from xdsd.model.networks import network_problems
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigError, ConfigObject, Service
 from xdsd.translate.conflicts import conflict_problems
@@ -23,6 +24,8 @@ def config_problems(snapshot: MeshSnapshot) -> list[ConfigError]:
         + http_only_on_tcp(snapshot)
         + _trust_domain(snapshot)
         + conflict_problems(snapshot)
+        + meshconfig_problems(snapshot)  # ConfigMap istio: keys that are not YAML
+        + network_problems(snapshot)  # MeshNetworks, gateway Services
     )
 
 

@@ -230,6 +230,9 @@ def generate_outbound_clusters(ctx: ProxyContext) -> list[tuple[str, Message]]:
             cl.name = name
             cl.ClearField("transport_socket")  # the client's own mTLS passes through
             cl.ClearField("transport_socket_matches")
+            # Its own assignment (istiod): this network's mTLS endpoints only.
+            if cl.HasField("eds_cluster_config"):
+                cl.eds_cluster_config.service_name = name
             out[name] = cl
     # Gateways: outbound clusters and BlackHoleCluster only (istiod buildClusters).
     return sorted(out.items())

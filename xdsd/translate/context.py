@@ -713,6 +713,7 @@ def context_key(snapshot: MeshSnapshot, proxy: Proxy) -> Hashable:
         proxy.interception_mode,
         proxy.cluster_id,
         proxy.network,
+        proxy.network_view,
         proxy.uses_auto_allocated_ips,
         tuple(sorted(proxy.labels.items())),
         addresses,

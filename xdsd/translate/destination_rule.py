@@ -39,7 +39,8 @@ from xdsd.model.istio.destinationrule import (
     OutlierDetection,
     TrafficPolicy,
 )
-from xdsd.model.proxy import Proxy, ProxyType
+from xdsd.model.networks import NETWORK_LABEL, network_view
+from xdsd.model.proxy import CLUSTER_LABEL, Proxy, ProxyType
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import Endpoint, Locality, Service, Workload
 from xdsd.translate import _common as c
@@ -681,6 +682,15 @@ def _apply_failover(
     _renumber(cla.endpoints)
 
 
+def _augmented(ctx: ProxyContext, ep: Endpoint) -> Mapping[str, str]:
+    """The endpoint's labels plus its cluster and network (istiod AugmentLabels), which
+    failoverPriority may name."""
+    extra = {CLUSTER_LABEL: ep.cluster_id, NETWORK_LABEL: network_view(ctx.snapshot).network_of(ep)}
+    if all(ep.labels.get(k) or not v for k, v in extra.items()):
+        return ep.labels
+    return {**{k: v for k, v in extra.items() if v}, **ep.labels}
+
+
 def _apply_failover_priority(
     ctx: ProxyContext,
     cla: endpoint_pb2.ClusterLoadAssignment,
@@ -700,7 +710,7 @@ def _apply_failover_priority(
         for lb in g.lb_endpoints:
             sa = lb.endpoint.address.socket_address
             ep = eps_by_addr.get((sa.address, sa.port_value))
-            ep_labels = ep.labels if ep else {}
+            ep_labels = _augmented(ctx, ep) if ep else {}
             prio = 0
             adjust = 0
             for j, name in enumerate(names):

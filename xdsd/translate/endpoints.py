@@ -1,4 +1,9 @@
-"""EDS: one ClusterLoadAssignment per EDS cluster, empty when the service has no endpoints."""
+"""EDS: one ClusterLoadAssignment per EDS cluster, empty when the service has no endpoints.
+
+Endpoints go through split horizon first (`split_horizon`: other networks through
+their gateways); a gateway's AUTO_PASSTHROUGH (SNI-DNAT) clusters get assignments
+of their own: its own network's mTLS endpoints.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from xdsd.translate import _common as c
 from xdsd.translate.auto_mtls import endpoint_match_metadata, takes_mtls
 from xdsd.translate.context import ClusterKind, ProxyContext
 from xdsd.translate.destination_rule import apply_endpoint_policy, subset_endpoints
+from xdsd.translate.sni_dnat import sni_dnat_clusters
+from xdsd.translate.split_horizon import GatewayEndpoint, local_mtls_endpoints, split_endpoints
 
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 
@@ -40,6 +47,13 @@ def _canonical(ep: Endpoint) -> tuple[str, str]:
 def _metadata(ep: Endpoint, mtls: bool) -> base_pb2.Metadata | None:
     """filter_metadata.istio.workload = "NAME;NAMESPACE;CANONICAL;REVISION;CLUSTER" (istiod),
     and the tlsMode the cluster's transport socket matches read (auto mTLS)."""
+    if isinstance(ep, GatewayEndpoint):
+        # istiod: tlsMode istio and a workload of no name, in the gateway's cluster.
+        md = base_pb2.Metadata()
+        endpoint_match_metadata(md)
+        md.filter_metadata["istio"].CopyFrom(struct_pb2.Struct())
+        md.filter_metadata["istio"]["workload"] = f";;;;{ep.cluster_id}"
+        return md
     if not ep.workload_name:
         return None
     name, rev = _canonical(ep)
@@ -89,10 +103,14 @@ def load_assignment(
         if any(key):
             lle.locality.region, lle.locality.zone, lle.locality.sub_zone = key
         lle.lb_endpoints.extend(
-            _lb_endpoint(e, snapshot is not None and takes_mtls(snapshot, e)) for e in eps
+            _lb_endpoint(e, snapshot is not None and _mtls(snapshot, e)) for e in eps
         )
         lle.load_balancing_weight.value = sum(max(1, e.weight) for e in eps)
     return cla
+
+
+def _mtls(snapshot: MeshSnapshot, ep: Endpoint) -> bool:
+    return isinstance(ep, GatewayEndpoint) or takes_mtls(snapshot, ep)
 
 
 def generate_endpoints(
@@ -107,7 +125,17 @@ def generate_endpoints(
             continue
         # DestinationRule subsets filter by labels; locality policies set weights/priorities.
         eps = subset_endpoints(oc, ctx.snapshot.endpoints_for(oc.service, oc.port.port))
+        eps = split_endpoints(ctx, eps)
         cla = load_assignment(oc.name, eps, ctx.snapshot)
         apply_endpoint_policy(ctx, oc, cla, eps)
         out.append((oc.name, cla))
+    if not ctx.is_sidecar:
+        for name, oc in sni_dnat_clusters(ctx):
+            if only is not None and (oc.service.hostname, oc.service.namespace) not in only:
+                continue
+            eps = subset_endpoints(oc, ctx.snapshot.endpoints_for(oc.service, oc.port.port))
+            eps = local_mtls_endpoints(ctx, eps)
+            cla = load_assignment(name, eps, ctx.snapshot)
+            apply_endpoint_policy(ctx, oc, cla, eps)
+            out.append((name, cla))
     return sorted(out, key=lambda item: item[0])

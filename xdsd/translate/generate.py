@@ -50,6 +50,7 @@ from xdsd.translate.listeners import generate_outbound_listeners
 from xdsd.translate.name_table import generate_name_table
 from xdsd.translate.routes import generate_routes
 from xdsd.translate.sidecar_ingress import with_ingress_clusters, with_ingress_listeners
+from xdsd.translate.split_horizon import network_key
 
 Generator = Callable[[ProxyContext], list[tuple[str, Message]]]
 # Regenerates only the assignments of some services (EDS on an endpoint-only change).
@@ -101,6 +102,17 @@ class Part:
 
 
 _VS = frozenset({"VirtualService"})
+
+
+def _outbound_eds_key(ctx: ProxyContext) -> Hashable:
+    """EDS is per network too (split horizon), shared by every proxy of one."""
+    return (outbound_key(ctx), network_key(ctx))
+
+
+def _router_eds_key(ctx: ProxyContext) -> Hashable:
+    return (group_key(ctx), network_key(ctx))
+
+
 # What only HTTP/network filters read (authorization, JWT, ext_authz providers in the
 # mesh config): every part but the listeners ignores them. PeerAuthentication stays
 # read by clusters and endpoints (auto mTLS).
@@ -127,7 +139,7 @@ _SIDECAR_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
         ENDPOINT_TYPE: (
             Part(
                 "outbound",
-                outbound_key,
+                _outbound_eds_key,
                 generate_endpoints,
                 _SIDECAR_NOT_FILTERS,
                 _VS,
@@ -154,7 +166,7 @@ _ROUTER_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
         ENDPOINT_TYPE: (
             Part(
                 "all",
-                group_key,
+                _router_eds_key,
                 generate_endpoints,
                 _ROUTER_NOT_FILTERS,
                 by_service=generate_endpoints,

@@ -26,11 +26,11 @@ from typing import Any
 import yaml
 
 from xdsd.model.labels import LabelSelector, parse_selector
+from xdsd.model.meshconfig import mesh_config
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigError
 
 INJECTOR_CONFIGMAP = "istio-sidecar-injector"
-MESH_CONFIGMAP = "istio"
 # An Istio release the default images name; operators set global.hub/tag in `values`.
 DEFAULT_TAG = "1.31.0"
 
@@ -260,15 +260,7 @@ def _load_values(text: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _mesh(snapshot: MeshSnapshot) -> dict[str, Any]:
-    cm = _configmap(snapshot, MESH_CONFIGMAP)
-    if cm is None:
-        return {}
-    text = cm.spec.get("data", {}).get("mesh", "")
-    try:
-        doc = yaml.safe_load(text) if text else {}
-    except yaml.YAMLError:
-        return {}
-    return thaw(doc) if isinstance(doc, Mapping) else {}
+    return dict(thaw(mesh_config(snapshot)))
 
 
 def injector_problems(snapshot: MeshSnapshot) -> list[ConfigError]:
