@@ -345,6 +345,42 @@ async def test_root_certs_only_in_namespaces_of_the_revision(
         assert _root_of(main, "web") is None
 
 
+async def test_root_certs_only_in_namespaces_discovery_selects(
+    tmp_path: Path, main: KubeApiServer
+) -> None:
+    """MeshConfig discoverySelectors: istiod's namespace controller writes the ConfigMap
+    only into discovered namespaces; a namespace labelled later gets it then."""
+    root = TestCA("mesh root")
+    main.apply(annotated("istio-system", "*"))
+    main.apply(namespace("shop", {"mesh": "on"}))
+    main.apply(namespace("legacy"))
+    main.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "istio", "namespace": "istio-system"},
+            "data": {"mesh": "discoverySelectors:\n- matchLabels: {mesh: 'on'}\n"},
+        }
+    )
+    cert_file, key_file = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
+    cert_file.write_bytes(root.cert_pem)
+    key_file.write_bytes(_key_pem(root.key))
+    settings = kube_settings(
+        tmp_path, main, security=SecuritySettings(ca_cert_file=cert_file, ca_key_file=key_file)
+    )
+    async with XdsdApp(settings):
+        root_pem = root.cert_pem.decode()
+        await until(
+            lambda: (
+                _root_of(main, "shop") == root_pem and _root_of(main, "istio-system") == root_pem
+            ),
+            "root cert in the selected namespaces",
+        )
+        assert _root_of(main, "legacy") is None
+        main.apply(namespace("legacy", {"mesh": "on"}))
+        await until(lambda: _root_of(main, "legacy") == root_pem, "root cert once selected")
+
+
 async def test_no_configmaps_without_a_ca(tmp_path: Path, main: KubeApiServer) -> None:
     main.apply(annotated("istio-system", "main"))
     async with XdsdApp(kube_settings(tmp_path, main)) as app:

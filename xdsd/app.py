@@ -33,6 +33,7 @@ from xdsd.cache.groups import Change, GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
 from xdsd.heap import HeapKeeper
 from xdsd.model.build import SnapshotBuilder
+from xdsd.model.discovery import discovery_selectors
 from xdsd.model.jwks import JWKS_KIND, is_fetched_source
 from xdsd.model.jwks import describe as describe_jwks
 from xdsd.model.networks import describe_networks
@@ -690,6 +691,8 @@ class XdsdApp:
             watch_timeout=self.settings.kube_watch_timeout,
         )
         self.root_certs = publisher
+        if self.snapshot.generation > 0:  # else the first build tells it (`_rebuild`)
+            publisher.set_selectors(discovery_selectors(self.store, self.settings.root_namespace))
         publisher.sync(clusters.specs())
         clusters.members_listeners.append(lambda: publisher.sync(clusters.specs()))
 
@@ -867,6 +870,10 @@ class XdsdApp:
         if extra:
             snapshot = dataclasses.replace(snapshot, errors=snapshot.errors + tuple(extra))
         self.snapshot = snapshot
+        if self.root_certs is not None:  # istio-ca-root-cert only where discovery selects
+            self.root_certs.set_selectors(
+                discovery_selectors(self.store, self.settings.root_namespace)
+            )
         self._build_errors = snapshot.errors[len(self._store_errors()) :]
         endpoint_services = None
         if req.kinds and req.kinds <= _ENDPOINT_KINDS and old.generation > 0:

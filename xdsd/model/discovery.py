@@ -18,6 +18,7 @@ until that kind or the selection changes (the snapshot builder's memos hold).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -54,15 +55,22 @@ def discovery_selectors(store: ConfigStore, root_namespace: str) -> DiscoverySel
     cm = _mesh_configmap(store, root_namespace)
     if cm is None:
         return DiscoverySelectors()
+    text = (cm.spec.get("data") or {}).get(MESH_KEY)
+    # Every build asks: the YAML is parsed once per text.
+    return _selectors(cm.ref.source, root_namespace, text if isinstance(text, str) else "")
+
+
+@functools.lru_cache(maxsize=16)
+def _selectors(source: str, root_namespace: str, text: str) -> DiscoverySelectors:
     # An unreadable MeshConfig is reported where the proxies' config reads it (checks).
-    mesh, _ = parse_mesh((cm.spec.get("data") or {}).get(MESH_KEY))
+    mesh, _ = parse_mesh(text)
     raw = mesh.get("discoverySelectors")
     if raw is None:
         return DiscoverySelectors()
     where = "data.mesh.discoverySelectors"
     what = f"ConfigMap {root_namespace}/{MESH_CONFIGMAP}"
     if not isinstance(raw, list):
-        problem = ConfigError(cm.ref.source, what, where, "must be a list of label selectors")
+        problem = ConfigError(source, what, where, "must be a list of label selectors")
         return DiscoverySelectors(problems=(problem,))
     found: list[tuple[str, str]] = []
     selectors = []
@@ -70,7 +78,7 @@ def discovery_selectors(store: ConfigStore, root_namespace: str) -> DiscoverySel
         sel = parse_selector(doc, f"{where}[{i}]", found)
         if sel is not None:
             selectors.append(sel)
-    problems = tuple(ConfigError(cm.ref.source, what, path, why) for path, why in found)
+    problems = tuple(ConfigError(source, what, path, why) for path, why in found)
     if raw and not selectors:
         return DiscoverySelectors(problems=problems)
     return DiscoverySelectors(tuple(selectors), problems)

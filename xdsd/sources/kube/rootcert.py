@@ -37,6 +37,7 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import CollectorRegistry, Counter
 
+from xdsd.model.discovery import DiscoverySelectors
 from xdsd.sources.kube.client import (
     CORE_TYPES,
     KubeResourceApi,
@@ -183,6 +184,14 @@ class RootCertWriter:
         self.leading = False
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        # None until the config cluster's MeshConfig is known: nothing is written before.
+        self._selectors: DiscoverySelectors | None = None
+
+    def set_selectors(self, selectors: DiscoverySelectors) -> None:
+        """MeshConfig discoverySelectors: only selected namespaces get the ConfigMap."""
+        if selectors != self._selectors:
+            self._selectors = selectors
+            self._dirty.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"root-cert[{self.cluster_id}]")
@@ -224,7 +233,7 @@ class RootCertWriter:
             while True:
                 await self._dirty.wait()
                 self._dirty.clear()
-                if self._synced >= {"Namespace", "ConfigMap"}:
+                if self._synced >= {"Namespace", "ConfigMap"} and self._selectors is not None:
                     await self._reconcile(api)
         finally:
             for t in pumps:
@@ -267,7 +276,11 @@ class RootCertWriter:
             if name in IGNORED_NAMESPACES or (filt is not None and name not in filt):
                 continue
             labels = (ns.get("metadata") or {}).get("labels") or {}
-            if name != self._system_ns and not namespace_in_revision(labels, self.spec.revision):
+            if name != self._system_ns and not (
+                namespace_in_revision(labels, self.spec.revision)
+                and self._selectors is not None
+                and self._selectors.selects(labels)
+            ):
                 continue
             if ((ns.get("status") or {}).get("phase")) == "Terminating":
                 continue
@@ -376,6 +389,7 @@ class RootCertPublisher:
         )
         self.writers: dict[str, RootCertWriter] = {}
         self._stopping: set[asyncio.Task[None]] = set()
+        self.selectors: DiscoverySelectors | None = None  # known after the first build
 
     def sync(self, specs: Iterable[ClusterSpec]) -> None:
         """Write into exactly these clusters (a changed kubeconfig restarts its writer)."""
@@ -397,8 +411,15 @@ class RootCertPublisher:
                     watch_timeout=self._watch_timeout,
                     client_factory=self._factory,
                 )
+                if self.selectors is not None:
+                    w.set_selectors(self.selectors)
                 self.writers[cid] = w
                 w.start()
+
+    def set_selectors(self, selectors: DiscoverySelectors) -> None:
+        self.selectors = selectors
+        for w in self.writers.values():
+            w.set_selectors(selectors)
 
     def set_root(self, root_pem: str) -> None:
         self.root_pem = root_pem
