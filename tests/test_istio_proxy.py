@@ -623,6 +623,13 @@ async def proxy_stream(port: int, pod: str, namespace: str) -> AsyncIterator[Non
             call.cancel()
 
 
+def first_json(text: str) -> Any:
+    """The first JSON value in istioctl's output (it may print log lines before it)."""
+    start = min(i for i in (text.find("{"), text.find("[")) if i >= 0)
+    value, _ = json.JSONDecoder().raw_decode(text[start:])
+    return value
+
+
 def client_cert_dir(mesh: Mesh, folder: Path, spiffe_id: str) -> Path:
     """istioctl's --cert-dir: cert-chain.pem, key.pem and root-cert.pem, a client
     certificate for `spiffe_id` from xdsd's own CA (as a workload's would be)."""
@@ -707,6 +714,26 @@ async def test_istioctl_over_the_tls_ports(mesh_plain: Mesh, tmp_path: Path) -> 
             out = await istioctl(tmp_path, mesh, "proxy-status", *tls, "-i", NS)
             assert ("shop", "default", ("istio-ca",)) in mesh.api.issued_tokens
             assert [r[0] for r in rows(out)[1:]] == [f"client-0.{NS}"], out
+
+            # istioctl x internal-debug: istio.io/debug, the admin API's /debug/NAME.
+            debug = ("x", "internal-debug")
+            out = await istioctl(tmp_path, mesh, *debug, "syncz", *tls)
+            assert [e["proxy"] for e in first_json(out)] == [f"client-0.{NS}", "web-0.other"]
+            out = await istioctl(tmp_path, mesh, *debug, f"config_dump?proxyID=client-0.{NS}", *tls)
+            assert "dynamic_active_clusters" in json.dumps(first_json(out)), out[:2000]
+            out = await istioctl(tmp_path, mesh, *debug, "nosuch", *tls)
+            assert "please check all supported internal debug commands" in out, out
+            assert "syncz" in first_json(out[out.index("commands") :]), out
+            # Outside the root namespace: only config_dump, of its own namespace's proxies.
+            shop = (*tls, "-i", NS)
+            out = await istioctl(tmp_path, mesh, *debug, "syncz", *shop)
+            assert "not available for this identity" in first_json(out)["error"], out
+            out = await istioctl(
+                tmp_path, mesh, *debug, f"config_dump?proxyID=client-0.{NS}", *shop
+            )
+            assert "dynamic_active_clusters" in json.dumps(first_json(out)), out[:2000]
+            out = await istioctl(tmp_path, mesh, *debug, "config_dump?proxyID=web-0.other", *shop)
+            assert "is not connected" in first_json(out)["error"], out
         denied = mesh.registry.get_sample_value(
             "xdsd_auth_denied_total", {"reason": "unauthorized"}
         )

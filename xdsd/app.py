@@ -28,6 +28,7 @@ from envoy.service.status.v3 import csds_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from xdsd.admin.http import AdminServer
+from xdsd.admin.xds_debug import DEBUG_TYPE, debug_body
 from xdsd.ca.identity import parse_spiffe
 from xdsd.cache.dump import dump_messages, dump_resources
 from xdsd.cache.groups import Change, GroupCache
@@ -77,7 +78,7 @@ log = logging.getLogger(__name__)
 # istioctl's debug queries over xDS (istiod's StatusGen): answered once per request.
 DEBUG_SYNCZ = "istio.io/debug/syncz"
 DEBUG_CONFIG_DUMP = "istio.io/debug/config_dump"
-DEBUG_TYPES = frozenset({DEBUG_SYNCZ, DEBUG_CONFIG_DUMP})
+DEBUG_TYPES = frozenset({DEBUG_SYNCZ, DEBUG_CONFIG_DUMP, DEBUG_TYPE})
 _CLIENT_CONFIG = "type.googleapis.com/envoy.service.status.v3.ClientConfig"
 _STATUS = {
     "SYNCED": csds_pb2.SYNCED,
@@ -242,6 +243,14 @@ class _Watch:
             return self.app.client_configs(scope)
         if type_url == DEBUG_CONFIG_DUMP and len(names) == 1:
             return self.app.config_dump_resources(names[0], scope)
+        if type_url == DEBUG_TYPE and len(names) == 1:
+            body = debug_body(
+                self.app,
+                names[0],
+                restricted=scope is not None,
+                visible=lambda proxy_id: self.app.in_scope(proxy_id, scope),
+            )
+            return [Resource.from_bytes(names[0], DEBUG_TYPE, body)]
         return []
 
     def close(self) -> None:
@@ -1050,7 +1059,7 @@ class XdsdApp:
     ) -> list[Resource]:
         """istio.io/debug/config_dump: the dump sections as unnamed resources."""
         sets = self._proxy_sets(proxy_id)
-        if sets is None or not self._in_scope(proxy_id, scope):
+        if sets is None or not self.in_scope(proxy_id, scope):
             return []
         out = []
         for message in dump_messages(sets):
@@ -1058,7 +1067,7 @@ class XdsdApp:
             out.append(Resource.from_message("", type_url, message))
         return out
 
-    def _in_scope(self, proxy_id: str, scope: frozenset[str] | None) -> bool:
+    def in_scope(self, proxy_id: str, scope: frozenset[str] | None) -> bool:
         if scope is None:
             return True
         return any(
