@@ -27,7 +27,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,33 @@ def container_env(c: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, 
     return out
 
 
-async def run_init(pod: Pod, agent: Path, args: Sequence[str]) -> str:
-    """The init container (`pilot-agent istio-iptables ...`) as root in the pod; its log."""
+@contextlib.contextmanager
+def pod_resolv_conf(pod: Pod, nameserver: str, search: Sequence[str]) -> Iterator[None]:
+    """The pod's /etc/resolv.conf as the kubelet writes it (the cluster DNS, search
+    domains; not its ndots:5, which would send every dotted name through the search
+    list first, and the agent forwards names it does not know to `nameserver`):
+    `ip netns exec` mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf, for the
+    app and for istio-iptables, which captures DNS to the servers named there.
+    Removed on exit."""
+    folder = Path("/etc/netns") / pod.ns
+    folder.mkdir(parents=True)
+    try:
+        (folder / "resolv.conf").write_text(f"nameserver {nameserver}\nsearch {' '.join(search)}\n")
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # only when no other namespace has one
+
+
+async def run_init(
+    pod: Pod, agent: Path, args: Sequence[str], env: Mapping[str, str] | None = None
+) -> str:
+    """The init container (`pilot-agent istio-iptables ...`) as root in the pod, with
+    the container's env (proxyMetadata, e.g. ISTIO_META_DNS_CAPTURE); its log."""
     proc = await asyncio.create_subprocess_exec(
         *pod.exec_args(str(agent), *args),
+        env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **(env or {})},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -74,6 +98,28 @@ async def run_init(pod: Pod, agent: Path, args: Sequence[str]) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"istio-iptables exited {proc.returncode}:\n{text[-4000:]}")
     return text
+
+
+_RESOLVE = "import socket, sys; print(socket.gethostbyname(sys.argv[1]))"
+
+
+async def resolve_in(pod: Pod, name: str) -> str:
+    """`name` resolved by the app (root, the pod's resolv.conf): an IPv4 address."""
+    proc = await asyncio.create_subprocess_exec(
+        *pod.exec_args(sys.executable, "-c", _RESOLVE, name),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise LookupError(f"{name} in {pod.ns}: {err.decode().strip()[-300:]}")
+    return out.decode().strip()
 
 
 def iptables_nat(pod: Pod) -> str:

@@ -29,7 +29,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests import istio_bin
-from tests.istio_netns import NetnsIstioProxy, container_env, iptables_nat, run_init
+from tests.istio_netns import (
+    NetnsIstioProxy,
+    container_env,
+    iptables_nat,
+    pod_resolv_conf,
+    resolve_in,
+    run_init,
+)
 from tests.istio_proxy import IstioProxySpec
 from tests.kube.apiserver import KubeApiServer, json_patch
 from tests.meshgen import pod, service, write_docs
@@ -57,6 +64,7 @@ WEB = f"web.{NS}.svc.cluster.local"
 OUTBOUND = f"outbound|{WEB_PORT}||{WEB}"
 INBOUND = f"inbound|{APP_PORT}||"
 PASSTHROUGH_BIND = "127.0.0.6"
+CLUSTER_DNS = "10.96.0.53"  # the pod's nameserver: nothing serves it
 MESH = {"security.istio.io/tlsMode": "istio"}
 
 
@@ -164,12 +172,16 @@ def inject(mesh: Mesh) -> dict[str, Any]:
         ),
         WebhookMetrics(CollectorRegistry()),
     )
-    # Istio's bootstrap keeps few stats; the pod asks for the per-cluster and listener
-    # ones the test reads (ProxyConfig in the annotation, merged by the injector).
-    stats = {"proxyStatsMatcher": {"inclusionPrefixes": ["cluster.", "listener."]}}
+    # ProxyConfig in the annotation, merged by the injector: Istio's bootstrap keeps few
+    # stats, so the per-cluster and listener ones the test reads; and DNS capture
+    # (proxyMetadata reaches both the agent and istio-iptables).
+    config = {
+        "proxyStatsMatcher": {"inclusionPrefixes": ["cluster.", "listener."]},
+        "proxyMetadata": {"ISTIO_META_DNS_CAPTURE": "true"},
+    }
     obj = admission_pod(
         labels={"app": "sleep"},
-        annotations={"proxy.istio.io/config": json.dumps(stats)},
+        annotations={"proxy.istio.io/config": json.dumps(config)},
         serviceAccountName="sleep",
     )
     obj["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": APP_PORT}]
@@ -181,7 +193,18 @@ def inject(mesh: Mesh) -> dict[str, Any]:
     return patched
 
 
-async def test_istio_proxy_with_istio_iptables_capture(pods: Pods, mesh: Mesh) -> None:
+@pytest.fixture
+def resolv_conf(pods: Pods) -> Iterator[None]:
+    """sleep-0's resolv.conf as the kubelet writes it: a cluster DNS address that no one
+    serves (only DNS capture answers) and the namespace's search domains."""
+    search = [f"{NS}.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+    with pod_resolv_conf(pods.sleep, CLUSTER_DNS, search):
+        yield
+
+
+async def test_istio_proxy_with_istio_iptables_capture(
+    pods: Pods, mesh: Mesh, resolv_conf: None
+) -> None:
     await poll(lambda: _true(mesh.app.ready.is_set()), timeout=15, what="xdsd ready")
     token = service_account_jwt(NS, "sleep")
     mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:sleep")
@@ -193,10 +216,13 @@ async def test_istio_proxy_with_istio_iptables_capture(pods: Pods, mesh: Mesh) -
     init = container(patched, "istio-init", init=True)
     assert init["args"][:2] == ["istio-iptables", "-p"]
     assert init["args"][init["args"].index("-m") + 1] == "REDIRECT"
-    await run_init(pods.sleep, agent, init["args"])
+    init_env = {e["name"]: e["value"] for e in init.get("env", ())}
+    assert init_env == {"ISTIO_META_DNS_CAPTURE": "true"}
+    await run_init(pods.sleep, agent, init["args"], init_env)
     nat = iptables_nat(pods.sleep)
     assert "--to-ports 15001" in nat and "--to-ports 15006" in nat, nat
     assert "--uid-owner 1337" in nat, nat
+    assert f"-d {CLUSTER_DNS}/32" in nat and "--to-ports 15053" in nat, nat  # DNS capture
 
     # The istio-proxy container, its env as the kubelet resolves it for this pod.
     sidecar = container(patched, "istio-proxy")
@@ -266,6 +292,14 @@ async def test_istio_proxy_with_istio_iptables_capture(pods: Pods, mesh: Mesh) -
             stats = await proxy.stats("upstream_rq_total|downstream_cx_total")
             assert stats.get(f"cluster.{INBOUND}.upstream_rq_total", 0) >= 1, stats
             assert stats.get("listener.0.0.0.0_15006.downstream_cx_total", 0) >= 1, stats
+
+            # DNS capture: the app's lookups (to the cluster DNS address, which no one
+            # serves) are answered by the agent from xdsd's name table, and a request
+            # by name is captured and routed as by VIP.
+            for name in (WEB, f"web.{NS}", "web"):
+                assert await resolve_in(pods.sleep, name) == WEB_VIP, name
+            status, body = await http_get(pods.sleep.ns, "web", WEB_PORT)
+            assert (status, json.loads(body)["name"]) == (200, "web-0"), body
 
             # The kubelet's readiness probe on the pod IP (15021 is excluded from capture).
             status, _ = await http_get(pods.topo.node, pods.sleep.ip, 15021, "/healthz/ready")
