@@ -104,15 +104,35 @@ class Mesh:
     discovery: str  # HOST:PORT of xdsd's TLS port as the pod reaches it
 
 
+STRICT = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "PeerAuthentication",
+    "metadata": {"name": "default", "namespace": "istio-system"},
+    "spec": {"mtls": {"mode": "STRICT"}},
+}
+
+
 @pytest.fixture
-async def mesh(tmp_path: Path, pods: Pods) -> AsyncIterator[Mesh]:
+async def mesh(tmp_path: Path, pods: Pods, request: pytest.FixtureRequest) -> AsyncIterator[Mesh]:
+    """xdsd on the host end of the node link. With param True (indirect): web-0 has a
+    sidecar too (Istio's tlsMode label) and the mesh is STRICT mTLS."""
+    strict = bool(getattr(request, "param", False))
     config = tmp_path / "config"
     config.mkdir()
+    web_labels = {"app": "web", **(MESH if strict else {})}
     write_docs(
         config / "mesh.yaml",
         [
+            *([STRICT] if strict else []),
             service("web", NS, [("http", WEB_PORT)], selector={"app": "web"}, cluster_ip=WEB_VIP),
-            pod("web-0", NS, pods.web.ip, {"app": "web"}, ports={"http": WEB_PORT}),
+            pod(
+                "web-0",
+                NS,
+                pods.web.ip,
+                web_labels,
+                ports={"http": WEB_PORT},
+                service_account="web",
+            ),
             service(
                 "sleep",
                 NS,
@@ -161,8 +181,9 @@ async def mesh(tmp_path: Path, pods: Pods) -> AsyncIterator[Mesh]:
             yield Mesh(app, api, registry, certs.root_cert, f"{host}:{app.tls_port}")
 
 
-def inject(mesh: Mesh) -> dict[str, Any]:
-    """sleep-0 as xdsd's /inject handler patches it (the default: REDIRECT mode)."""
+def inject(mesh: Mesh, app: str, port: int) -> dict[str, Any]:
+    """APP-0 (service account APP) as xdsd's /inject handler patches it (the default:
+    REDIRECT mode)."""
     handlers = Handlers(
         WebhookContext(
             snapshot=lambda: mesh.app.snapshot,
@@ -180,11 +201,11 @@ def inject(mesh: Mesh) -> dict[str, Any]:
         "proxyMetadata": {"ISTIO_META_DNS_CAPTURE": "true"},
     }
     obj = admission_pod(
-        labels={"app": "sleep"},
+        labels={"app": app},
         annotations={"proxy.istio.io/config": json.dumps(config)},
-        serviceAccountName="sleep",
+        serviceAccountName=app,
     )
-    obj["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": APP_PORT}]
+    obj["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": port}]
     answer = handlers.inject(review(obj), "application/json", f"/inject/cluster/{CLUSTER_ID}")
     assert answer.review is not None
     response = answer.review["response"]
@@ -202,55 +223,72 @@ def resolv_conf(pods: Pods) -> Iterator[None]:
         yield
 
 
-async def test_istio_proxy_with_istio_iptables_capture(
-    pods: Pods, mesh: Mesh, resolv_conf: None
-) -> None:
+@dataclass
+class Injected:
+    """An injected pod whose init container ran: what starts its istio-proxy."""
+
+    pod: Pod
+    init: dict[str, Any]
+    sidecar: dict[str, Any]
+    env: dict[str, str]
+    spec: IstioProxySpec
+
+    def proxy(self) -> NetnsIstioProxy:
+        return NetnsIstioProxy(self.pod, self.spec, self.sidecar, self.env)
+
+
+async def injected(mesh: Mesh, pod: Pod, app: str, port: int) -> Injected:
+    """Inject APP-0, run its init container in `pod`, resolve its istio-proxy's env."""
     await poll(lambda: _true(mesh.app.ready.is_set()), timeout=15, what="xdsd ready")
-    token = service_account_jwt(NS, "sleep")
-    mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:sleep")
-    patched = inject(mesh)
+    token = service_account_jwt(NS, app)
+    mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:{app}")
+    patched = inject(mesh, app, port)
     agent = istio_bin.binary("pilot-agent")
     assert agent is not None
-
     # The init container: Istio's own capture rules, as the injector asks for them.
     init = container(patched, "istio-init", init=True)
-    assert init["args"][:2] == ["istio-iptables", "-p"]
-    assert init["args"][init["args"].index("-m") + 1] == "REDIRECT"
     init_env = {e["name"]: e["value"] for e in init.get("env", ())}
-    assert init_env == {"ISTIO_META_DNS_CAPTURE": "true"}
-    await run_init(pods.sleep, agent, init["args"], init_env)
-    nat = iptables_nat(pods.sleep)
-    assert "--to-ports 15001" in nat and "--to-ports 15006" in nat, nat
-    assert "--uid-owner 1337" in nat, nat
-    assert f"-d {CLUSTER_DNS}/32" in nat and "--to-ports 15053" in nat, nat  # DNS capture
-
+    await run_init(pod, agent, init["args"], init_env)
     # The istio-proxy container, its env as the kubelet resolves it for this pod.
     sidecar = container(patched, "istio-proxy")
     fields = {
-        "metadata.name": "sleep-0",
+        "metadata.name": f"{app}-0",
         "metadata.namespace": NS,
-        "status.podIP": pods.sleep.ip,
-        "status.hostIP": pods.sleep.gateway,
-        "spec.serviceAccountName": "sleep",
+        "status.podIP": pod.ip,
+        "status.hostIP": pod.gateway,
+        "spec.serviceAccountName": app,
         "spec.nodeName": "node-1",
     }
-    env = container_env(sidecar, fields)
-    assert env["ISTIO_META_INTERCEPTION_MODE"] == "REDIRECT"
-    assert json.loads(env["PROXY_CONFIG"])["discoveryAddress"] == mesh.discovery
     spec = IstioProxySpec(
-        pod="sleep-0",
+        pod=f"{app}-0",
         namespace=NS,
-        service_account="sleep",
+        service_account=app,
         discovery_address=mesh.discovery,
         root_cert_pem=mesh.root_cert.read_bytes(),
         token=token,
         istiod_san=XDSD_HOST,
-        labels={"app": "sleep", **MESH},
+        labels=patched["metadata"]["labels"],  # the downward API's labels file
     )
+    return Injected(pod, init, sidecar, container_env(sidecar, fields), spec)
+
+
+async def test_istio_proxy_with_istio_iptables_capture(
+    pods: Pods, mesh: Mesh, resolv_conf: None
+) -> None:
+    sleep = await injected(mesh, pods.sleep, "sleep", APP_PORT)
+    args = sleep.init["args"]
+    assert args[:2] == ["istio-iptables", "-p"] and args[args.index("-m") + 1] == "REDIRECT"
+    assert sleep.init["env"] == [{"name": "ISTIO_META_DNS_CAPTURE", "value": "true"}]
+    nat = iptables_nat(pods.sleep)
+    assert "--to-ports 15001" in nat and "--to-ports 15006" in nat, nat
+    assert "--uid-owner 1337" in nat, nat
+    assert f"-d {CLUSTER_DNS}/32" in nat and "--to-ports 15053" in nat, nat  # DNS capture
+    assert sleep.env["ISTIO_META_INTERCEPTION_MODE"] == "REDIRECT"
+    assert json.loads(sleep.env["PROXY_CONFIG"])["discoveryAddress"] == mesh.discovery
     async with (
         HttpApp(pods.sleep, "sleep-0", APP_PORT) as sleep_app,
         HttpApp(pods.web, "web-0", WEB_PORT) as web_app,
-        NetnsIstioProxy(pods.sleep, spec, sidecar, env) as proxy,
+        sleep.proxy() as proxy,
     ):
         try:
             await poll(sleep_app.serving, timeout=10, what="the sleep app")
@@ -322,3 +360,55 @@ async def test_istio_proxy_with_istio_iptables_capture(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.parametrize("mesh", [True], indirect=True, ids=["strict"])
+async def test_two_captured_istio_proxies_over_strict_mtls(
+    pods: Pods, mesh: Mesh, resolv_conf: None
+) -> None:
+    """Both pods injected, PeerAuthentication STRICT: the sleep sidecar speaks Istio
+    mTLS to web-0's (auto mTLS: no DestinationRule) with certificates both agents got
+    from xdsd's CA; web-0's virtualInbound takes only mTLS, so a client without a
+    sidecar (the node) is refused."""
+    sleep = await injected(mesh, pods.sleep, "sleep", APP_PORT)
+    web = await injected(mesh, pods.web, "web", WEB_PORT)
+    async with (
+        HttpApp(pods.web, "web-0", WEB_PORT) as web_app,
+        sleep.proxy() as client,
+        web.proxy() as server,
+    ):
+        try:
+            await poll(web_app.serving, timeout=10, what="the web app")
+            await client.wait_ready(timeout=60)
+            await server.wait_ready(timeout=60)
+
+            async def routed() -> bool:
+                status, body = await http_get(pods.sleep.ns, WEB_VIP, WEB_PORT)
+                return status == 200 and json.loads(body)["name"] == "web-0"
+
+            await poll(routed, timeout=20, what="the mTLS request reaching web-0")
+            status, body = await http_get(pods.sleep.ns, "web", WEB_PORT)  # by name, too
+            assert status == 200 and json.loads(body)["source"] == PASSTHROUGH_BIND, body
+            handshakes = await server.stats("ssl.handshake")
+            assert handshakes.get("listener.0.0.0.0_15006.ssl.handshake", 0) >= 1, handshakes
+            out = await client.stats("ssl.handshake")
+            assert out.get(f"cluster.{OUTBOUND}.ssl.handshake", 0) >= 1, out
+
+            # No sidecar (the node's namespace): plaintext to web-0's port is refused.
+            try:
+                status, _ = await http_get(pods.topo.node, pods.web.ip, WEB_PORT)
+            except ConnectionError:
+                status = 0
+            assert status != 200
+            for proxy in (client, server):
+                assert await proxy.rejected() == 0, proxy.log()[-4000:]
+            assert all(
+                s.nack is None
+                for c in mesh.app.services.connections.values()
+                for s in c.states.values()
+            )
+        except BaseException:
+            print(
+                f"--- client log:\n{client.log()[-6000:]}\n--- server log:\n{server.log()[-6000:]}"
+            )
+            raise
