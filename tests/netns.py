@@ -374,20 +374,23 @@ class PodEnvoy(EnvoyProcess):
         log_level: str = "warning",
         extra_args: Sequence[str] = (),
         sds_socket: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """`sds_socket`: the local agent's SDS (tests/agent_sds.py), for mTLS."""
+        """`sds_socket`: the local agent's SDS (tests/agent_sds.py), for mTLS;
+        `metadata`: more node metadata (e.g. DNS_CAPTURE)."""
         self.pod = pod
         node_id = sidecar_node_id(pod.name, namespace, pod.ip)
-        metadata: dict[str, Any] = {
+        node_metadata: dict[str, Any] = {
             "NAMESPACE": namespace,
             "INSTANCE_IPS": pod.ip,
             "LABELS": dict(labels),
             "ISTIO_VERSION": "1.24.0",
+            **(metadata or {}),
         }
         bootstrap = build_bootstrap(
             BootstrapOptions(
                 node_id=node_id,
-                metadata=metadata,
+                metadata=node_metadata,
                 xds_host=xds_host,
                 xds_port=xds_port,
                 delta=delta,
@@ -398,7 +401,7 @@ class PodEnvoy(EnvoyProcess):
         uid = str(PROXY_UID)
         super().__init__(
             node_id,
-            metadata,
+            node_metadata,
             xds_port=xds_port,
             admin_port=ADMIN_PORT,
             bootstrap=bootstrap,

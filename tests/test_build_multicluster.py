@@ -15,7 +15,7 @@ from xdsd.model.objects import NodeInfo
 from xdsd.model.parse import parse_documents
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.store import ConfigChange, ConfigStore, FileContent
-from xdsd.model.types import Endpoint, Locality, Service
+from xdsd.model.types import AddressView, Endpoint, Locality, Service
 from xdsd.translate.generate import ENDPOINT_TYPE, GENERATORS, proxy_context
 
 NS = "shop"
@@ -378,7 +378,7 @@ def test_each_cluster_keeps_its_own_cluster_ip() -> None:
     b = kube_store("b", [service("db", NS, [("tcp", 5432), ("http", 8080)], cluster_ip="10.1.0.9")])
     s = build_snapshot(a, remotes={"b": b}, config_cluster_id="a", generation=1)
     (db,) = [x for x in s.services if x.name == "db"]
-    assert db.addresses == ("10.0.0.9",) and db.addresses_for("b") == ("10.1.0.9",)
+    assert db.addresses == ("10.0.0.9",) and db.addresses_for(AddressView("b")) == ("10.1.0.9",)
 
     def seen(cluster: str) -> tuple[set[str], set[str]]:
         proxy = parse_proxy(

@@ -31,10 +31,11 @@ import pytest
 
 from tests.agent_sds import AgentSds
 from tests.certs import TestCA
-from tests.meshgen import pod, service, write_docs
+from tests.meshgen import istio_config, pod, service, write_docs
 from tests.netns import HttpApp, Pod, PodEnvoy, Topology, http_get, unavailable_reason
 from xdsd.app import AppSettings, XdsdApp
 from xdsd.demo import free_port, poll
+from xdsd.model.types import AddressView
 from xdsd.push.debounce import DebounceSettings
 from xdsd.server.grpc_server import GrpcSettings
 
@@ -267,3 +268,94 @@ async def test_strict_mtls_between_captured_sidecars(
 
 def spiffe(sa: str) -> str:
     return f"spiffe://cluster.local/ns/{NS}/sa/{sa}"
+
+
+def tcp_entry(name: str, host: str, ip: str, target: int) -> dict[str, Any]:
+    return istio_config(
+        "ServiceEntry",
+        name,
+        NS,
+        {
+            "hosts": [host],
+            "ports": [{"number": 9000, "name": "tcp", "protocol": "TCP"}],
+            "resolution": "STATIC",
+            "location": "MESH_INTERNAL",
+            "endpoints": [{"address": ip, "ports": {"tcp": target}}],
+        },
+    )
+
+
+async def test_auto_allocated_addresses_reach_each_tcp_service_entry(tmp_path: Path) -> None:
+    """Two TCP ServiceEntries on port 9000 without addresses (istiod's IP auto-allocation).
+    The sidecar captures DNS, so xdsd gives each host an address of 240.240.0.0/16 and
+    the sidecar a listener on each; a plain client connecting to either address is
+    captured and reaches that entry's backend. (Without allocation both would share
+    0.0.0.0_9000, and only one entry would be reachable.)"""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with Topology() as topo:
+        client = topo.add_pod("sleep", "10.244.1.0/24")
+        backends = topo.add_pod("ext", "10.244.3.0/24", capture=False)  # no sidecar
+        d = tmp_path / "config"
+        d.mkdir()
+        write_docs(
+            d / "mesh.yaml",
+            [
+                pod("sleep-0", NS, client.ip, {"app": "sleep"}),
+                tcp_entry("alpha", "alpha.tcp.example", backends.ip, 7001),
+                tcp_entry("beta", "beta.tcp.example", backends.ip, 7002),
+            ],
+        )
+        async with (
+            HttpApp(backends, "alpha", 7001) as alpha,
+            HttpApp(backends, "beta", 7002) as beta,
+            XdsdApp(settings(d, topo.host_ip)) as xdsd,
+        ):
+            await poll(alpha.serving, timeout=10, what="alpha serving")
+            await poll(beta.serving, timeout=10, what="beta serving")
+            view = AddressView(auto_allocated=True, ip_family="v4")
+            address = {
+                s.hostname: s.addresses_for(view)[0]
+                for s in xdsd.snapshot.services
+                if s.hostname.endswith(".tcp.example")
+            }
+            assert address["alpha.tcp.example"] != address["beta.tcp.example"], address
+            registry = {s["hostname"]: s for s in xdsd.registryz()}
+            assert (
+                registry["alpha.tcp.example"]["autoAllocatedIPv4Address"]
+                == (address["alpha.tcp.example"])
+            )
+            envoy = PodEnvoy(
+                client,
+                NS,
+                {"app": "sleep"},
+                xds_host=topo.host_ip,
+                xds_port=xdsd.xds_port,
+                metadata={"DNS_CAPTURE": "true"},
+            )
+            async with envoy:
+                try:
+                    await envoy.wait_ready(timeout=20)
+
+                    async def reaches(host: str, name: str) -> bool:
+                        try:
+                            status, body = await http_get(client.ns, address[host], 9000)
+                        except ConnectionError:
+                            return False
+                        return status == 200 and json.loads(body)["name"] == name
+
+                    await poll(
+                        lambda: reaches("alpha.tcp.example", "alpha"),
+                        timeout=20,
+                        what="alpha through its allocated address",
+                    )
+                    assert await reaches("beta.tcp.example", "beta")
+                    stats = await envoy.stats("downstream_cx_total")
+                    for host in ("alpha.tcp.example", "beta.tcp.example"):
+                        key = f"listener.{address[host]}_9000.downstream_cx_total"
+                        assert stats.get(key, 0) >= 1, (key, stats)
+                    assert await envoy.rejected_updates() == 0, logs(envoy)
+                except BaseException:
+                    print(logs(envoy))
+                    raise

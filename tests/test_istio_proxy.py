@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry
 from tests import istio_bin
 from tests.istio_proxy import IstioProxy, IstioProxySpec
 from tests.kube.apiserver import KubeApiServer, ResourceType
-from tests.meshgen import pod, service, write_docs
+from tests.meshgen import istio_config, pod, service, write_docs
 from xdsd.app import AppSettings, XdsdApp
 from xdsd.ca.authority import ensure_dev_certs
 from xdsd.demo import Backends, envoy_binary, free_port, poll
@@ -69,6 +69,7 @@ CLUSTER_ID = "remote-1"
 XDSD_HOST = "istiod.istio-system.svc"  # the name the agent verifies (ISTIOD_SAN)
 HOST = "reviews.shop.svc.cluster.local"
 REVIEWS_VIP = "127.0.0.81"  # the ClusterIP (only ever an answer in DNS here)
+LEDGER = "ledger.payments.example"  # a ServiceEntry host without addresses
 NAME_TABLE = "type.googleapis.com/istio.networking.nds.v1.NameTable"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 PROXY_CONFIG_TYPE = "type.googleapis.com/istio.mesh.v1alpha1.ProxyConfig"
@@ -379,6 +380,33 @@ async def test_dns_proxying_resolves_mesh_names_from_xdsd_name_table(mesh: Mesh)
     (istio.networking.nds.v1.NameTable) and answers DNS for the mesh's services."""
     token = service_account_jwt(NS, "client")
     mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:client")
+    # A ServiceEntry without addresses: the agent answers it with the address xdsd
+    # allocated to it (istiod's IP auto-allocation, for proxies that capture DNS).
+    write_docs(
+        mesh.config_dir / "external.yaml",
+        [
+            istio_config(
+                "ServiceEntry",
+                "ledger",
+                NS,
+                {
+                    "hosts": [LEDGER],
+                    "ports": [{"number": free_port(), "name": "tcp", "protocol": "TCP"}],
+                    "resolution": "STATIC",
+                    "endpoints": [{"address": "127.0.0.72"}],
+                },
+            )
+        ],
+    )
+
+    async def allocated() -> str | None:
+        for s in mesh.app.snapshot.services:
+            if s.hostname == LEDGER and s.auto_addresses:
+                return s.auto_addresses[0]
+        return None
+
+    await poll(allocated, timeout=10, what="an address allocated to the ServiceEntry host")
+    ledger_ip = await allocated()
     async with IstioProxy(mesh.spec(token, dns_capture=True)) as proxy:
         await proxy.wait_ready(timeout=40)
         conn = connection(mesh, f"client-0.{NS}")
@@ -411,6 +439,8 @@ async def test_dns_proxying_resolves_mesh_names_from_xdsd_name_table(mesh: Mesh)
         # own namespace), answered by the agent itself.
         for qid, name in enumerate((HOST, "reviews.shop", "reviews", "reviews.shop.svc"), 1):
             assert await resolve(proxy.dns_port, name, qid) == (0, [REVIEWS_VIP]), name
+        assert (await table())[LEDGER] == {"ips": [ledger_ip], "registry": "External"}
+        assert await resolve(proxy.dns_port, LEDGER, 9) == (0, [ledger_ip])
         assert conn.states[NAME_TABLE].nack is None
         assert await proxy.rejected() == 0
 

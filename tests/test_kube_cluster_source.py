@@ -273,6 +273,7 @@ async def test_remote_role_watches_only_endpoint_kinds() -> None:
                 "endpointslices",
                 "pods",
                 "nodes",
+                "namespaces",  # their labels: MeshConfig discoverySelectors
             }
             # No discovery of Istio groups for a remote cluster.
             assert api.count("discovery") == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from google.protobuf import descriptor_pb2, json_format
 
 from tests.meshgen import istio_config, pod, service, write_docs
 from xdsd.cache.resources import NAME_TABLE, WILDCARD_TYPES, Resource, ResourceSet
+from xdsd.model.autoalloc import SLOTS, slot_addresses
 from xdsd.model.proxy import parse_proxy
 from xdsd.offline import load_snapshot
 from xdsd.server import protocol as p
@@ -21,6 +23,8 @@ from xdsd.translate.generate import NAME_TABLE_TYPE, SERVED_TYPES, parts, proxy_
 REPO = Path(__file__).resolve().parent.parent
 NODE = "sidecar~127.0.0.1~client-0.shop~shop.svc.cluster.local"
 META = {"NAMESPACE": "shop", "INTERCEPTION_MODE": "NONE", "DNS_CAPTURE": "true"}
+# xdsd.model.autoalloc: the slot CRC-32("shop/web.example.com") mod 65024 picks.
+WEB_AUTO_V4 = slot_addresses(zlib.crc32(b"shop/web.example.com") % SLOTS)[0]
 
 
 def test_descriptor_matches_the_proto_file(tmp_path: Path) -> None:
@@ -95,7 +99,8 @@ async def test_services_with_their_addresses_as_istiod_builds_them(tmp_path: Pat
                 "endpoints": [{"address": "192.0.2.11"}],
             },
         ),
-        # Without addresses (and no auto-allocation): the agent sends it upstream.
+        # Without addresses: the address allocated to it (this proxy captures DNS,
+        # IPv4 only: the IPv4 one), as istiod's IP auto-allocation.
         service_entry(
             "web",
             "shop",
@@ -129,7 +134,12 @@ async def test_services_with_their_addresses_as_istiod_builds_them(tmp_path: Pat
             "namespace": "shop",
         },
         "api.example.com": {"ips": ["192.0.2.10"], "registry": "External"},
+        "web.example.com": {"ips": [WEB_AUTO_V4], "registry": "External"},
     }
+    # Without DNS capture the allocated address is not used: the agent would send the
+    # name upstream.
+    plain = await table_for(tmp_path, docs, {**META, "DNS_CAPTURE": "false"})
+    assert "web.example.com" not in plain and "api.example.com" in plain
 
 
 async def test_the_sidecar_scope_decides_what_is_in_the_table(tmp_path: Path) -> None:

@@ -988,3 +988,27 @@ async def test_serve_without_a_certificate_says_the_webhooks_are_off(tmp_path: P
     text = "".join(lines)
     assert "webhooks off: no certificate" in text
     assert "webhooks on" not in text
+
+
+@pytest.mark.parametrize(
+    "values, mesh, flag, expected",
+    [
+        ({}, {}, "", "cluster.local"),  # istiod: the trust domain
+        ({}, {"trustDomain": "example.org"}, "", "example.org"),
+        ({}, {}, "mesh-a", "mesh-a"),  # --mesh-id
+        ({}, {"meshId": "mesh-b"}, "mesh-a", "mesh-b"),  # MeshConfig meshId first
+        ({"global": {"meshID": "mesh-c"}}, {"meshId": "mesh-b"}, "mesh-a", "mesh-c"),
+    ],
+    ids=["default", "trust-domain", "flag", "meshconfig", "values"],
+)
+def test_the_mesh_id_given_to_injected_proxies(
+    values: dict[str, Any], mesh: dict[str, Any], flag: str, expected: str
+) -> None:
+    from xdsd.webhooks.config import DEFAULT_VALUES, InjectorConfig, merge
+    from xdsd.webhooks.inject import inject_pod
+
+    config = InjectorConfig(values=merge(DEFAULT_VALUES, values), mesh=mesh)
+    settings = InjectSettings(discovery_address=EXTERNAL, mesh_id=flag)
+    injected = inject_pod(pod(), "shop", config, settings, {})
+    env = env_of(container(injected.pod, "istio-proxy"))
+    assert env["ISTIO_META_MESH_ID"] == expected

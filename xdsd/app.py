@@ -874,6 +874,7 @@ class XdsdApp:
             remotes=clusters.remote_stores() if clusters else {},
             config_cluster_id=self.settings.cluster_id,
             stale=clusters.stale() if clusters else frozenset(),
+            trust_domain=self.settings.security.trust_domain,
         )
         extra = config_problems(snapshot)  # e.g. CUSTOM policies without their provider
         if self.settings.webhooks is not None:
@@ -1204,8 +1205,13 @@ class XdsdApp:
         stale = self.clusters.stale() if self.clusters else frozenset()
         out = []
         for svc in snap.services:
+            # istiod's names for the addresses of IP auto-allocation.
+            auto = {
+                f"autoAllocatedIPv{'6' if ':' in a else '4'}Address": a for a in svc.auto_addresses
+            }
             out.append(
                 {
+                    **auto,
                     "hostname": svc.hostname,
                     "namespace": svc.namespace,
                     "name": svc.name,

@@ -390,6 +390,14 @@ def _add_security_args(serve: argparse.ArgumentParser) -> None:
         "--trust-domain", default="cluster.local", help="SPIFFE trust domain (cluster.local)"
     )
     tls.add_argument(
+        "--mesh-id",
+        default="",
+        metavar="ID",
+        help="the mesh's id given to injected proxies (ISTIO_META_MESH_ID) when neither "
+        "MeshConfig meshId nor the injector's global.meshID names one (default: the "
+        "trust domain, as istiod)",
+    )
+    tls.add_argument(
         "--token-review-kubeconfig",
         type=Path,
         metavar="PATH",
@@ -470,6 +478,7 @@ def _webhook_settings(args: argparse.Namespace, grpc_settings: Any) -> tuple[Any
         cluster_id=args.cluster_id,
         trust_domain=args.trust_domain,
         revision=args.revision or "",
+        mesh_id=args.mesh_id,
     )
     cert, key = args.webhook_cert_file, args.webhook_key_file
     if (cert is None) != (key is None):

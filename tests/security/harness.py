@@ -94,8 +94,8 @@ ENVOY_ARGS = ("--drain-time-s", "0", "--drain-strategy", "immediate")
 _NOISE = ("Deprecated field", "deprecated runtime key", "no configured limit")
 
 
-def spiffe(ns: str, sa: str) -> str:
-    return f"spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}"
+def spiffe(ns: str, sa: str, trust_domain: str = TRUST_DOMAIN) -> str:
+    return f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}"
 
 
 def load_yaml(text: str) -> list[dict[str, Any]]:
@@ -198,6 +198,7 @@ class Workload:
     requests: list[Seen] = field(default_factory=list)
     envoy: EnvoyProcess | None = None
     agent: AgentSds | None = None
+    trust_domain: str = TRUST_DOMAIN
 
     @property
     def host(self) -> str:
@@ -205,7 +206,7 @@ class Workload:
 
     @property
     def identity(self) -> str:
-        return spiffe(self.ns, self.sa)
+        return spiffe(self.ns, self.sa, self.trust_domain)
 
     @property
     def pod_name(self) -> str:
@@ -351,10 +352,14 @@ class JwksServer:
 class Mesh:
     """One test's mesh: xdsd with its CA, a config folder, workloads, Envoys."""
 
-    def __init__(self, tmp_path: Path, *, delta: bool = False) -> None:
-        """`delta`: the Envoys use Delta xDS (else state of the world)."""
+    def __init__(
+        self, tmp_path: Path, *, delta: bool = False, trust_domain: str = TRUST_DOMAIN
+    ) -> None:
+        """`delta`: the Envoys use Delta xDS (else state of the world); `trust_domain`:
+        the one xdsd's CA issues identities in (`--trust-domain`)."""
         self.tmp = tmp_path
         self.delta = delta
+        self.trust_domain = trust_domain
         self.dir = tmp_path / "config"
         self.dir.mkdir()
         self.prefix = address_block()
@@ -445,6 +450,7 @@ class Mesh:
         if sidecar:
             all_labels[TLS_MODE_LABEL] = "istio"
         w = Workload(name, ns, sa or name, self.ip(), all_labels, sidecar, role)
+        w.trust_domain = self.trust_domain
         self.workloads[key] = w
         return w
 
@@ -632,6 +638,7 @@ class Mesh:
                 ca_cert_file=self.certs.root_cert,
                 ca_key_file=self.certs.root_key,
                 token_review_kubeconfig=kubeconfig,
+                trust_domain=self.trust_domain,
             ),
         )
         self.app = await self._stack.enter_async_context(XdsdApp(settings))
@@ -666,7 +673,7 @@ class Mesh:
             "NAME": w.pod_name,
             "WORKLOAD_NAME": w.name,
             "CLUSTER_ID": CLUSTER_ID,
-            "MESH_ID": TRUST_DOMAIN,
+            "MESH_ID": self.trust_domain,
         }
         kind = "router" if w.role == "gateway" else "sidecar"
         if kind == "sidecar":

@@ -26,6 +26,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
+from xdsd.model.autoalloc import allocate, eligible_hosts
+from xdsd.model.discovery import (
+    DiscoverySelectors,
+    DiscoveryView,
+    discovery_selectors,
+    selected_namespaces,
+)
 from xdsd.model.jwks import JWKS_KIND, fetch_problems
 from xdsd.model.objects import (
     EndpointAddress,
@@ -49,6 +56,7 @@ from xdsd.model.types import (
 )
 
 _EndpointMap = dict[tuple[ServiceKey, int], list[Endpoint]]
+Stores = ConfigStore | DiscoveryView  # what the build reads a cluster from
 T = TypeVar("T")
 _NO_LOCALITY = Locality()
 
@@ -141,6 +149,10 @@ class SnapshotBuilder:
         # Per service: its endpoint inputs and its endpoints by port.
         self._endpoints: dict[ServiceKey, tuple[object, dict[int, tuple[Endpoint, ...]]]] = {}
         self._workloads = _Memo()
+        self._allocation = _Memo()
+        self._views: dict[str, DiscoveryView] = {}
+        # (namespace, host) -> (the parsed service, the same with its allocated addresses)
+        self._allocated: dict[ServiceKey, tuple[Service, Service]] = {}
         self._configs = _Memo()
         # kind -> (the store's tuple, the same objects oldest first)
         self._ordered: dict[str, tuple[tuple[ConfigObject, ...], tuple[ConfigObject, ...]]] = {}
@@ -148,6 +160,62 @@ class SnapshotBuilder:
         # The last build's and this build's `_slice_pods` answers.
         self._found: dict[tuple[str, str, str], _SlicePods] = {}
         self._found_next: dict[tuple[str, str, str], _SlicePods] = {}
+
+    def _auto_addresses(
+        self,
+        entries: Sequence[ServiceEntryConfig],
+        services: dict[ServiceKey, Service],
+        errors: list[ConfigError],
+    ) -> None:
+        """Give ServiceEntry hosts without addresses their allocated ones (in place)."""
+        if not any(e.auto_allocate for e in entries):
+            self._allocated = {}
+            return
+        taken = frozenset(
+            a
+            for svc in services.values()
+            for a in (*svc.addresses, *(x for _, xs in svc.cluster_addresses for x in xs))
+        )
+        allocation = self._allocation.get((tuple(entries), taken), lambda: allocate(entries, taken))
+        done: dict[ServiceKey, tuple[Service, Service]] = {}
+        for entry in entries:
+            for host in eligible_hosts(entry):
+                key = (host, entry.ref.namespace)
+                svc = services.get(key)
+                if svc is None or svc.ref != entry.ref:
+                    continue  # the host is another object's in this namespace
+                addrs = allocation.get((entry.ref.namespace, host))
+                if addrs is None:
+                    errors.append(
+                        ConfigError(
+                            entry.ref.source,
+                            f"ServiceEntry {entry.ref.namespace}/{entry.ref.name}",
+                            "spec.addresses",
+                            f"no address left to allocate for host {host} "
+                            "(240.240.0.0/16 is used up)",
+                            "warning",
+                        )
+                    )
+                    continue
+                hit = self._allocated.get(key)
+                if hit is None or hit[0] is not svc or hit[1].auto_addresses != addrs:
+                    hit = (svc, dataclasses.replace(svc, auto_addresses=addrs))
+                done[key] = hit
+                services[key] = hit[1]
+        self._allocated = done
+
+    def _discovery_view(
+        self, cluster_id: str, store: ConfigStore, selectors: DiscoverySelectors
+    ) -> Stores:
+        """The cluster's store, through MeshConfig discoverySelectors when it sets some."""
+        if selectors.selectors is None:
+            self._views.pop(cluster_id, None)
+            return store
+        view = self._views.get(cluster_id)
+        if view is None or view.store is not store:
+            view = self._views[cluster_id] = DiscoveryView(store)
+        view.select(selected_namespaces(store, selectors))
+        return view
 
     def build(
         self,
@@ -159,6 +227,7 @@ class SnapshotBuilder:
         remotes: Mapping[str, ConfigStore] = MappingProxyType({}),
         config_cluster_id: str = DEFAULT_CLUSTER_ID,
         stale: frozenset[str] = frozenset(),
+        trust_domain: str = "cluster.local",
     ) -> MeshSnapshot:
         """The snapshot of the config cluster's `store` plus the `remotes` stores by cluster id.
 
@@ -170,18 +239,28 @@ class SnapshotBuilder:
         known state is served while they are unreachable (recorded in the snapshot).
         """
         config = _Config()
-        clusters = [self._collect(store, config_cluster_id, domain_suffix, root_namespace, config)]
+        selectors = discovery_selectors(store, root_namespace)
+        views: dict[str, Stores] = {}
+        for cluster_id, st in ((config_cluster_id, store), *sorted(remotes.items())):
+            if cluster_id != config_cluster_id or st is store:
+                views[cluster_id] = self._discovery_view(cluster_id, st, selectors)
+        self._views = {k: v for k, v in self._views.items() if k in views}
+        clusters = [
+            self._collect(
+                views[config_cluster_id], config_cluster_id, domain_suffix, root_namespace, config
+            )
+        ]
         for cluster_id in sorted(remotes):
             if cluster_id != config_cluster_id:
                 clusters.append(
                     self._collect(
-                        remotes[cluster_id], cluster_id, domain_suffix, root_namespace, None
+                        views[cluster_id], cluster_id, domain_suffix, root_namespace, None
                     )
                 )
         self._clusters = {
             cl.cluster_id: self._clusters[cl.cluster_id] for cl in clusters
         }  # forget clusters that left
-        errors: list[ConfigError] = []
+        errors: list[ConfigError] = list(selectors.problems)
 
         # One service per hostname across clusters (config cluster first, then by id).
         kube: dict[ServiceKey, Service] = {}
@@ -200,9 +279,11 @@ class SnapshotBuilder:
         # Kubernetes Services first, then ServiceEntry hosts: on a (host, namespace)
         # clash the first wins and the other is reported and left out entirely.
         entry_of = {e.ref: e for e in config.entries}
+        # Among ServiceEntries the oldest wins (istiod's creation-time order).
+        created = {e.ref: e.created for e in config.entries}
         candidates = list(kube.values()) + sorted(
             (s for e in config.entries for s in e.services),
-            key=lambda s: (s.namespace, s.name, s.hostname),
+            key=lambda s: (created.get(s.ref, ""), s.name, s.namespace, s.hostname),
         )
         services: dict[ServiceKey, Service] = {}
         for svc in candidates:
@@ -217,6 +298,8 @@ class SnapshotBuilder:
                         "warning",
                     )
                 )
+
+        self._auto_addresses(config.entries, services, errors)
 
         entries_by_ns: dict[str, list[Workload]] = defaultdict(list)
         for we in workload_entries:
@@ -274,6 +357,7 @@ class SnapshotBuilder:
             root_namespace=root_namespace,
             domain_suffix=domain_suffix,
             stale_clusters=stale,
+            trust_domain=trust_domain,
         )
 
     def _istio_order(self, kind: str, objs: tuple[ConfigObject, ...]) -> tuple[ConfigObject, ...]:
@@ -357,7 +441,7 @@ class SnapshotBuilder:
 
     def _collect(
         self,
-        store: ConfigStore,
+        store: Stores,
         cluster_id: str,
         domain_suffix: str,
         root_namespace: str,
@@ -422,6 +506,7 @@ def build_snapshot(
     remotes: Mapping[str, ConfigStore] = MappingProxyType({}),
     config_cluster_id: str = DEFAULT_CLUSTER_ID,
     stale: frozenset[str] = frozenset(),
+    trust_domain: str = "cluster.local",
 ) -> MeshSnapshot:
     """A snapshot built from scratch (see `SnapshotBuilder.build`)."""
     return SnapshotBuilder().build(
@@ -432,6 +517,7 @@ def build_snapshot(
         remotes=remotes,
         config_cluster_id=config_cluster_id,
         stale=stale,
+        trust_domain=trust_domain,
     )
 
 

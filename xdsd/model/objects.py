@@ -72,6 +72,12 @@ class ServiceEntryConfig:
     ref: ObjectRef
     services: tuple[Service, ...]
     endpoints: tuple[Workload, ...] = ()
+    # IP auto-allocation (xdsd.model.autoalloc): whether its hosts take part, the
+    # addresses istiod's allocator wrote into status.addresses (host -> IPs), and the
+    # creation time (older entries keep their addresses when new ones collide).
+    auto_allocate: bool = False
+    allocated: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    created: str = ""
 
 
 @dataclass(frozen=True)

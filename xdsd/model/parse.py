@@ -900,6 +900,7 @@ def _service_entry(
     if resolution is Resolution.DNS_ROUND_ROBIN and len(endpoints) > 1:
         iss.error(ep_path, "DNS_ROUND_ROBIN allows at most one endpoint")
     export_to = _export_to(iss, f.get_str_list(iss, spec, "exportTo", sp), f.join(sp, "exportTo"))
+    allocated = _allocated_addresses(iss, doc, base)
     services = tuple(
         Service(
             hostname=h,
@@ -916,7 +917,42 @@ def _service_entry(
         )
         for h in dict.fromkeys(hosts)
     )
-    return ServiceEntryConfig(ref, services, tuple(endpoints))
+    # istiod (ShouldV2AutoAllocateIP): hosts of a ServiceEntry without addresses get an
+    # allocated address unless its resolution is NONE (the original destination would
+    # be lost) or the label opts out.
+    opt_out = meta.labels.get(AUTOALLOCATE_LABEL, "").lower() == "false"
+    auto = not addresses and resolution is not Resolution.NONE and not opt_out
+    return ServiceEntryConfig(
+        ref,
+        services,
+        tuple(endpoints),
+        auto_allocate=auto,
+        allocated=allocated,
+        created=meta.created,
+    )
+
+
+# A ServiceEntry label: "false" opts its hosts out of IP auto-allocation.
+AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
+
+
+def _allocated_addresses(
+    iss: Issues, doc: Mapping[Any, Any], base: str
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """status.addresses ([{host, value}]): addresses istiod's IP allocator wrote for the
+    hosts, kept so that a mesh moving from istiod keeps the addresses its apps resolved."""
+    stp = f.join(base, "status")
+    status = f.get_map(iss, doc, "status", base) or {}
+    by_host: dict[str, list[str]] = {}
+    where = f.join(stp, "addresses")
+    for at, item in f.items(iss, f.get_list(iss, status, "addresses", stp), where):
+        host = f.get_str(iss, item, "host", at) or ""
+        value = f.get_str(iss, item, "value", at) or ""
+        if not f.is_ip(value):
+            iss.warn(f.join(at, "value"), f"{value!r} is not an IP address; ignored")
+            continue
+        by_host.setdefault(host, []).append(value)
+    return tuple((h, tuple(v)) for h, v in by_host.items())
 
 
 # -- ConfigObject kinds ------------------------------------------------------------------

@@ -51,6 +51,16 @@ class Proxy:
     # The agent's effective ProxyConfig (meshconfig.ProxyConfig as JSON; numbers are floats).
     proxy_config: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     interception_mode: InterceptionMode = InterceptionMode.REDIRECT
+    # ISTIO_META_DNS_CAPTURE: the agent answers the pod's DNS from the NDS name table.
+    dns_capture: bool = False
+
+    @property
+    def uses_auto_allocated_ips(self) -> bool:
+        """istiod nodeUsesAutoallocatedIPs: with IP auto-allocation on (its default,
+        PILOT_ENABLE_IP_AUTOALLOCATE; ISTIO_META_DNS_AUTO_ALLOCATE asked for it before),
+        a proxy that captures DNS resolves and routes ServiceEntry hosts without
+        addresses by their allocated addresses."""
+        return self.dns_capture
 
     @property
     def id(self) -> str:
@@ -72,6 +82,12 @@ NETWORK_LABEL = "topology.istio.io/network"
 def _str(meta: Mapping[str, Any], key: str) -> str:
     value = meta.get(key)
     return value if isinstance(value, str) else ""
+
+
+def _bool(meta: Mapping[str, Any], key: str) -> bool:
+    # Istio's StringBool: "true"/"false" (any case) or a JSON boolean.
+    value = meta.get(key)
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def _object(meta: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
@@ -149,4 +165,5 @@ def parse_proxy(node_id: str, metadata: Mapping[str, Any] | None = None) -> Prox
         owner=_str(meta, "OWNER"),
         proxy_config=MappingProxyType(dict(_object(meta, "PROXY_CONFIG") or {})),
         interception_mode=mode,
+        dns_capture=_bool(meta, "DNS_CAPTURE"),
     )

@@ -49,6 +49,9 @@ class MeshSnapshot:
     domain_suffix: str = "cluster.local"
     # Kubernetes clusters whose last known objects are served while unreachable.
     stale_clusters: frozenset[str] = frozenset()
+    # The trust domain xdsd's CA issues identities in (`--trust-domain`); MeshConfig
+    # trustDomain, where set, names the mesh's (xdsd.translate.trust_domain).
+    trust_domain: str = "cluster.local"
 
     # Per-snapshot memo for indexes later stages derive (see `derived`).
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

@@ -89,6 +89,18 @@ class ServicePort:
     target_port: int | str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AddressView:
+    """Which addresses of a service a proxy sees (istiod GetAllAddressesForProxy): its own
+    cluster's ClusterIPs, and auto-allocated ServiceEntry addresses when its agent
+    captures DNS. The default view is the addresses every proxy shares."""
+
+    cluster_id: str = ""
+    auto_allocated: bool = False
+    # The proxy's IP family ("v4", "v6", "dual"): which allocated addresses it gets.
+    ip_family: str = "dual"
+
+
 @dataclass(frozen=True)
 class Service:
     """A service as Istio's registry knows it: a Kubernetes Service or a ServiceEntry host."""
@@ -116,12 +128,21 @@ class Service:
     # Each cluster's own ClusterIPs where they differ from `addresses` (the first
     # cluster's): istiod gives a proxy its own cluster's VIP of a multi-cluster Service.
     cluster_addresses: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # A ServiceEntry host without addresses: the IPv4 and IPv6 address allocated to it
+    # (istiod's IP auto-allocation, xdsd.model.autoalloc). Only proxies whose agent
+    # captures DNS use them: they resolve the host to these and get listeners on them.
+    auto_addresses: tuple[str, ...] = ()
 
-    def addresses_for(self, cluster_id: str) -> tuple[str, ...]:
-        """The service's addresses as a proxy in `cluster_id` sees them."""
+    def addresses_for(self, view: AddressView) -> tuple[str, ...]:
+        """The service's addresses as a proxy with this view sees them."""
         for cid, addrs in self.cluster_addresses:
-            if cid == cluster_id:
+            if cid == view.cluster_id:
                 return addrs
+        if not self.addresses and view.auto_allocated:
+            if view.ip_family == "dual":
+                return self.auto_addresses
+            v6 = view.ip_family == "v6"
+            return tuple(a for a in self.auto_addresses if (":" in a) == v6)
         return self.addresses
 
     def port_by_number(self, number: int) -> ServicePort | None:

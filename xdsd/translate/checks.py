@@ -9,14 +9,42 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from xdsd.model.istio.authorizationpolicy import AuthorizationPolicy
+from xdsd.model.meshconfig import MESH_CONFIGMAP, mesh_config
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigError, ConfigObject, Service
-from xdsd.translate.ext_authz import MESH_CONFIGMAP, providers
+from xdsd.translate.conflicts import conflict_problems
+from xdsd.translate.ext_authz import providers
 from xdsd.translate.policy_select import labels_match
 
 
 def config_problems(snapshot: MeshSnapshot) -> list[ConfigError]:
-    return _custom_providers(snapshot) + http_only_on_tcp(snapshot)
+    return (
+        _custom_providers(snapshot)
+        + http_only_on_tcp(snapshot)
+        + _trust_domain(snapshot)
+        + conflict_problems(snapshot)
+    )
+
+
+def _trust_domain(snapshot: MeshSnapshot) -> list[ConfigError]:
+    """MeshConfig trustDomain names the identities proxies expect; xdsd's CA issues them
+    in --trust-domain. Different: mTLS peers would reject each other's certificates."""
+    td = mesh_config(snapshot).get("trustDomain")
+    if not isinstance(td, str) or not td or td == snapshot.trust_domain:
+        return []
+    for cm in snapshot.configs_of("ConfigMap"):
+        if cm.namespace == snapshot.root_namespace and cm.name == MESH_CONFIGMAP:
+            return [
+                ConfigError(
+                    cm.ref.source,
+                    f"ConfigMap {cm.namespace}/{cm.name}",
+                    "data.mesh.trustDomain",
+                    f"{td!r} differs from the trust domain xdsd's CA issues certificates in "
+                    f"({snapshot.trust_domain!r}): start xdsd with --trust-domain {td}",
+                    "warning",
+                )
+            ]
+    return []
 
 
 def _custom_providers(snapshot: MeshSnapshot) -> list[ConfigError]:

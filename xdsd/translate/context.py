@@ -15,7 +15,15 @@ from typing import Any
 
 from xdsd.model.proxy import InterceptionMode, Proxy, ProxyType
 from xdsd.model.snapshot import MeshSnapshot
-from xdsd.model.types import Endpoint, Protocol, Resolution, Service, ServicePort, Workload
+from xdsd.model.types import (
+    AddressView,
+    Endpoint,
+    Protocol,
+    Resolution,
+    Service,
+    ServicePort,
+    Workload,
+)
 from xdsd.translate import _common as c
 from xdsd.translate import sidecar_scope as scoping
 from xdsd.translate import vs_index
@@ -121,6 +129,11 @@ class ProxyContext:
         return self.proxy.type is ProxyType.SIDECAR
 
     @property
+    def addresses(self) -> AddressView:
+        """Which service addresses this proxy sees (`address_view`)."""
+        return address_view(self.snapshot, self.proxy)
+
+    @property
     def wildcard(self) -> str:
         return c.WILDCARD_V6 if self.ip_family == "v6" else c.WILDCARD_V4
 
@@ -211,10 +224,14 @@ def _inbound_ports(
     return tuple(by_port[p] for p in sorted(by_port))
 
 
-def service_vip(service: Service, ip_family: str, cluster_id: str = "") -> str | None:
+SHARED_VIEW = AddressView()
+
+
+def service_vip(service: Service, ip_family: str, view: AddressView = SHARED_VIEW) -> str | None:
     """The service address outbound TCP listeners bind (istiod GetAddressForProxy), if any:
-    the proxy's own cluster's ClusterIP of a Service defined in several clusters."""
-    addresses = service.addresses_for(cluster_id)
+    the proxy's own cluster's ClusterIP of a Service defined in several clusters, the
+    allocated address of a ServiceEntry host when the proxy captures DNS."""
+    addresses = service.addresses_for(view)
     ips = [a for a in addresses if c.is_ip(a) and a not in ("0.0.0.0", "::")]
     if not ips:
         return None
@@ -225,13 +242,25 @@ def service_vip(service: Service, ip_family: str, cluster_id: str = "") -> str |
     return ips[0]
 
 
-def vip_cluster(snapshot: MeshSnapshot, proxy: Proxy) -> str:
-    """The proxy's cluster, where some Service has per-cluster ClusterIPs ("" otherwise,
-    so proxies of every cluster keep sharing their outbound resources)."""
-    has = snapshot.derived(
-        f"{__name__}:per-cluster-vips", lambda s: any(svc.cluster_addresses for svc in s.services)
+def address_view(snapshot: MeshSnapshot, proxy: Proxy) -> AddressView:
+    """The service addresses this proxy sees: its cluster, where some Service has
+    per-cluster ClusterIPs, and whether it uses auto-allocated addresses, where some
+    host has one (otherwise the shared view, so that proxies keep sharing resources)."""
+    per_cluster, auto = snapshot.derived(
+        f"{__name__}:address-views",
+        lambda s: (
+            any(svc.cluster_addresses for svc in s.services),
+            any(svc.auto_addresses for svc in s.services),
+        ),
     )
-    return proxy.cluster_id if has else ""
+    if not per_cluster and not (auto and proxy.uses_auto_allocated_ips):
+        return SHARED_VIEW
+    auto = auto and proxy.uses_auto_allocated_ips
+    return AddressView(
+        proxy.cluster_id if per_cluster else "",
+        auto,
+        _ip_family(proxy.ip_addresses) if auto else "dual",
+    )
 
 
 def _is_passthrough(service: Service) -> bool:
@@ -301,7 +330,7 @@ def _listeners(
     *,
     bind: str = "",
     bind_to_port: bool = False,
-    cluster_id: str = "",
+    view: AddressView = SHARED_VIEW,
 ) -> tuple[tuple[ListenerPlan, ...], tuple[RoutePlan, ...]]:
     # A Sidecar egress listener with a bind address or captureMode NONE gets one listener
     # per port at that address (bound when captureMode NONE), like NONE-mode proxies
@@ -396,7 +425,7 @@ def _listeners(
         tcp_vip: list[tuple[Service, ServicePort, str]] = []
         tcp_novip: list[tuple[Service, ServicePort]] = []
         for svc, sp in entries:
-            vip = service_vip(svc, ip_family, cluster_id)
+            vip = service_vip(svc, ip_family, view)
             if sp.protocol.is_http:
                 http_like.append((svc, sp))
             elif sp.protocol is Protocol.AUTO:
@@ -482,7 +511,7 @@ def _egress_listeners(
     mode: InterceptionMode,
     ip_family: str,
     conflicts: list[str],
-    cluster_id: str = "",
+    view: AddressView = SHARED_VIEW,
 ) -> tuple[tuple[ListenerPlan, ...], tuple[RoutePlan, ...]]:
     """Listeners of every Sidecar egress listener, in order (istiod: a port-specific
     listener locks its address and port; the catch-all only fills what is left; a route
@@ -502,7 +531,7 @@ def _egress_listeners(
             conflicts,
             bind=egress.bind,
             bind_to_port=egress.capture_mode == "NONE",
-            cluster_id=cluster_id,
+            view=view,
         )
         for plan in plans:
             listeners.setdefault(plan.name, plan)
@@ -543,7 +572,7 @@ def _outbound_plan(
         id(scope),  # scopes are memoized per snapshot, so identity is stable within it
         tuple(sorted(proxy.labels.items())),
         loc,
-        vip_cluster(snapshot, proxy),
+        address_view(snapshot, proxy),
     )
     hit = memo.get(key)
     if hit is None:
@@ -554,7 +583,7 @@ def _outbound_plan(
         clusters, dr_key = plan_clusters(snapshot, proxy, workloads, clusters, notes)
         if scope is not None:
             listeners, routes = _egress_listeners(
-                scope, proxy.interception_mode, ip_family, notes, vip_cluster(snapshot, proxy)
+                scope, proxy.interception_mode, ip_family, notes, address_view(snapshot, proxy)
             )
         else:
             listeners, routes = (), ()
@@ -649,7 +678,7 @@ def _shared_key(ctx: ProxyContext) -> tuple[object, ...]:
         ctx.sidecar.key if ctx.sidecar is not None else None,  # the applied Sidecar
         vs_index.group_key(ctx.snapshot, ctx.proxy),  # VirtualService sourceLabels
         ctx.gateway,  # router proxies: selected Gateways, merged (labels, resolved ports)
-        vip_cluster(ctx.snapshot, ctx.proxy),  # multi-cluster Services' own VIPs
+        address_view(ctx.snapshot, ctx.proxy),  # own-cluster VIPs, allocated addresses
     )
 
 
@@ -684,6 +713,7 @@ def context_key(snapshot: MeshSnapshot, proxy: Proxy) -> Hashable:
         proxy.interception_mode,
         proxy.cluster_id,
         proxy.network,
+        proxy.uses_auto_allocated_ips,
         tuple(sorted(proxy.labels.items())),
         addresses,
         own,

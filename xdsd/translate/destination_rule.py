@@ -45,6 +45,7 @@ from xdsd.model.types import Endpoint, Locality, Service, Workload
 from xdsd.translate import _common as c
 from xdsd.translate.context import ClusterKind, OutboundCluster, ProxyContext
 from xdsd.translate.dr_lookup import AppliedRule, rule_for
+from xdsd.translate.trust_domain import identities, trust_domains
 
 Cluster = cluster_pb2.Cluster
 HashPolicy = route_components_pb2.RouteAction.HashPolicy
@@ -55,7 +56,6 @@ SDS_CLUSTER = "sds-grpc"
 SDS_DEFAULT = "default"
 SDS_ROOT = "ROOTCA"
 SDS_CA_SUFFIX = "-cacert"
-TRUST_DOMAIN = "cluster.local"  # MeshConfig.trustDomain default
 # ALPN in mesh with metadata exchange (util.ALPNInMeshWithMxc / ALPNInMeshH2WithMxc).
 ALPN_IN_MESH = ("istio-peer-exchange", "istio")
 ALPN_IN_MESH_H2 = ("istio-peer-exchange", "istio", "h2")
@@ -208,8 +208,11 @@ def plan_clusters(
                 )
             )
     for rule in {id(r): r for r in rules.values() if r is not None}.values():
-        for dropped in rule.dropped:
-            conflicts.append(f"DestinationRule merge for {rule.host}: duplicate {dropped} ignored")
+        for ns, name, path in rule.dropped:
+            conflicts.append(
+                f"DestinationRule merge for {rule.host}: {path} of {ns}/{name} ignored "
+                f"(an older rule for the host has it)"
+            )
         if proxy.type is ProxyType.SIDECAR and rule.selector is None:
             for tp in _policies(rule):
                 tls = tp.tls
@@ -491,10 +494,12 @@ def _common_tls() -> tls_pb2.CommonTlsContext:
 def service_accounts(ctx: ProxyContext, oc: OutboundCluster) -> list[str]:
     """SPIFFE identities of the service's endpoints (istiod ServiceAccounts for the port)."""
     eps = ctx.snapshot.endpoints_for(oc.service, oc.port.port)
+    bundle = trust_domains(ctx.snapshot)  # each identity in the domain and its aliases
     out = {
-        f"spiffe://{TRUST_DOMAIN}/ns/{e.namespace or oc.service.namespace}/sa/{e.service_account}"
+        spiffe
         for e in eps
         if e.service_account
+        for spiffe in identities(bundle, e.namespace or oc.service.namespace, e.service_account)
     }
     return sorted(out)
 

@@ -43,8 +43,9 @@ class AppliedRule:
     sources: tuple[tuple[str, str], ...]  # (namespace, name) of every merged rule
     export_to: frozenset[str] = frozenset()
     selector: Mapping[str, str] | None = None
-    # Duplicate subsets dropped while merging, for status output.
-    dropped: tuple[str, ...] = field(default=(), compare=False)
+    # What merging left out of the later rules, for status output: (namespace, name,
+    # field path) of a duplicate subset or of a second top-level trafficPolicy.
+    dropped: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
 
     def subset(self, name: str) -> Subset | None:
         for s in self.rule.subsets:
@@ -105,15 +106,17 @@ def _merge(hosts: _Hosts, new: AppliedRule) -> None:
         names = {s.name for s in cur.rule.subsets}
         subsets = list(cur.rule.subsets)
         dropped = list(cur.dropped)
-        for s in new.rule.subsets:
+        for i_sub, s in enumerate(new.rule.subsets):
             if s.name in names:
-                dropped.append(f"{new.namespace}/{new.name}: subset {s.name}")
+                dropped.append((new.namespace, new.name, f"spec.subsets[{i_sub}]"))
             else:
                 subsets.append(s)
                 names.add(s.name)
         policy = cur.rule.traffic_policy
-        if policy is None and new.rule.traffic_policy is not None:
+        if policy is None:
             policy = new.rule.traffic_policy
+        elif new.rule.traffic_policy is not None:  # istiod: the first rule's policy wins
+            dropped.append((new.namespace, new.name, "spec.trafficPolicy"))
         existing[i] = replace(
             cur,
             rule=replace(cur.rule, subsets=tuple(subsets), traffic_policy=policy),
@@ -130,7 +133,10 @@ def _build(snapshot: MeshSnapshot) -> _Index:
         for c in snapshot.configs_of("DestinationRule")
         if isinstance(c.typed, DestinationRule)
     ]
-    configs.sort(key=lambda p: (p[1].workload_selector is None, p[0].name, p[0].namespace))
+    # istiod sortConfigBySelectorAndCreationTime: rules with a selector first, then oldest.
+    configs.sort(
+        key=lambda p: (p[1].workload_selector is None, p[0].created, p[0].name, p[0].namespace)
+    )
     index = _Index()
     root = snapshot.root_namespace
     for cfg, dr in configs:
@@ -221,3 +227,15 @@ def rule_for(
 
 def has_rules(snapshot: MeshSnapshot) -> bool:
     return bool(snapshot.configs_of("DestinationRule"))
+
+
+def all_rules(snapshot: MeshSnapshot) -> list[AppliedRule]:
+    """Every (merged) rule of the index, each once (for reporting what merging dropped)."""
+    index = snapshot.derived(__name__, _build)
+    out: dict[int, AppliedRule] = {}
+    for hosts in (*index.local.values(), *index.exported.values(), index.root_local):
+        for table in (hosts.specific, hosts.wildcard):
+            for rules in table.values():
+                for r in rules:
+                    out.setdefault(id(r), r)
+    return list(out.values())

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, http_uri_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
@@ -34,17 +33,18 @@ from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 from envoy.type.v3 import http_status_pb2
 
 from xdsd.model.istio.authorizationpolicy import AuthorizationPolicy
+from xdsd.model.meshconfig import mesh_config
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigObject
 from xdsd.translate import _common as c
 from xdsd.translate import rbac
+from xdsd.translate.trust_domain import trust_domains
 
 EXT_AUTHZ_HTTP_FILTER = "envoy.filters.http.ext_authz"
 EXT_AUTHZ_NETWORK_FILTER = "envoy.filters.network.ext_authz"
 MATCH_PREFIX = "istio-ext-authz"
 SHADOW_PREFIX = "istio_ext_authz_"
 BAD_CUSTOM_SUFFIX = "-deny-due-to-bad-CUSTOM-action"
-MESH_CONFIGMAP = "istio"
 DEFAULT_TIMEOUT_S = 600
 
 
@@ -54,23 +54,6 @@ class Provider:
     http: Any = None  # ext_authz_pb2.ExtAuthz for HTTP chains
     tcp: Any = None  # net_ext_authz_pb2.ExtAuthz (gRPC providers only)
     error: str = ""
-
-
-def mesh_config(snapshot: MeshSnapshot) -> Mapping[str, Any]:
-    """MeshConfig from ConfigMap `istio` (key `mesh`) in the root namespace; {} if none."""
-
-    def build(s: MeshSnapshot) -> Mapping[str, Any]:
-        for cm in s.configs_of("ConfigMap"):
-            if cm.namespace == s.root_namespace and cm.name == MESH_CONFIGMAP:
-                text = cm.spec.get("data", {}).get("mesh", "")
-                try:
-                    doc = yaml.safe_load(text) if text else {}
-                except yaml.YAMLError:
-                    return {}
-                return doc if isinstance(doc, dict) else {}
-        return {}
-
-    return snapshot.derived(f"{__name__}:mesh", build)
 
 
 def _lookup(snapshot: MeshSnapshot, service: str, port: int) -> tuple[str, str]:
@@ -260,9 +243,12 @@ def http_filters(
 ) -> list[hcm_pb2.HttpFilter]:
     out: list[hcm_pb2.HttpFilter] = []
     found = providers(snapshot)
+    bundle = trust_domains(snapshot)
     for name, objs in _by_provider(policies).items():
         prefix = f"{MATCH_PREFIX}-{name}-"
-        built = rbac.build_rules(objs, for_tcp=False, action="CUSTOM", name_prefix=prefix)
+        built = rbac.build_rules(
+            objs, for_tcp=False, action="CUSTOM", name_prefix=prefix, bundle=bundle
+        )
         p = found.get(name)
         if p is None or p.http is None:
             cfg = http_rbac_pb2.RBAC(rules=_bad(built))
@@ -279,10 +265,13 @@ def network_filters(
 ) -> list[listener_components_pb2.Filter]:
     out: list[listener_components_pb2.Filter] = []
     found = providers(snapshot)
+    bundle = trust_domains(snapshot)
     Filter = listener_components_pb2.Filter
     for name, objs in _by_provider(policies).items():
         prefix = f"{MATCH_PREFIX}-{name}-"
-        built = rbac.build_rules(objs, for_tcp=True, action="CUSTOM", name_prefix=prefix)
+        built = rbac.build_rules(
+            objs, for_tcp=True, action="CUSTOM", name_prefix=prefix, bundle=bundle
+        )
         p = found.get(name)
         if p is None or p.error:
             cfg = net_rbac_pb2.RBAC(rules=_bad(built), stat_prefix=rbac.TCP_STAT_PREFIX)

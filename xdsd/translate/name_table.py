@@ -124,7 +124,7 @@ def build_name_table(ctx: ProxyContext) -> Message:
     services = ctx.sidecar.services if ctx.sidecar is not None else ctx.services
     for service in services:
         kubernetes = service.ref.kind == "Service"
-        addresses = service.addresses_for(ctx.proxy.cluster_id)
+        addresses = service.addresses_for(ctx.addresses)
         if service.headless or (service.resolution is Resolution.NONE and not addresses):
             ips = _headless_ips(ctx, service) if service.ports else []
         else:

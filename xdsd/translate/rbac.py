@@ -44,6 +44,7 @@ from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2,
 from xdsd.model.istio.authorizationpolicy import (
     AuthorizationPolicy,
     AuthzRule,
+    Condition,
     Match,
     is_dry_run,
 )
@@ -52,6 +53,8 @@ from xdsd.model.types import ConfigObject
 from xdsd.translate import _common as c
 from xdsd.translate.jwt_authn import JWT_FILTER, JWT_PAYLOAD_KEY
 from xdsd.translate.policy_select import applicable
+from xdsd.translate.trust_domain import LOCAL as LOCAL_TRUST_DOMAIN
+from xdsd.translate.trust_domain import principal_variants, trust_domains
 
 HTTP_RBAC_FILTER = "envoy.filters.http.rbac"
 NETWORK_RBAC_FILTER = "envoy.filters.network.rbac"
@@ -78,6 +81,8 @@ class WorkloadPolicies:
     audit: tuple[ConfigObject, ...] = ()
     deny: tuple[ConfigObject, ...] = ()
     allow: tuple[ConfigObject, ...] = ()
+    # The trust domain and its aliases (principals are matched in each).
+    bundle: tuple[str, ...] = (LOCAL_TRUST_DOMAIN,)
 
     @property
     def refs(self) -> tuple[tuple[str, str], ...]:
@@ -102,7 +107,11 @@ def policies_for(
             if isinstance(ap, AuthorizationPolicy):
                 by[ap.action].append(obj)
         hit = memo[key] = WorkloadPolicies(
-            tuple(by["CUSTOM"]), tuple(by["AUDIT"]), tuple(by["DENY"]), tuple(by["ALLOW"])
+            tuple(by["CUSTOM"]),
+            tuple(by["AUDIT"]),
+            tuple(by["DENY"]),
+            tuple(by["ALLOW"]),
+            trust_domains(snapshot),
         )
     return hit
 
@@ -440,10 +449,39 @@ def _when_attr(policy_ns: str, key: str, m: Match) -> tuple[str, _Attr]:
     raise ValueError(f"unknown attribute {key}")
 
 
+def _expand(m: Match, bundle: tuple[str, ...]) -> Match:
+    def each(values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(x for v in values for x in principal_variants(v, bundle)))
+
+    return Match(each(m.values), each(m.not_values))
+
+
+def with_trust_domains(rule: AuthzRule, bundle: tuple[str, ...]) -> AuthzRule:
+    """Principals (from.source, `when source.principal`) in every domain of the trust
+    domain bundle, as istiod generates them."""
+    if bundle == (LOCAL_TRUST_DOMAIN,):
+        return rule
+    sources = tuple(
+        {k: _expand(m, bundle) if k == "principals" else m for k, m in src.items()}
+        for src in rule.sources
+    )
+    when = tuple(
+        Condition(w.key, _expand(w.match, bundle)) if w.key == "source.principal" else w
+        for w in rule.when
+    )
+    return AuthzRule(sources, rule.operations, when)
+
+
 def rule_policy(
-    policy_ns: str, rule: AuthzRule, *, for_tcp: bool, action: str
+    policy_ns: str,
+    rule: AuthzRule,
+    *,
+    for_tcp: bool,
+    action: str,
+    bundle: tuple[str, ...] = (LOCAL_TRUST_DOMAIN,),
 ) -> rbac_pb2.Policy | None:
     """One rule as an Envoy policy; None when an ALLOW rule needs HTTP on a TCP chain."""
+    rule = with_trust_domains(rule, bundle)
     when_principals: list[_Attr] = []
     when_permissions: list[_Attr] = []
     for cond in rule.when:
@@ -503,7 +541,12 @@ _ACTIONS = {
 
 
 def build_rules(
-    policies: Sequence[ConfigObject], *, for_tcp: bool, action: str, name_prefix: str = ""
+    policies: Sequence[ConfigObject],
+    *,
+    for_tcp: bool,
+    action: str,
+    name_prefix: str = "",
+    bundle: tuple[str, ...] = (LOCAL_TRUST_DOMAIN,),
 ) -> BuiltRules:
     enforce = rbac_pb2.RBAC(action=_ACTIONS[action])
     shadow = rbac_pb2.RBAC(action=_ACTIONS[action])
@@ -518,7 +561,9 @@ def build_rules(
         else:
             has_enforce = True
         for i, rule in enumerate(ap.rules):
-            generated = rule_policy(obj.namespace, rule, for_tcp=for_tcp, action=action)
+            generated = rule_policy(
+                obj.namespace, rule, for_tcp=for_tcp, action=action, bundle=bundle
+            )
             if generated is not None:
                 target.policies[policy_name(obj.namespace, obj.name, i, name_prefix)].CopyFrom(
                     generated
@@ -550,7 +595,7 @@ def http_filters(wp: WorkloadPolicies) -> list[hcm_pb2.HttpFilter]:
     """AUDIT, DENY and ALLOW RBAC filters of an HTTP filter chain (CUSTOM comes before)."""
     out: list[hcm_pb2.HttpFilter] = []
     for action, policies in _groups(wp):
-        built = build_rules(policies, for_tcp=False, action=action)
+        built = build_rules(policies, for_tcp=False, action=action, bundle=wp.bundle)
         cfg = http_rbac_pb2.RBAC(shadow_rules_stat_prefix=_shadow_prefix(built.shadow))
         if built.rules is not None:
             cfg.rules.CopyFrom(built.rules)
@@ -564,7 +609,7 @@ def network_filters(wp: WorkloadPolicies) -> list[listener_components_pb2.Filter
     """AUDIT, DENY and ALLOW RBAC network filters of a TCP filter chain."""
     out: list[listener_components_pb2.Filter] = []
     for action, policies in _groups(wp):
-        built = build_rules(policies, for_tcp=True, action=action)
+        built = build_rules(policies, for_tcp=True, action=action, bundle=wp.bundle)
         cfg = net_rbac_pb2.RBAC(
             stat_prefix=TCP_STAT_PREFIX, shadow_rules_stat_prefix=_shadow_prefix(built.shadow)
         )

@@ -70,7 +70,7 @@ def virtual_host_domains(ctx: ProxyContext, service: Service) -> list[str]:
             domains += _kube_alt_hosts(host, ctx.dns_domain)
     else:
         domains += _shared_suffix_alt_hosts(host, ctx.dns_domain)
-    for addr in service.addresses_for(ctx.proxy.cluster_id):
+    for addr in service.addresses_for(ctx.addresses):
         if c.is_ip(addr) and addr not in ("0.0.0.0", "::"):
             domains.append(f"[{addr}]" if c.is_ipv6(addr) else addr)
     return domains

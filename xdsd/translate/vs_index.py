@@ -301,7 +301,7 @@ def _build(snapshot: MeshSnapshot) -> VSIndex:
     configs: list[ConfigObject] = [
         c for c in snapshot.configs_of("VirtualService") if isinstance(c.typed, VirtualService)
     ]
-    configs.sort(key=lambda c: (c.name, c.namespace))
+    configs.sort(key=lambda c: (c.created, c.name, c.namespace))  # istiod: oldest first
     delegates: dict[tuple[str, str], tuple[VirtualService, frozenset[str]]] = {}
     for c in configs:
         vs: VirtualService = c.typed

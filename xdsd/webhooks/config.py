@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from xdsd.model.labels import LabelSelector, parse_selector
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigError
 
@@ -121,54 +122,6 @@ def thaw(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [thaw(v) for v in value]
     return value
-
-
-@dataclass(frozen=True)
-class Requirement:
-    key: str
-    operator: str  # In | NotIn | Exists | DoesNotExist
-    values: tuple[str, ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        present = self.key in labels
-        if self.operator == "In":
-            return present and labels[self.key] in self.values
-        if self.operator == "NotIn":
-            return not present or labels[self.key] not in self.values
-        if self.operator == "Exists":
-            return present
-        return not present  # DoesNotExist
-
-
-@dataclass(frozen=True)
-class LabelSelector:
-    """A Kubernetes label selector; an empty one matches nothing here (as istiod)."""
-
-    requirements: tuple[Requirement, ...]
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return bool(self.requirements) and all(r.matches(labels) for r in self.requirements)
-
-
-def parse_selector(doc: Any, where: str, problems: list[tuple[str, str]]) -> LabelSelector | None:
-    if not isinstance(doc, Mapping):
-        problems.append((where, "not a label selector: ignored"))
-        return None
-    reqs: list[Requirement] = []
-    labels = doc.get("matchLabels") or {}
-    if not isinstance(labels, Mapping):
-        problems.append((f"{where}.matchLabels", "not a map: selector ignored"))
-        return None
-    reqs.extend(Requirement(str(k), "In", (str(v),)) for k, v in labels.items())
-    for i, expr in enumerate(doc.get("matchExpressions") or ()):
-        op = expr.get("operator") if isinstance(expr, Mapping) else None
-        key = expr.get("key") if isinstance(expr, Mapping) else None
-        values = expr.get("values") or () if isinstance(expr, Mapping) else ()
-        if op not in ("In", "NotIn", "Exists", "DoesNotExist") or not isinstance(key, str):
-            problems.append((f"{where}.matchExpressions[{i}]", "invalid: selector ignored"))
-            return None
-        reqs.append(Requirement(key, op, tuple(str(v) for v in values)))
-    return LabelSelector(tuple(reqs))
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ class InjectSettings:
     cluster_id: str = "Kubernetes"  # when neither the path nor the values name one
     trust_domain: str = "cluster.local"  # when neither MeshConfig nor the values name one
     revision: str = ""  # this control plane's istio.io/rev (`--revision`) unless values say
+    mesh_id: str = ""  # `--mesh-id`: when neither values nor MeshConfig name one
 
 
 def effective_revision(config: InjectorConfig, settings: InjectSettings) -> str:
@@ -134,9 +135,9 @@ def injection_required(
     inject = selector == "true"
     if use_default:
         plain = {str(k): str(v) for k, v in labels.items()}
-        if any(s.matches(plain) for s in config.never_inject):
+        if any(s.selects(plain) for s in config.never_inject):
             use_default, inject = False, False
-        elif any(s.matches(plain) for s in config.always_inject):
+        elif any(s.selects(plain) for s in config.always_inject):
             use_default, inject = False, True
     if config.policy == "enabled":
         required = True if use_default else inject
@@ -535,7 +536,14 @@ def inject_pod(
                 f"kubernetes://apis/{owner_api}/namespaces/{ns}/{owner_kind.lower()}s/{workload}",
             )
         )
-    env.append(_env("ISTIO_META_MESH_ID", str(v("global.meshID", "")) or trust_domain))
+    # istiod: values global.meshID, else MeshConfig meshId, else the trust domain.
+    mesh_id = (
+        str(v("global.meshID", ""))
+        or str(config.mesh.get("meshId") or "")
+        or settings.mesh_id
+        or trust_domain
+    )
+    env.append(_env("ISTIO_META_MESH_ID", mesh_id))
     env.append(_env("TRUST_DOMAIN", trust_domain))
     metadata_env = pc.get("proxyMetadata")
     if isinstance(metadata_env, Mapping):

@@ -25,7 +25,7 @@ Usage::
   Node, and the ConfigMaps named in `CONFIGMAP_NAMES`: MeshConfig `istio` and the
   injector's `istio-sidecar-injector`, one watch per name by field selector, so no
   other ConfigMap is read); `REMOTE_KINDS` for role "remote" (Service, EndpointSlice,
-  Pod, Node).
+  Pod, Node, Namespace).
 - `spec.namespaces`: None watches every namespace; a set watches only those
   (one watch per namespaced kind and namespace; Namespaces filtered by name;
   Nodes are always all).
@@ -82,7 +82,8 @@ CONFIG_KINDS: tuple[str, ...] = (
 )
 # The only ConfigMaps read (by name, in every watched namespace): MeshConfig, the injector's.
 CONFIGMAP_NAMES: tuple[str, ...] = ("istio", "istio-sidecar-injector")
-REMOTE_KINDS: tuple[str, ...] = ("Service", "EndpointSlice", "Pod", "Node")
+# Namespaces too: their labels decide what MeshConfig discoverySelectors select there.
+REMOTE_KINDS: tuple[str, ...] = ("Service", "EndpointSlice", "Pod", "Node", "Namespace")
 KNOWN_KINDS = frozenset(CORE_TYPES) | frozenset(ISTIO_GROUP_OF)
 
 # Batches at least this large are parsed in a worker thread.
