@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -201,10 +203,69 @@ async def test_proxy_status_through_any_worker_lists_every_workers_proxies(
                     await poll(
                         istioctl_on_both, timeout=40, what="istioctl answered by both workers"
                     )
+
+            # A worker killed: its streams end, it is restarted, and both workers (the
+            # new one told of its sibling, the old one of the new port) list exactly
+            # the proxies left.
+            os.kill(min(pids), signal.SIGKILL)
+
+            async def restarted() -> bool:
+                rows = await workers(admin)
+                return all(w["ready"] for w in rows) and min(pids) not in {w["pid"] for w in rows}
+
+            await poll(restarted, timeout=30, what="the killed worker restarted")
+
+            async def cut() -> bool:
+                return sum(w["streams"] for w in await workers(admin)) == sum(
+                    c.streaming for c in clients
+                )
+
+            await poll(cut, timeout=10, what="the dead worker's streams ended")
+            left = {c.node_id.split("~")[2] for c in clients if c.streaming}
+            pids = {w["pid"] for w in await workers(admin)}
+            answered.clear()
+
+            async def both_answer_for_the_rest() -> bool:
+                instance, proxies = await syncz_once(f"127.0.0.1:{xds}")
+                answered[instance] = proxies
+                full = {i for i, p in answered.items() if p == left}
+                return {int(i.rsplit(".", 1)[1]) for i in full} == pids
+
+            assert left and left != everyone
+            await poll(both_answer_for_the_rest, timeout=20, what="both listing what is left")
         finally:
             for c in clients:
                 await c.close()
         assert await serve.stop() == 0
+
+
+async def test_a_gone_sibling_is_forgotten_at_once(tmp_path: Path) -> None:
+    """A worker's sibling that went away (its port no longer in `set_siblings`) stops
+    counting at once, not only once its entries age out."""
+    from aiohttp import web
+
+    async def syncz(_: web.Request) -> web.Response:
+        return web.json_response([{"proxy": "p-0.shop", "namespace": "shop", "types": {}}])
+
+    app = web.Application()
+    app.router.add_get("/debug/syncz", syncz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        peers = PeerSyncz([], interval=60.0)
+        peers.set_siblings([("127.0.0.1", port)])
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s:
+            await peers.poll_once(s)
+        assert [e["proxy"] for e in peers.entries()] == ["p-0.shop"]
+        peers.set_siblings([])
+        assert peers.entries() == []
+    finally:
+        await runner.cleanup()
 
 
 async def test_an_unreachable_peer_is_reported_and_forgotten() -> None:
