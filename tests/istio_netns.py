@@ -188,7 +188,8 @@ class NetnsIstioProxy(IstioProxy):
             shutil.copy2(self.agent, local)
         self.agent = local
         for path in [self.workdir, *self.workdir.rglob("*")]:
-            os.lchown(path, PROXY_UID, PROXY_UID)
+            if path != local:  # a hard link: chown would change the cached binary
+                os.lchown(path, PROXY_UID, PROXY_UID)
 
     async def __aenter__(self) -> NetnsIstioProxy:
         import tempfile
