@@ -12,6 +12,11 @@ the node link (tests/netns.py). Nothing the app sends names a proxy:
      (virtualOutbound) -> outbound|9080||web... -> web-0, a plain pod elsewhere
   inbound:  web-0 -> sleep-0's IP:8080 -> iptables PREROUTING -> Envoy 15006
      (virtualInbound) -> inbound|8080|| -> the app, from 127.0.0.6
+  DNS:      app -> the pod's nameserver (served by no one) -> iptables -> the agent's
+     DNS proxy (15053), answering from xdsd's name table (NDS)
+
+A second test injects web-0 too and makes the mesh STRICT: the two captured sidecars
+speak Istio mTLS with certificates from xdsd's CA.
 
 Skips unless root on Linux with ip, setpriv, iptables, Envoy and the built pilot-agent.
 """
@@ -296,7 +301,7 @@ async def test_istio_proxy_with_istio_iptables_capture(
             await proxy.wait_ready(timeout=60)
 
             # xdsd's view: the pod, authenticated by its token, in REDIRECT mode.
-            conns = [c for c in mesh.app.services.connections.values()]
+            conns = mesh.app.services.connections.values()
             conn = next(c for c in conns if c.proxy_id == f"sleep-0.{NS}")
             assert conn.caller.identities == (f"spiffe://cluster.local/ns/{NS}/sa/sleep",)
             assert conn.watch.proxy.interception_mode.value == "REDIRECT"
