@@ -44,6 +44,7 @@ from tests.certs import Issued, TestCA
 from xdsd.ca import proto as ca_proto
 from xdsd.cache.resources import SECRET, Resource, ResourceSet
 from xdsd.server.ads import XdsServices
+from xdsd.server.auth import Caller
 from xdsd.server.metrics import XdsMetrics
 
 DEFAULT = "default"  # security.WorkloadKeyCertResourceName
@@ -153,7 +154,7 @@ class _Watch:
     def query_types(self) -> frozenset[str]:
         return frozenset()
 
-    def query(self, type_url: str, names: tuple[str, ...]) -> list[Resource]:
+    def query(self, type_url: str, names: tuple[str, ...], caller: Caller | None) -> list[Resource]:
         return []
 
     def close(self) -> None:

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from prometheus_client import CollectorRegistry
 
 from tests import istio_bin
@@ -71,6 +73,7 @@ LEDGER = "ledger.payments.example"  # a ServiceEntry host without addresses
 NAME_TABLE = "type.googleapis.com/istio.networking.nds.v1.NameTable"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 PROXY_CONFIG_TYPE = "type.googleapis.com/istio.mesh.v1alpha1.ProxyConfig"
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
 
 def service_account_jwt(namespace: str, sa: str) -> str:
@@ -103,6 +106,7 @@ class Mesh:
     root_cert: Path
     backend_port: int
     config_dir: Path
+    root_key: Path
 
     def spec(self, token: str, **kw: Any) -> IstioProxySpec:
         addr = f"127.0.0.1:{self.app.tls_port}"
@@ -133,7 +137,8 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
 
 @pytest.fixture
 async def mesh_plain(tmp_path: Path) -> AsyncIterator[Mesh]:
-    """Also a plaintext xDS port (istiod's 15010), for istioctl without credentials."""
+    """Also a plaintext xDS port (istiod's 15010), for istioctl without credentials, and
+    an mTLS port (client certificates), for istioctl --cert-dir."""
     async with make_mesh(tmp_path, plaintext=True) as m:
         yield m
 
@@ -175,6 +180,8 @@ async def make_mesh(tmp_path: Path, *, plaintext: bool = False) -> AsyncIterator
                 tls_port=0,
                 tls_cert_file=certs.server_cert,
                 tls_key_file=certs.server_key,
+                mtls_port=0 if plaintext else -1,
+                client_ca_file=certs.root_cert,
                 shutdown_grace_s=0.2,
             ),
             security=SecuritySettings(
@@ -189,7 +196,7 @@ async def make_mesh(tmp_path: Path, *, plaintext: bool = False) -> AsyncIterator
         )
         registry = CollectorRegistry()
         async with XdsdApp(settings, registry) as app:
-            yield Mesh(app, api, registry, certs.root_cert, backend_port, config)
+            yield Mesh(app, api, registry, certs.root_cert, backend_port, config, certs.root_key)
 
 
 async def istioctl(tmp_path: Path, mesh: Mesh, *args: str, timeout: float = 30) -> str:
@@ -623,3 +630,141 @@ async def test_sotw_agent_follows_config_changes(mesh: Mesh) -> None:
         assert await get(mesh.backend_port, HOST) == (200, "reviews")
         assert await proxy.rejected() == 0
         assert all(s.nack is None for s in conn.states.values())
+
+
+@contextlib.asynccontextmanager
+async def proxy_stream(port: int, pod: str, namespace: str) -> AsyncIterator[None]:
+    """A sidecar's ADS stream on the plaintext port (CDS, acked) while the block runs."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        req = discovery_pb2.DiscoveryRequest(type_url=CDS)
+        req.node.id = f"sidecar~10.1.0.5~{pod}.{namespace}~{namespace}.svc.cluster.local"
+        req.node.metadata["NAMESPACE"] = namespace
+        await call.write(req)
+        resp = await asyncio.wait_for(call.read(), 10)
+        await call.write(
+            discovery_pb2.DiscoveryRequest(
+                type_url=CDS, version_info=resp.version_info, response_nonce=resp.nonce
+            )
+        )
+        try:
+            yield
+        finally:
+            call.cancel()
+
+
+def first_json(text: str) -> Any:
+    """The first JSON value in istioctl's output (it may print log lines before it)."""
+    start = min(i for i in (text.find("{"), text.find("[")) if i >= 0)
+    value, _ = json.JSONDecoder().raw_decode(text[start:])
+    return value
+
+
+def client_cert_dir(mesh: Mesh, folder: Path, spiffe_id: str) -> Path:
+    """istioctl's --cert-dir: cert-chain.pem, key.pem and root-cert.pem, a client
+    certificate for `spiffe_id` from xdsd's own CA (as a workload's would be)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from xdsd.ca.authority import CertificateAuthority
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "istioctl")]))
+        .sign(key, hashes.SHA256())
+    )
+    ca = CertificateAuthority.from_files(mesh.root_cert, mesh.root_key)
+    signed = ca.sign_csr(csr.public_bytes(serialization.Encoding.PEM), [spiffe_id])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cert-chain.pem").write_text("".join(signed.chain))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (folder / "root-cert.pem").write_bytes(mesh.root_cert.read_bytes())
+    return folder
+
+
+async def test_istioctl_over_the_tls_ports(mesh_plain: Mesh, tmp_path: Path) -> None:
+    """istioctl against xdsd's TLS port as against istiod's 15012: without --plaintext
+    it asks the Kubernetes API for a token (TokenRequest for istio-system/default,
+    audience istio-ca) and sends it as a bearer token over TLS (it verifies no server
+    certificate then); with --cert-dir it presents a client certificate instead, which
+    xdsd takes on its mTLS port (grpcio cannot ask for an optional one on the TLS port)."""
+    mesh = mesh_plain
+    token = service_account_jwt(NS, "client")
+    mesh.api.add_token(token, username=f"system:serviceaccount:{NS}:client")
+    async with IstioProxy(mesh.spec(token)) as proxy:
+        await proxy.wait_ready(timeout=40)
+        conn = connection(mesh, f"client-0.{NS}")
+
+        async def all_acked() -> bool:
+            return all(s.responded and s.nack is None for s in conn.states.values())
+
+        await poll(all_acked, timeout=10, what="every type answered")
+        tls = ("--xds-address", f"127.0.0.1:{mesh.app.tls_port}")
+
+        # The bearer token path (istioctl's default with --xds-address).
+        out = await istioctl(tmp_path, mesh, "proxy-status", *tls, "-v", "1")
+        header, *lines = rows(out)
+        status = dict(zip(header, lines[0], strict=True))
+        assert status["NAME"] == f"client-0.{NS}" and len(lines) == 1, out
+        assert {status[t] for t in ("CDS", "LDS", "EDS", "RDS")} == {"SYNCED"}, out
+        assert ("istio-system", "default", ("istio-ca",)) in mesh.api.issued_tokens
+        # istio.io/debug/config_dump over TLS: Envoy's dump matches what xdsd holds.
+        dump = tmp_path / "config_dump.json"
+        dump.write_text(json.dumps(await proxy.config_dump()))
+        out = await istioctl(
+            tmp_path, mesh, "proxy-status", f"client-0.{NS}", "--file", str(dump), *tls
+        )
+        assert out.splitlines()[:2] == ["Clusters Match", "Listeners Match"], out
+
+        # --cert-dir: a client certificate of istio-system's default service account,
+        # the server verified against root-cert.pem by the name given as --authority.
+        certs = client_cert_dir(
+            mesh, tmp_path / "istioctl-certs", "spiffe://cluster.local/ns/istio-system/sa/default"
+        )
+        mtls = ("--xds-address", f"127.0.0.1:{mesh.app.mtls_port}", "--cert-dir", str(certs))
+        out = await istioctl(tmp_path, mesh, "proxy-status", *mtls, "--authority", XDSD_HOST)
+        assert rows(out)[1][0] == f"client-0.{NS}", out
+        out = await istioctl(tmp_path, mesh, "proxy-status", *mtls, "--insecure")
+        assert rows(out)[1][0] == f"client-0.{NS}", out
+
+        # As istiod: a caller of another namespace than the root one sees only its own
+        # namespace's proxies. A second proxy, in namespace other (plaintext port):
+        async with proxy_stream(mesh.app.xds_port, "web-0", "other"):
+            out = await istioctl(tmp_path, mesh, "proxy-status", *tls)
+            assert [r[0] for r in rows(out)[1:]] == [f"client-0.{NS}", "web-0.other"], out
+            # istioctl -i shop: a token of shop's default service account.
+            out = await istioctl(tmp_path, mesh, "proxy-status", *tls, "-i", NS)
+            assert ("shop", "default", ("istio-ca",)) in mesh.api.issued_tokens
+            assert [r[0] for r in rows(out)[1:]] == [f"client-0.{NS}"], out
+
+            # istioctl x internal-debug: istio.io/debug, the admin API's /debug/NAME.
+            debug = ("x", "internal-debug")
+            out = await istioctl(tmp_path, mesh, *debug, "syncz", *tls)
+            assert [e["proxy"] for e in first_json(out)] == [f"client-0.{NS}", "web-0.other"]
+            out = await istioctl(tmp_path, mesh, *debug, f"config_dump?proxyID=client-0.{NS}", *tls)
+            assert "dynamic_active_clusters" in json.dumps(first_json(out)), out[:2000]
+            out = await istioctl(tmp_path, mesh, *debug, "nosuch", *tls)
+            assert "please check all supported internal debug commands" in out, out
+            assert "syncz" in first_json(out[out.index("commands") :]), out
+            # Outside the root namespace: only config_dump, of its own namespace's proxies.
+            shop = (*tls, "-i", NS)
+            out = await istioctl(tmp_path, mesh, *debug, "syncz", *shop)
+            assert "not available for this identity" in first_json(out)["error"], out
+            out = await istioctl(
+                tmp_path, mesh, *debug, f"config_dump?proxyID=client-0.{NS}", *shop
+            )
+            assert "dynamic_active_clusters" in json.dumps(first_json(out)), out[:2000]
+            out = await istioctl(tmp_path, mesh, *debug, "config_dump?proxyID=web-0.other", *shop)
+            assert "is not connected" in first_json(out)["error"], out
+        denied = mesh.registry.get_sample_value(
+            "xdsd_auth_denied_total", {"reason": "unauthorized"}
+        )
+        assert not denied

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from xdsd.cache.resources import CLUSTER, ENDPOINT, Resource, ResourceSet
 from xdsd.server.ads import NodeRejected, ServerSettings, XdsServices
+from xdsd.server.auth import Caller
 from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 
@@ -54,7 +55,7 @@ class FakeWatch:
     def query_types(self) -> frozenset[str]:
         return frozenset()
 
-    def query(self, type_url: str, names: tuple[str, ...]) -> list[Resource]:
+    def query(self, type_url: str, names: tuple[str, ...], caller: Caller | None) -> list[Resource]:
         return []
 
     def close(self) -> None:

@@ -377,7 +377,10 @@ async def test_annotations_are_honoured(client: Client) -> None:
     assert env["ISTIO_META_DNS_CAPTURE"] == "true"
     assert env["ISTIO_META_INTERCEPTION_MODE"] == "TPROXY"
     assert proxy["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
-    args = container(p, "istio-init", init=True)["args"]
+    init = container(p, "istio-init", init=True)
+    # proxyMetadata reaches istio-iptables too: ISTIO_META_DNS_CAPTURE captures DNS.
+    assert init["env"] == [{"name": "ISTIO_META_DNS_CAPTURE", "value": "true"}]
+    args = init["args"]
     flags = dict(zip(args[1:17:2], args[2:18:2], strict=True))
     assert flags == {
         "-p": "15001",
@@ -535,6 +538,20 @@ async def test_cni_values_give_istio_validation(tmp_path: Path) -> None:
         annotations = p["metadata"]["annotations"]
         assert annotations["sidecar.istio.io/interceptionMode"] == "REDIRECT"
         assert annotations["traffic.sidecar.istio.io/excludeInboundPorts"] == "15020"
+
+
+async def test_iptables_values_reach_istio_init(tmp_path: Path) -> None:
+    values = '"global": {"proxy_init": {"forceApplyIptables": true}, "nativeNftables": true}, '
+    injector = INJECTOR.replace('"global": {', values + '"x": {').replace(
+        "policy: disabled", "policy: enabled"
+    )
+    async for c in start(tmp_path, MESH, injector):
+        p = (await c.inject(pod()))["pod"]
+        args = container(p, "istio-init", init=True)["args"]
+        assert args[-2:] == ["--force-apply", "--native-nftables"], args
+        async with c.session.get(f"http://127.0.0.1:{c.app.admin_port}/debug/injectz") as resp:
+            ignored = {i["path"]: i["message"] for i in (await resp.json())["ignored"]}
+        assert "forceApplyIptables" not in ignored.get("data.values", ""), ignored
 
 
 # -- validation --------------------------------------------------------------------------------

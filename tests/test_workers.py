@@ -75,6 +75,11 @@ class AdsClient:
                 )
             )
 
+    @property
+    def streaming(self) -> bool:
+        """Its stream is still open (it ends when its worker dies)."""
+        return self._task is not None and not self._task.done()
+
     async def has(self, name: str) -> bool:
         return name in self.clusters
 

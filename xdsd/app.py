@@ -28,6 +28,8 @@ from envoy.service.status.v3 import csds_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from xdsd.admin.http import AdminServer
+from xdsd.admin.xds_debug import DEBUG_TYPE, debug_body
+from xdsd.ca.identity import parse_spiffe
 from xdsd.cache.dump import dump_messages, dump_resources
 from xdsd.cache.groups import Change, GroupCache
 from xdsd.cache.resources import ENDPOINT, PUSH_ORDER, Resource, ResourceSet, short_type
@@ -48,6 +50,7 @@ from xdsd.push.debounce import Debouncer, DebounceSettings
 from xdsd.push.request import PushRequest
 from xdsd.security import Security, SecuritySettings
 from xdsd.server.ads import Connection, NodeRejected, ServerSettings, XdsServices
+from xdsd.server.auth import Caller
 from xdsd.server.grpc_server import GrpcSettings, XdsServer
 from xdsd.server.metrics import XdsMetrics
 from xdsd.sources.events import ConfigChange, FileContent
@@ -77,7 +80,7 @@ log = logging.getLogger(__name__)
 # istioctl's debug queries over xDS (istiod's StatusGen): answered once per request.
 DEBUG_SYNCZ = "istio.io/debug/syncz"
 DEBUG_CONFIG_DUMP = "istio.io/debug/config_dump"
-DEBUG_TYPES = frozenset({DEBUG_SYNCZ, DEBUG_CONFIG_DUMP})
+DEBUG_TYPES = frozenset({DEBUG_SYNCZ, DEBUG_CONFIG_DUMP, DEBUG_TYPE})
 _CLIENT_CONFIG = "type.googleapis.com/envoy.service.status.v3.ClientConfig"
 _STATUS = {
     "SYNCED": csds_pb2.SYNCED,
@@ -236,11 +239,20 @@ class _Watch:
     def query_types(self) -> frozenset[str]:
         return DEBUG_TYPES
 
-    def query(self, type_url: str, names: tuple[str, ...]) -> list[Resource]:
+    def query(self, type_url: str, names: tuple[str, ...], caller: Caller | None) -> list[Resource]:
+        scope = self.app.debug_scope(caller)
         if type_url == DEBUG_SYNCZ:
-            return self.app.client_configs()
+            return self.app.client_configs(scope)
         if type_url == DEBUG_CONFIG_DUMP and len(names) == 1:
-            return self.app.config_dump_resources(names[0])
+            return self.app.config_dump_resources(names[0], scope)
+        if type_url == DEBUG_TYPE and len(names) == 1:
+            body = debug_body(
+                self.app,
+                names[0],
+                restricted=scope is not None,
+                visible=lambda proxy_id: self.app.in_scope(proxy_id, scope),
+            )
+            return [Resource.from_bytes(names[0], DEBUG_TYPE, body)]
         return []
 
     def close(self) -> None:
@@ -456,6 +468,10 @@ class XdsdApp:
     @property
     def tls_port(self) -> int:
         return self._server.tls_port if self._server else self.settings.xds.tls_port
+
+    @property
+    def mtls_port(self) -> int:
+        return self._server.mtls_port if self._server else self.settings.xds.mtls_port
 
     @property
     def webhook_port(self) -> int:
@@ -1036,10 +1052,23 @@ class XdsdApp:
         sets = self._proxy_sets(proxy_id)
         return None if sets is None else dump_resources(sets)
 
-    def config_dump_resources(self, proxy_id: str) -> list[Resource]:
+    def debug_scope(self, caller: Caller | None) -> frozenset[str] | None:
+        """The namespaces whose proxies a debug query may show (None: all), as istiod:
+        a caller authenticated in the root namespace sees all, any other only the
+        proxies of its own namespace; unauthenticated streams (the plaintext port,
+        --insecure-no-auth) see all."""
+        if caller is None:
+            return None
+        spiffe = [i for i in (parse_spiffe(u) for u in caller.identities) if i is not None]
+        namespaces = frozenset(i.namespace for i in spiffe)
+        return None if self.settings.root_namespace in namespaces else namespaces
+
+    def config_dump_resources(
+        self, proxy_id: str, scope: frozenset[str] | None = None
+    ) -> list[Resource]:
         """istio.io/debug/config_dump: the dump sections as unnamed resources."""
         sets = self._proxy_sets(proxy_id)
-        if sets is None:
+        if sets is None or not self.in_scope(proxy_id, scope):
             return []
         out = []
         for message in dump_messages(sets):
@@ -1047,11 +1076,25 @@ class XdsdApp:
             out.append(Resource.from_message("", type_url, message))
         return out
 
-    def client_configs(self) -> list[Resource]:
-        """istio.io/debug/syncz: one envoy.service.status.v3.ClientConfig per proxy."""
+    def in_scope(self, proxy_id: str, scope: frozenset[str] | None) -> bool:
+        if scope is None:
+            return True
+        return any(
+            isinstance(c.watch, _Watch) and c.watch.proxy.namespace in scope
+            for c in self.services.connections.values()
+            if c.proxy_id == proxy_id
+        )
+
+    def client_configs(self, scope: frozenset[str] | None = None) -> list[Resource]:
+        """istio.io/debug/syncz: one envoy.service.status.v3.ClientConfig per proxy (of
+        the namespaces in `scope`, when given)."""
         out = []
         for conn in sorted(self.services.connections.values(), key=lambda c: c.proxy_id):
             if not _is_proxy(conn):
+                continue
+            if scope is not None and not (
+                isinstance(conn.watch, _Watch) and conn.watch.proxy.namespace in scope
+            ):
                 continue
             cc = csds_pb2.ClientConfig()
             cc.node.id = conn.proxy_id
@@ -1069,6 +1112,8 @@ class XdsdApp:
             out.append(Resource.from_message(conn.proxy_id, _CLIENT_CONFIG, cc))
         own = {r.name for r in out}
         for entry in self.peers.entries():  # the other replicas' proxies (--peer-admin)
+            if scope is not None and entry.get("namespace") not in scope:
+                continue
             if entry.get("proxy") not in own:
                 out.append(_peer_client_config(entry))
                 own.add(str(entry.get("proxy")))

@@ -303,7 +303,14 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="a service-account token (JWT) sent as 'authorization: Bearer' (TLS servers "
-        "that authenticate)",
+        "that authenticate), of --namespace",
+    )
+    st.add_argument(
+        "--namespace",
+        default="istio-system",
+        metavar="NS",
+        help="the token's namespace, sent as the client's, as istioctl does (the root "
+        "namespace sees every proxy, another only its own; default: istio-system)",
     )
     st.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for the answer (10)"
@@ -1015,6 +1022,7 @@ def _status(args: argparse.Namespace) -> int:
                 ca=ca,
                 server_name=args.xds_server_name,
                 token=token,
+                namespace=args.namespace,
             )
         )
     except (grpc.aio.AioRpcError, TimeoutError, ConnectionError, OSError) as e:
@@ -1053,7 +1061,10 @@ def _status_hint(args: argparse.Namespace, e: BaseException) -> str:
             "--xds-ca-file DIR/root-cert.pem; plaintext xDS is on 15010)"
         )
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return " (give --token-file with a service-account token of namespace default)"
+        return (
+            f" (give --token-file with a service-account token of namespace {args.namespace}"
+            ", or --namespace with the token's)"
+        )
     if args.xds_ca_file is not None and code is grpc.StatusCode.UNAVAILABLE:
         return " (check --xds-ca-file and --xds-server-name match the server's certificate)"
     return ""

@@ -34,8 +34,16 @@ from xdsd.translate.checks import config_problems
 from xdsd.translate.vs_index import resolve_host
 
 SYNCZ = "istio.io/debug/syncz"
-# istioctl's own node id for debug clients: four parts, so any Istio control plane accepts it.
-DEBUG_NODE_ID = "sidecar~127.0.0.1~xdsd-status.default~default.svc.cluster.local"
+# The namespace a debug client says it is in, as istioctl: the root one, whose callers
+# see every proxy (a token of another namespace sees only that one's).
+DEBUG_NAMESPACE = "istio-system"
+
+
+def debug_node_id(namespace: str) -> str:
+    """A node id of four parts, as istioctl's, so any Istio control plane accepts it."""
+    return f"sidecar~127.0.0.1~xdsd-status.{namespace}~{namespace}.svc.cluster.local"
+
+
 _COLUMNS = ((CLUSTER, "CDS"), (LISTENER, "LDS"), (ENDPOINT, "EDS"), (ROUTE, "RDS"), (SECRET, "SDS"))
 
 
@@ -55,9 +63,10 @@ async def fetch_status(
     ca: bytes | None = None,
     server_name: str | None = None,
     token: str | None = None,
+    namespace: str = DEBUG_NAMESPACE,
 ) -> list[ProxyStatus]:
     """One syncz query over ADS (over TLS trusting `ca` when given, with `token` as a
-    bearer token); raises grpc.aio.AioRpcError or TimeoutError."""
+    bearer token of `namespace`); raises grpc.aio.AioRpcError or TimeoutError."""
     if ca is not None:
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         channel = grpc.aio.secure_channel(
@@ -70,8 +79,8 @@ async def fetch_status(
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         call = stub.StreamAggregatedResources(metadata=metadata)
         request = discovery_pb2.DiscoveryRequest(type_url=SYNCZ)
-        request.node.id = DEBUG_NODE_ID
-        request.node.metadata["NAMESPACE"] = "default"
+        request.node.id = debug_node_id(namespace)
+        request.node.metadata["NAMESPACE"] = namespace
         request.node.metadata["GENERATOR"] = "event"
         await call.write(request)
         response = await asyncio.wait_for(call.read(), timeout)

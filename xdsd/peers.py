@@ -7,6 +7,10 @@ the mesh (istio/istio#37217). xdsd replicas started with `--peer-admin HOST:PORT
 for all its addresses) read each other's `/debug/syncz` every few seconds and add
 the peers' proxies to their own answer. The peers' admin ports must answer remote
 clients (`--remote-debug`, on a network only the replicas reach).
+
+The workers of `serve --workers N` are each other's peers the same way: the
+supervisor tells every worker its siblings' loopback admin addresses
+(`set_siblings`), so the worker a connection lands on answers for all of them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 2.0
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class PeerSyncz:
     """Polls the peers' /debug/syncz; `entries()` are the fresh ones, by peer."""
 
@@ -44,9 +52,21 @@ class PeerSyncz:
         self.timeout = timeout
         self._own = own_addresses
         self._clock = clock
+        self._siblings: tuple[tuple[str, int], ...] = ()
         self._latest: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._entered = False
         self.errors: dict[str, str] = {}
+
+    def set_siblings(self, addresses: Sequence[tuple[str, int]]) -> None:
+        """The other workers' admin addresses (they change as workers restart)."""
+        before = {_url(*a) for a in self._siblings}
+        self._siblings = tuple(addresses)
+        for url in before - {_url(*a) for a in self._siblings}:
+            # A restarted worker's old port: its proxies went with it.
+            self._latest.pop(url, None)
+            self.errors.pop(url, None)
+        self._start()
 
     def entries(self) -> list[dict[str, Any]]:
         """The proxies the peers reported within the last three intervals."""
@@ -74,12 +94,12 @@ class PeerSyncz:
                 addr = (str(info[4][0]), port)
                 if addr not in own and addr not in out:
                     out.append(addr)
+        out += [a for a in self._siblings if a not in own and a not in out]
         return out
 
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
         for host, port in await self._targets():
-            shown = f"[{host}]" if ":" in host else host
-            url = f"http://{shown}:{port}"
+            url = _url(host, port)
             try:
                 async with session.get(f"{url}/debug/syncz") as r:
                     if r.status != 200:
@@ -102,9 +122,13 @@ class PeerSyncz:
                 await self.poll_once(session)
                 await asyncio.sleep(self.interval)
 
-    async def __aenter__(self) -> PeerSyncz:
-        if self.peers:
+    def _start(self) -> None:
+        if self._entered and self._task is None and (self.peers or self._siblings):
             self._task = asyncio.create_task(self._run(), name="peer-syncz")
+
+    async def __aenter__(self) -> PeerSyncz:
+        self._entered = True
+        self._start()
         return self
 
     async def __aexit__(
@@ -118,3 +142,4 @@ class PeerSyncz:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._entered = False

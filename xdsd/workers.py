@@ -112,6 +112,14 @@ class SourceState:
 
 
 @dataclass(frozen=True)
+class Siblings:
+    """Every worker's admin port: each worker adds the others' proxies to its
+    istio.io/debug/syncz answer, so proxy-status through any one shows all."""
+
+    admin_ports: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class WorkerState:
     """A worker's report to the supervisor (when it changes)."""
 
@@ -252,6 +260,8 @@ class _Relay:
         self.states: dict[str | None, SourceState] = {}
         self.remote_events: asyncio.Queue[RemoteEvent] = asyncio.Queue()
         self.remotes_synced = _SyncedEvent()
+        self.siblings: tuple[int, ...] = ()
+        self.on_siblings: Callable[[tuple[int, ...]], None] | None = None
 
     def queue(self, key: str | None) -> asyncio.Queue[ConfigChange]:
         return self._queues.setdefault(key, asyncio.Queue())
@@ -271,6 +281,10 @@ class _Relay:
             self.remotes_synced.set()
         elif isinstance(message, SourceState):
             self.states[message.key] = message
+        elif isinstance(message, Siblings):
+            self.siblings = message.admin_ports
+            if self.on_siblings is not None:
+                self.on_siblings(self.siblings)
         else:
             log.warning("unexpected message from the supervisor: %s", type(message).__name__)
 
@@ -382,6 +396,12 @@ async def run_worker(fd: int, parent: int) -> int:
     tasks = [asyncio.create_task(follow(), name="from-supervisor")]
     try:
         async with XdsdApp(init.settings, hooks=relay.hooks(init.settings)) as app:
+
+            def siblings(ports: tuple[int, ...]) -> None:
+                app.peers.set_siblings([("127.0.0.1", p) for p in ports if p != app.admin_port])
+
+            relay.on_siblings = siblings
+            siblings(relay.siblings)
             tasks.append(asyncio.create_task(_report(app, init.index, writer), name="report"))
             log.info(
                 "worker %d serving: xDS on %s, admin on http://127.0.0.1:%d",
@@ -490,6 +510,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._failed: asyncio.Future[str] | None = None
+        self._siblings: tuple[int, ...] = ()  # the admin ports last shipped
         self.m_restarts = Counter(
             "xdsd_worker_restarts",
             "Worker processes restarted after they exited.",
@@ -532,6 +553,7 @@ class Supervisor:
         own = dataclasses.replace(
             s,
             admin_port=-1,
+            peer_admins=(),  # the workers read the peers' proxies
             security=dataclasses.replace(s.security, authenticate=False),
         )
         hooks = SourceHooks(
@@ -783,6 +805,7 @@ class Supervisor:
                     slot.state = message
                     slot.serving.set()
                     self.m_workers.set(sum(1 for s in self.slots if s.state and s.state.ready))
+                    self._ship_siblings()
             return await proc.wait()
         finally:
             self._fanout.links.pop(slot.index, None)
@@ -793,11 +816,19 @@ class Supervisor:
             slot.writer = None
             slot.state = None
             self.m_workers.set(sum(1 for s in self.slots if s.state and s.state.ready))
+            self._ship_siblings()
             parent.close()
             if proc.returncode is None and not self._stopping:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+
+    def _ship_siblings(self) -> None:
+        """Every worker's admin port to every worker, whenever one comes or changes."""
+        ports = tuple(s.state.admin_port for s in self.slots if s.state is not None)
+        if ports != self._siblings:
+            self._siblings = ports
+            self._fanout.send(Siblings(ports))
 
     def _worker_settings(self) -> AppSettings:
         return dataclasses.replace(

@@ -643,6 +643,8 @@ class KubeApiServer:
         self._history: deque[_Event] = deque()
         self._watches: set[_Watch] = set()
         self._review_tokens: dict[str, TokenInfo] = {}
+        # (namespace, service account, audiences) of each TokenRequest answered.
+        self.issued_tokens: list[tuple[str, str, tuple[str, ...]]] = []
         self._fail_watches: list[int] = []
         self._fail_lists: list[int] = []
         self._runner: web.AppRunner | None = None
@@ -1284,6 +1286,11 @@ class KubeApiServer:
             raise ApiError(404, "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
+        if sub == "token" and rtype.key == ("", "serviceaccounts") and name is not None:
+            request[_ROUTE] = ("create", "serviceaccounts/token")
+            if request.method != "POST":
+                raise ApiError(405, "only POST is supported for serviceaccounts/token")
+            return await self._token_request(request, namespace or "", name)
         if sub is not None and sub != "status":
             raise ApiError(404, "the server could not find the requested resource")
         method = request.method
@@ -1790,6 +1797,32 @@ class KubeApiServer:
                 "metadata": {"creationTimestamp": None},
                 "spec": spec,
                 "status": status,
+            },
+            status=201,
+        )
+
+    async def _token_request(self, request: web.Request, namespace: str, sa: str) -> web.Response:
+        """TokenRequest (what istioctl asks for its xDS bearer token): a new token that
+        TokenReview then authenticates as the service account, for the audiences asked
+        (the API server's own by default). The service account need not exist here."""
+        body = await self._body(request)
+        spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+        audiences = [str(a) for a in spec.get("audiences") or []] or list(self.api_audiences)
+        seconds = int(spec.get("expirationSeconds") or 3600)
+        token = f"tokenrequest-{secrets.token_hex(16)}"
+        self.add_token(
+            token, username=f"system:serviceaccount:{namespace}:{sa}", audiences=audiences
+        )
+        self.issued_tokens.append((namespace, sa, tuple(audiences)))
+        expires = datetime.fromtimestamp(time.time() + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._log(request, "create", "serviceaccounts/token", 201)
+        return web.json_response(
+            {
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": sa, "namespace": namespace},
+                "spec": {"audiences": audiences, "expirationSeconds": seconds},
+                "status": {"token": token, "expirationTimestamp": expires},
             },
             status=201,
         )

@@ -111,8 +111,9 @@ class ProxyWatch(Protocol):
         """Types answered once per request (debug queries), not subscribed to."""
         ...
 
-    def query(self, type_url: str, names: tuple[str, ...]) -> list[Resource]:
-        """The answer to a query type request."""
+    def query(self, type_url: str, names: tuple[str, ...], caller: Caller | None) -> list[Resource]:
+        """The answer to a query type request from a stream authenticated as `caller`
+        (None: authentication off, or the plaintext port)."""
         ...
 
     def close(self) -> None: ...
@@ -518,7 +519,7 @@ class XdsServices:
     def _answer_query(self, conn: Connection, type_url: str, names: tuple[str, ...]) -> bytes:
         """A one-shot answer (debug types): not a subscription, never pushed again."""
         assert conn.watch is not None
-        resources = conn.watch.query(type_url, names)
+        resources = conn.watch.query(type_url, names, conn.caller)
         nonce = conn.next_nonce()
         version = str(int(time.time() * 1000))
         conn.states[type_url] = dataclasses.replace(

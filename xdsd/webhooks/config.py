@@ -77,7 +77,8 @@ DEFAULT_VALUES: Mapping[str, Any] = {
                 "limits": {"cpu": "2000m", "memory": "1024Mi"},
             },
         },
-        "proxy_init": {"image": "proxyv2"},
+        "proxy_init": {"image": "proxyv2", "forceApplyIptables": False},
+        "nativeNftables": False,
     },
     "pilot": {"cni": {"enabled": False}},
 }

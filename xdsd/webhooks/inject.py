@@ -458,6 +458,10 @@ def inject_pod(
             args.append("--log_as_json")
         if cni:
             args += ["--run-validation", "--skip-rule-apply"]
+        elif v("global.proxy_init.forceApplyIptables", False):
+            args.append("--force-apply")
+        if v("global.nativeNftables", False):
+            args.append("--native-nftables")
         security: dict[str, Any] = {
             "allowPrivilegeEscalation": privileged,
             "privileged": privileged,
@@ -482,6 +486,11 @@ def inject_pod(
         }
         if pull_policy:
             init["imagePullPolicy"] = pull_policy
+        # ProxyConfig's proxyMetadata reaches istio-iptables too (as Istio's template
+        # does): ISTIO_META_DNS_CAPTURE there makes it capture DNS for the agent.
+        init_meta = pc.get("proxyMetadata")
+        if isinstance(init_meta, Mapping) and init_meta:
+            init["env"] = [_env(str(k), init_meta[k]) for k in sorted(init_meta)]
 
     # -- the proxy
     cluster_id = (
