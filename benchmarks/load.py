@@ -498,6 +498,59 @@ class GcpServer(FloorServer):
         self.port = port
 
 
+class IstiodServer(FloorServer):
+    """istiod (pilot-discovery) on the same mesh, through benchmarks/peers/istiod.py: the
+    mesh's Kubernetes objects from the Kubernetes API test server, the VirtualService
+    from its --configDir. CPU and memory are pilot-discovery's own (not the API server's)."""
+
+    name = "istiod"
+
+    def __init__(self, mesh_dir: Path, work: Path) -> None:
+        port = free_port()
+        argv = [
+            sys.executable,
+            str(HERE / "peers" / "istiod.py"),
+            *("--mesh", str(mesh_dir), "--work", str(work / "istiod"), "--port", str(port)),
+        ]
+        Server.__init__(self, argv, work / "istiod.log", stdin=subprocess.PIPE)
+        self.port = port
+        self.istiod_pid = 0
+
+    def wait_ready(self, timeout: float) -> None:
+        assert self.proc.stdout is not None
+        import select
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith(b"ready "):
+                    self.istiod_pid = int(line.split()[1])
+                    return
+                if not line:
+                    break
+            if not self.alive():
+                break
+        raise RuntimeError(f"istiod not ready:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        return self.istiod_pid or self.proc.pid
+
+
+def istiod_description() -> str:
+    """pilot-discovery's version and flags, for the output."""
+    from peers import istiod as peer
+
+    binary = peer.istio_bin() / "pilot-discovery"
+    done = subprocess.run([str(binary), "version", "-s"], capture_output=True, text=True)
+    version = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "?"
+    flags = " ".join(peer.flags(Path("KUBECONFIG"), Path("CONFIG_DIR"), Path("MESH"), 0, 0))
+    env = " ".join(f"{k}={v}" for k, v in peer.ENV.items())
+    return f"pilot-discovery {version}; {env} {flags}"
+
+
 def build_peer(name: str, say: Callable[[str], None]) -> str | None:
     """The peer's binary, built by benchmarks/peers/build.sh; None (said why) without Go."""
     script = HERE / "peers" / "build.sh"
@@ -514,6 +567,12 @@ def build_peer(name: str, say: Callable[[str], None]) -> str | None:
         ["bash", str(script), name, "--print"], capture_output=True, text=True, check=True
     ).stdout.strip()
     return path
+
+
+def istio_bin_dir() -> Path:
+    from peers import istiod as peer
+
+    return peer.istio_bin()
 
 
 def write_gcp_capture(data: dict[str, Any], path: Path) -> None:
@@ -934,8 +993,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default="xdsd,floor",
-        help="xdsd,floor,gcp (floor and gcp serve what xdsd generated, so they need xdsd; gcp: "
-        "the go-control-plane peer, built with go)",
+        help="xdsd,floor,gcp,istiod (floor and gcp serve what xdsd generated, so they need "
+        "xdsd; gcp: the go-control-plane peer, istiod: pilot-discovery, both built with go)",
     )
     p.add_argument(
         "--scenarios",
@@ -971,8 +1030,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.storm_timeout is None:
         args.storm_timeout = 30 + 0.04 * args.proxies
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not set(targets) <= {"xdsd", "floor", "gcp"} or "xdsd" not in targets:
-        p.error("--targets: xdsd, optionally with floor and gcp")
+    if not set(targets) <= {"xdsd", "floor", "gcp", "istiod"} or "xdsd" not in targets:
+        p.error("--targets: xdsd, optionally with floor, gcp and istiod")
     args.target_list = targets
     args.scenario_list = {x.strip() for x in args.scenarios.split(",") if x.strip()}
     if args.streams_per_channel is None:
@@ -1119,6 +1178,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             fig.notes.append(gcp.log_tail(1))
             figs.append(fig)
             gcp.stop()
+        # -- istiod: Istio's own control plane on the same mesh
+        if "istiod" in args.target_list:
+            if not (istio_bin_dir() / "pilot-discovery").is_file():
+                say("  istiod: skipped: pilot-discovery not built (tools/istio/build.sh, needs go)")
+            else:
+                istiod_mesh = Mesh(args.services, args.endpoints, args.namespaces, work / "imesh")
+                istiod_mesh.write_all()
+                istiod = IstiodServer(istiod_mesh.root or work, work)
+                servers.append(istiod)
+                istiod.wait_ready(120 + args.services * args.endpoints / 100)
+                say(f"  istiod: {istiod_description()}")
+                assert istiod_mesh.root is not None
+                iroot = istiod_mesh.root
+
+                def vs_istiod(k: int) -> None:
+                    istiod_mesh.write_vs(k)
+                    istiod.command(f"vs {iroot / 'ns-0' / 'virtualservice.yaml'}")
+
+                def ep_istiod(s: int, j: int) -> tuple[str, str]:
+                    old, new = istiod_mesh.replace_pod(s, j)
+                    path = iroot / istiod_mesh.ns(s) / "endpoints" / f"svc-{s}.yaml"
+                    istiod.command(f"endpoints {path}")
+                    return old, new
+
+                figs.append(
+                    run_target(
+                        istiod, workers, specs, istiod_mesh, args, vs_istiod, ep_istiod, None, say
+                    )
+                )
+                istiod.stop()
     except KeyboardInterrupt:
         say("interrupted: stopping the servers and load processes")
         return 130
