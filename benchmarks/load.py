@@ -569,6 +569,25 @@ def build_peer(name: str, say: Callable[[str], None]) -> str | None:
     return path
 
 
+def byte_swaps(
+    server: FloorServer, mesh: Mesh
+) -> tuple[Callable[[int], None], Callable[[int, int], tuple[str, str]]]:
+    """The VirtualService and endpoint changes of a peer serving captured bytes (the floor,
+    go-control-plane): the marker or address swapped, by a command on its stdin."""
+    marks = {"vs": 0}
+
+    def vs(k: int) -> None:
+        server.command(f"rds {VS_MARK.format(marks['vs'])} {VS_MARK.format(k)}")
+        marks["vs"] = k
+
+    def ep(s: int, j: int) -> tuple[str, str]:
+        old, new = mesh.replace_pod(s, j)
+        server.command(f"eds {old} {new}")
+        return old, new
+
+    return vs, ep
+
+
 def istio_bin_dir() -> Path:
     from peers import istiod as peer
 
@@ -1139,17 +1158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             floor = FloorServer(capture_file, work)
             servers.append(floor)
             floor.wait_ready(60)
-            marks = {"vs": 0}
-
-            def vs_floor(k: int) -> None:
-                floor.command(f"rds {VS_MARK.format(marks['vs'])} {VS_MARK.format(k)}")
-                marks["vs"] = k
-
-            def ep_floor(s: int, j: int) -> tuple[str, str]:
-                old, new = floor_mesh.replace_pod(s, j)
-                floor.command(f"eds {old} {new}")
-                return old, new
-
+            vs_floor, ep_floor = byte_swaps(floor, floor_mesh)
             figs.append(
                 run_target(floor, workers, specs, floor_mesh, args, vs_floor, ep_floor, None, say)
             )
@@ -1163,17 +1172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             servers.append(gcp)
             gcp.wait_ready(120)
             gcp_mesh = Mesh(args.services, args.endpoints, args.namespaces, None)
-            gcp_marks = {"vs": 0}
-
-            def vs_gcp(k: int) -> None:
-                gcp.command(f"rds {VS_MARK.format(gcp_marks['vs'])} {VS_MARK.format(k)}")
-                gcp_marks["vs"] = k
-
-            def ep_gcp(s: int, j: int) -> tuple[str, str]:
-                old, new = gcp_mesh.replace_pod(s, j)
-                gcp.command(f"eds {old} {new}")
-                return old, new
-
+            vs_gcp, ep_gcp = byte_swaps(gcp, gcp_mesh)
             fig = run_target(gcp, workers, specs, gcp_mesh, args, vs_gcp, ep_gcp, None, say)
             fig.notes.append(gcp.log_tail(1))
             figs.append(fig)

@@ -15,7 +15,9 @@ from typing import Any
 from tests.kube.apiserver import KubeApiServer
 from tests.meshgen import pod, service
 from xdsd.app import AppSettings, XdsdApp
+from xdsd.ca.authority import DevCerts
 from xdsd.push.debounce import DebounceSettings
+from xdsd.security import SecuritySettings
 from xdsd.server.grpc_server import GrpcSettings
 from xdsd.sources.kube import Backoff
 
@@ -183,3 +185,27 @@ def envoy_hosts(clusters_text: str, cluster_name: str) -> dict[str, dict[str, st
         if m and m["cluster"] == cluster_name:
             out.setdefault(m["addr"], {})[m["key"]] = m["value"]
     return out
+
+
+def ca_settings(
+    config_dir: Path, certs: DevCerts, token_review_kubeconfig: Path, xds: GrpcSettings, **kw: Any
+) -> AppSettings:
+    """xdsd on a config folder with its CA (the dev certs' root) and TokenReview against a
+    test API server: what real pilot-agents and istioctl talk to, in the Istio tests."""
+    defaults: dict[str, Any] = {
+        "admin_port": -1,
+        "poll_interval": 0.05,
+        "debounce": DebounceSettings(quiet=0.02, max_delay=1.0),
+    }
+    defaults.update(kw)
+    return AppSettings(
+        config_dir=config_dir,
+        xds=xds,
+        security=SecuritySettings(
+            authenticate=True,
+            ca_cert_file=certs.root_cert,
+            ca_key_file=certs.root_key,
+            token_review_kubeconfig=token_review_kubeconfig,
+        ),
+        **defaults,
+    )

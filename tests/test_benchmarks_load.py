@@ -113,3 +113,33 @@ def test_load_benchmark_against_go_control_plane(tmp_path: Path) -> None:
     assert rows["proxies that never ACKed it"].split()[-3:-1] == ["0", "0"], out
     assert rows["(event, proxy) pairs never ACKed"].split()[-3:-1] == ["0", "0"], out
     assert "linear cache for EDS" in out, out
+
+
+@pytest.mark.timeout(150)
+def test_load_benchmark_against_istiod(tmp_path: Path) -> None:
+    """--targets xdsd,istiod: pilot-discovery on the same mesh (Kubernetes objects from
+    the API test server, the VirtualService from its configDir): the simulated sidecars
+    converge on every change there too, and its version and flags are printed."""
+    from tests import istio_bin
+
+    reason = istio_bin.skip_reason("pilot-discovery")
+    if reason is not None:
+        pytest.skip(reason)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--targets", "xdsd,istiod", "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    header = next(line for line in out.splitlines() if line.startswith("scenario / figure"))
+    assert re.split(r"\s{2,}", header)[1:4] == ["xdsd", "istiod", "xdsd/istiod"], header
+    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
+    assert rows["streams still open at the end"].split()[-3:-1] == ["10", "10"], out
+    assert rows["proxies that never ACKed it"].split()[-3:-1] == ["0", "0"], out
+    assert rows["(event, proxy) pairs never ACKed"].split()[-3:-1] == ["0", "0"], out
+    assert "istiod: pilot-discovery" in out and "ENABLE_CA_SERVER=false" in out, out
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert str(tmp_path) not in ps.stdout  # pilot-discovery and the API server are gone

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from tests.kube.apiserver import KubeApiServer
+from tests.kube_harness import ca_settings
 from tests.meshgen import service, write_docs
 from tests.test_istio_proxy import proxy_stream
 from xdsd.app import AppSettings, XdsdApp
@@ -18,7 +19,6 @@ from xdsd.ca.authority import ensure_dev_certs
 from xdsd.client import fetch_status
 from xdsd.demo import poll
 from xdsd.push.debounce import DebounceSettings
-from xdsd.security import SecuritySettings
 from xdsd.server.auth import Caller
 from xdsd.server.grpc_server import GrpcSettings
 
@@ -67,24 +67,17 @@ async def test_xdsd_status_over_tls_sees_what_its_tokens_namespace_may(tmp_path:
         (tmp_path / "kubeconfig").write_text(api.kubeconfig_yaml())
         api.add_token("root-t", username="system:serviceaccount:istio-system:default")
         api.add_token("shop-t", username="system:serviceaccount:shop:default")
-        settings = AppSettings(
-            config_dir=tmp_path,
-            xds=GrpcSettings(
+        settings = ca_settings(
+            tmp_path,
+            certs,
+            tmp_path / "kubeconfig",
+            GrpcSettings(
                 port=0,
                 tls_port=0,
                 tls_cert_file=certs.server_cert,
                 tls_key_file=certs.server_key,
                 shutdown_grace_s=0.2,
             ),
-            security=SecuritySettings(
-                authenticate=True,
-                ca_cert_file=certs.root_cert,
-                ca_key_file=certs.root_key,
-                token_review_kubeconfig=tmp_path / "kubeconfig",
-            ),
-            admin_port=-1,
-            poll_interval=0.05,
-            debounce=DebounceSettings(quiet=0.02, max_delay=1.0),
         )
         async with (
             XdsdApp(settings) as app,

@@ -27,14 +27,13 @@ from prometheus_client import CollectorRegistry
 
 from tests.certs import TestCA
 from tests.kube.apiserver import KubeApiServer
+from tests.kube_harness import ca_settings
 from tests.meshgen import pod, service, write_docs
 from tests.test_auth import bearer, create_certificate
 from tests.test_ca import make_csr, verified_uris
-from xdsd.app import AppSettings, XdsdApp
+from xdsd.app import XdsdApp
 from xdsd.ca.authority import ensure_dev_certs
 from xdsd.demo import Backends, EnvoyProcess, envoy_binary, free_port, poll
-from xdsd.push.debounce import DebounceSettings
-from xdsd.security import SecuritySettings
 from xdsd.server.grpc_server import GrpcSettings
 from xdsd.translate.bootstrap import BootstrapOptions, build_bootstrap
 
@@ -239,25 +238,18 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
         await backends.http("reviews", "127.0.0.71", backend_port)
         # The remote cluster (where the proxy runs) reviews its tokens.
         (tmp_path / "remote-kubeconfig").write_text(api.kubeconfig_yaml())
-        settings = AppSettings(
-            config_dir=config,
-            cluster_id=CLUSTER_ID,
-            xds=GrpcSettings(
+        settings = ca_settings(
+            config,
+            certs,
+            tmp_path / "remote-kubeconfig",
+            GrpcSettings(
                 port=-1,
                 tls_port=0,
                 tls_cert_file=certs.server_cert,
                 tls_key_file=certs.server_key,
                 shutdown_grace_s=0.2,
             ),
-            security=SecuritySettings(
-                authenticate=True,
-                ca_cert_file=certs.root_cert,
-                ca_key_file=certs.root_key,
-                token_review_kubeconfig=tmp_path / "remote-kubeconfig",
-            ),
-            admin_port=-1,
-            poll_interval=0.05,
-            debounce=DebounceSettings(quiet=0.02, max_delay=1.0),
+            cluster_id=CLUSTER_ID,
         )
         registry = CollectorRegistry()
         async with XdsdApp(settings, registry) as app:

@@ -39,13 +39,12 @@ from prometheus_client import CollectorRegistry
 from tests import istio_bin
 from tests.istio_proxy import IstioProxy, IstioProxySpec
 from tests.kube.apiserver import KubeApiServer, ResourceType
+from tests.kube_harness import ca_settings
 from tests.meshgen import istio_config, pod, service, write_docs
-from xdsd.app import AppSettings, XdsdApp
+from xdsd.app import XdsdApp
 from xdsd.ca.authority import ensure_dev_certs
 from xdsd.demo import Backends, envoy_binary, free_port, poll
 from xdsd.model.proxy import CLUSTER_LABEL
-from xdsd.push.debounce import DebounceSettings
-from xdsd.security import SecuritySettings
 from xdsd.server.grpc_server import GrpcSettings
 
 _SKIP = istio_bin.skip_reason("pilot-agent") or (
@@ -172,10 +171,11 @@ async def make_mesh(tmp_path: Path, *, plaintext: bool = False) -> AsyncIterator
         api.register(WEBHOOKS)
         await backends.http("reviews", "127.0.0.71", backend_port)
         (tmp_path / "kubeconfig").write_text(api.kubeconfig_yaml())
-        settings = AppSettings(
-            config_dir=config,
-            cluster_id=CLUSTER_ID,
-            xds=GrpcSettings(
+        settings = ca_settings(
+            config,
+            certs,
+            tmp_path / "kubeconfig",
+            GrpcSettings(
                 port=0 if plaintext else -1,
                 tls_port=0,
                 tls_cert_file=certs.server_cert,
@@ -184,15 +184,7 @@ async def make_mesh(tmp_path: Path, *, plaintext: bool = False) -> AsyncIterator
                 client_ca_file=certs.root_cert,
                 shutdown_grace_s=0.2,
             ),
-            security=SecuritySettings(
-                authenticate=True,
-                ca_cert_file=certs.root_cert,
-                ca_key_file=certs.root_key,
-                token_review_kubeconfig=tmp_path / "kubeconfig",
-            ),
-            admin_port=-1,
-            poll_interval=0.05,
-            debounce=DebounceSettings(quiet=0.02, max_delay=1.0),
+            cluster_id=CLUSTER_ID,
         )
         registry = CollectorRegistry()
         async with XdsdApp(settings, registry) as app:

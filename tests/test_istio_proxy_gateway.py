@@ -24,14 +24,13 @@ from tests import istio_bin
 from tests.certs import TestCA
 from tests.istio_proxy import IstioProxy, IstioProxySpec
 from tests.kube.apiserver import KubeApiServer
+from tests.kube_harness import ca_settings
 from tests.meshgen import pod, service, write_docs
 from tests.test_e2e_external import EXTERNAL_ADDR, XDSD_HOST, gateway_bootstrap
 from tests.test_istio_proxy import connection, get, service_account_jwt, workload_identity
-from xdsd.app import AppSettings, XdsdApp
+from xdsd.app import XdsdApp
 from xdsd.ca.authority import ensure_dev_certs
 from xdsd.demo import Backends, EnvoyProcess, envoy_binary, free_port, poll
-from xdsd.push.debounce import DebounceSettings
-from xdsd.security import SecuritySettings
 from xdsd.server.grpc_server import GrpcSettings
 
 _SKIP = istio_bin.skip_reason("pilot-agent") or (
@@ -79,25 +78,18 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
     async with KubeApiServer() as api, Backends() as backends:
         await backends.http("reviews", "127.0.0.71", backend_port)
         (tmp_path / "remote-kubeconfig").write_text(api.kubeconfig_yaml())
-        settings = AppSettings(
-            config_dir=config,
-            cluster_id=CLUSTER_ID,  # folder mode: the reviewing cluster is the proxies'
-            xds=GrpcSettings(
+        settings = ca_settings(
+            config,
+            certs,
+            tmp_path / "remote-kubeconfig",
+            GrpcSettings(
                 port=-1,
                 tls_port=0,
                 tls_cert_file=certs.server_cert,
                 tls_key_file=certs.server_key,
                 shutdown_grace_s=0.2,
             ),
-            security=SecuritySettings(
-                authenticate=True,
-                ca_cert_file=certs.root_cert,
-                ca_key_file=certs.root_key,
-                token_review_kubeconfig=tmp_path / "remote-kubeconfig",
-            ),
-            admin_port=-1,
-            poll_interval=0.05,
-            debounce=DebounceSettings(quiet=0.02, max_delay=1.0),
+            cluster_id=CLUSTER_ID,  # folder mode: the reviewing cluster is the proxies'
         )
         async with XdsdApp(settings, CollectorRegistry()) as app:
             gw_admin, gw_port = free_port(), free_port()

@@ -44,16 +44,15 @@ from tests.istio_netns import (
 )
 from tests.istio_proxy import IstioProxySpec
 from tests.kube.apiserver import KubeApiServer, json_patch
+from tests.kube_harness import ca_settings
 from tests.meshgen import pod, service, write_docs
 from tests.netns import HttpApp, Pod, Topology, http_get, unavailable_reason
 from tests.test_istio_proxy import XDSD_HOST, service_account_jwt
 from tests.test_webhooks import container, review
 from tests.test_webhooks import pod as admission_pod
-from xdsd.app import AppSettings, XdsdApp
+from xdsd.app import XdsdApp
 from xdsd.ca.authority import ensure_dev_certs
 from xdsd.demo import envoy_binary, free_port, poll
-from xdsd.push.debounce import DebounceSettings
-from xdsd.security import SecuritySettings
 from xdsd.server.grpc_server import GrpcSettings
 from xdsd.webhooks.admission import Handlers, WebhookContext, WebhookMetrics
 from xdsd.webhooks.inject import InjectSettings
@@ -159,11 +158,12 @@ async def mesh(tmp_path: Path, pods: Pods, request: pytest.FixtureRequest) -> As
     certs = ensure_dev_certs(tmp_path / "xdsd-certs", [XDSD_HOST, host])
     async with KubeApiServer(token="test-token") as api:
         (tmp_path / "kubeconfig").write_text(api.kubeconfig_yaml())
-        settings = AppSettings(
-            config_dir=config,
-            cluster_id=CLUSTER_ID,
+        settings = ca_settings(
+            config,
+            certs,
+            tmp_path / "kubeconfig",
             # Only on the host end of the node link: the pods reach xdsd there.
-            xds=GrpcSettings(
+            GrpcSettings(
                 host=host,
                 port=-1,
                 tls_port=free_port(host),
@@ -171,15 +171,7 @@ async def mesh(tmp_path: Path, pods: Pods, request: pytest.FixtureRequest) -> As
                 tls_key_file=certs.server_key,
                 shutdown_grace_s=0.2,
             ),
-            security=SecuritySettings(
-                authenticate=True,
-                ca_cert_file=certs.root_cert,
-                ca_key_file=certs.root_key,
-                token_review_kubeconfig=tmp_path / "kubeconfig",
-            ),
-            admin_port=-1,
-            poll_interval=0.05,
-            debounce=DebounceSettings(quiet=0.02, max_delay=1.0),
+            cluster_id=CLUSTER_ID,
         )
         registry = CollectorRegistry()
         async with XdsdApp(settings, registry) as app:
