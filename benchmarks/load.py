@@ -348,7 +348,14 @@ class Server:
 class XdsdServer(Server):
     name = "xdsd"
 
-    def __init__(self, config_dir: Path, work: Path, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        work: Path,
+        args: argparse.Namespace,
+        kubeconfig: Path | None = None,
+    ) -> None:
+        """`kubeconfig`: read the mesh from that Kubernetes API server instead of the folder."""
         self.port = free_port()
         self.admin = free_port()
         prefix = [sys.executable]
@@ -360,8 +367,11 @@ class XdsdServer(Server):
             *prefix,
             "xdsd",
             "serve",
-            "--config-dir",
-            str(config_dir),
+            *(
+                ("--kubeconfig", str(kubeconfig))
+                if kubeconfig
+                else ("--config-dir", str(config_dir))
+            ),
             "--xds-port",
             str(self.port),
             "--admin-port",
@@ -496,6 +506,40 @@ class GcpServer(FloorServer):
         argv = [binary, "-capture", str(capture), "-port", str(port)]
         Server.__init__(self, argv, work / "gcp.log", stdin=subprocess.PIPE)
         self.port = port
+
+
+class MeshApiServer(FloorServer):
+    """The mesh in the Kubernetes API test server, for xdsd's Kubernetes mode
+    (benchmarks/peers/istiod.py --api-only): changes are applied to it as for istiod."""
+
+    name = "api"
+
+    def __init__(self, mesh_dir: Path, work: Path) -> None:
+        argv = [
+            sys.executable,
+            str(HERE / "peers" / "istiod.py"),
+            *("--api-only", "--mesh", str(mesh_dir), "--work", str(work / "api")),
+        ]
+        Server.__init__(self, argv, work / "api.log", stdin=subprocess.PIPE)
+        self.kubeconfig = Path()
+
+    def wait_ready(self, timeout: float) -> None:
+        assert self.proc.stdout is not None
+        import select
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith(b"ready-api "):
+                    self.kubeconfig = Path(line.split(b" ", 1)[1].decode().strip())
+                    return
+                if not line:
+                    break
+            if not self.alive():
+                break
+        raise RuntimeError(f"the mesh's API server is not ready:\n{self.log_tail()}")
 
 
 class IstiodServer(FloorServer):
@@ -1016,6 +1060,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "xdsd; gcp: the go-control-plane peer, istiod: pilot-discovery, both built with go)",
     )
     p.add_argument(
+        "--xdsd-source",
+        choices=["folder", "kube"],
+        default="folder",
+        help="where xdsd reads the mesh: its config folder (file events), or the Kubernetes "
+        "API test server istiod reads too (kube: the same watch path for both)",
+    )
+    p.add_argument(
         "--scenarios",
         default="storm,vs,churn",
         help="storm,vs,churn (the storm and memory always run: the others need the proxies)",
@@ -1094,8 +1145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.streams_per_channel} ADS streams per client connection"
     )
     say(
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs; xdsd watches its config "
-        f"folder (--poll-interval {args.poll_interval:g} s); churn: one pod replaced every "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs; xdsd "
+        + (
+            "reads the mesh from the Kubernetes API test server (list/watch, as istiod)"
+            if args.xdsd_source == "kube"
+            else f"watches its config folder (--poll-interval {args.poll_interval:g} s)"
+        )
+        + "; churn: one pod replaced every "
         f"{args.churn_interval:g} ms for {args.churn_duration:g} s"
     )
     say()
@@ -1106,7 +1162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         workers = Workers(specs, args.workers, args.streams_per_channel)
         # -- xdsd
-        xdsd = XdsdServer(config, work, args)
+        api: MeshApiServer | None = None
+        if args.xdsd_source == "kube":
+            api = MeshApiServer(config, work)
+            servers.append(api)
+            api.wait_ready(120 + args.services * args.endpoints / 100)
+        xdsd = XdsdServer(config, work, args, api.kubeconfig if api else None)
         servers.append(xdsd)
         xdsd.wait_ready(60 + args.services * args.endpoints / 200)
         if args.py_spy:
@@ -1133,9 +1194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def vs_xdsd(k: int) -> None:
             mesh.write_vs(k)
+            if api is not None:
+                api.command(f"vs {config / 'ns-0' / 'virtualservice.yaml'}")
 
         def ep_xdsd(s: int, j: int) -> tuple[str, str]:
-            return mesh.replace_pod(s, j)
+            old, new = mesh.replace_pod(s, j)
+            if api is not None:
+                api.command(f"endpoints {config / mesh.ns(s) / 'endpoints' / f'svc-{s}.yaml'}")
+            return old, new
 
         floor_mesh = Mesh(args.services, args.endpoints, args.namespaces, None)
         figs.append(
@@ -1153,6 +1219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         stop_py_spy(spy)
         xdsd.stop()
+        if api is not None:
+            api.stop()
         # -- the floor: the same bytes, the same changes, from the same initial state
         if "floor" in args.target_list and capture_file.exists():
             floor = FloorServer(capture_file, work)

@@ -20,6 +20,10 @@ Commands on stdin, one per line:
 It prints "ready PID" (pilot-discovery's pid, whose CPU and memory load.py
 measures) once pilot-discovery answers /ready and lists every Service of the mesh,
 and stops everything on EOF of stdin or SIGTERM.
+
+`--api-only`: no pilot-discovery; the mesh, the VirtualService too, is served by the
+API server alone (for xdsd in its Kubernetes mode: `load.py --xdsd-source kube`),
+and it prints "ready-api KUBECONFIG".
 """
 
 from __future__ import annotations
@@ -127,8 +131,11 @@ def free_port() -> int:
 
 
 class Peer:
-    def __init__(self, api: KubeApiServer, mesh: Path, work: Path, port: int) -> None:
+    def __init__(
+        self, api: KubeApiServer, mesh: Path, work: Path, port: int, api_only: bool = False
+    ) -> None:
         self.api, self.mesh, self.work, self.port = api, mesh, work, port
+        self.api_only = api_only
         self.config_dir = work / "istiod-config"
         self.proc: subprocess.Popen[bytes] | None = None
         self.pods: dict[Path, set[tuple[str, str]]] = {}  # endpoints file -> its pods
@@ -162,6 +169,10 @@ class Peer:
         self.pods[path] = now
 
     def vs(self, path: Path) -> None:
+        if self.api_only:
+            for doc in load_docs(path):
+                self.api.apply(doc)
+            return
         target = self.config_dir / f"{path.parent.name}-{path.name}"
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.copyfile(path, tmp)
@@ -211,13 +222,16 @@ async def run(args: argparse.Namespace) -> int:
     async with KubeApiServer(token=None, bookmark_interval=30, max_history=1_000_000) as api:
         for rt in EXTRA_TYPES:
             api.register(rt)
-        peer = Peer(api, args.mesh, args.work, args.port)
+        peer = Peer(api, args.mesh, args.work, args.port, api_only=args.api_only)
         services = peer.load_mesh()
-        peer.start(istio_bin(), services)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + args.ready_timeout
+        kubeconfig = args.work / "mesh.kubeconfig"
+        kubeconfig.write_text(api.kubeconfig_yaml("Kubernetes"))
+        if not args.api_only:
+            peer.start(istio_bin(), services)
         try:
-            while not await loop.run_in_executor(None, peer.ready, services):
+            while not args.api_only and not await loop.run_in_executor(None, peer.ready, services):
                 if peer.proc is not None and peer.proc.poll() is not None:
                     print(f"pilot-discovery exited {peer.proc.returncode}", file=sys.stderr)
                     return 1
@@ -225,8 +239,11 @@ async def run(args: argparse.Namespace) -> int:
                     print("pilot-discovery not ready in time", file=sys.stderr)
                     return 1
                 await asyncio.sleep(0.2)
-            assert peer.proc is not None
-            print(f"ready {peer.proc.pid}", flush=True)
+            if args.api_only:
+                print(f"ready-api {kubeconfig}", flush=True)
+            else:
+                assert peer.proc is not None
+                print(f"ready {peer.proc.pid}", flush=True)
             reader = asyncio.StreamReader()
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
             stop = asyncio.Event()
@@ -264,7 +281,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--mesh", type=Path, required=True, help="the mesh folder load.py wrote")
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--port", type=int, required=True, help="pilot-discovery's xDS port")
+    p.add_argument("--port", type=int, default=0, help="pilot-discovery's xDS port")
+    p.add_argument("--api-only", action="store_true", help="serve the mesh, run no istiod")
     p.add_argument("--ready-timeout", type=float, default=180.0)
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
