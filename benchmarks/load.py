@@ -836,6 +836,10 @@ def run_target(
 
     if isinstance(server, XdsdServer):
         v["gc_full"], v["gc_full_s"], v["gc_s"], v["gc_max"] = server.gc_pauses()
+        if args.metrics_out is not None:  # for looking into where the time went
+            url = f"http://127.0.0.1:{server.admin}/metrics"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
+                args.metrics_out.write_bytes(r.read())
 
     # -- stream health at the end
     stats = workers.call("stats")
@@ -1085,6 +1089,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "and a summary printed",
     )
     p.add_argument("--keep", type=Path, help="keep the mesh folder and logs here")
+    p.add_argument(
+        "--metrics-out", type=Path, metavar="FILE", help="xdsd's /metrics at the end of its run"
+    )
     p.add_argument(
         "--xdsd-arg",
         action="append",
