@@ -468,6 +468,10 @@ class FloorServer(Server):
         self.port = port
 
     def wait_ready(self, timeout: float) -> None:
+        self.ready_line("ready", timeout)
+
+    def ready_line(self, word: str, timeout: float) -> list[str]:
+        """Wait for the stdout line starting with `word`; the words after it."""
         assert self.proc.stdout is not None
         import select
 
@@ -476,13 +480,14 @@ class FloorServer(Server):
             ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
             if ready:
                 line = self.proc.stdout.readline()
-                if line.strip() == b"ready":
-                    return
+                first, *rest = line.decode().split() or [""]
+                if first == word:
+                    return rest
                 if not line:
                     break
             if not self.alive():
                 break
-        raise RuntimeError(f"floor not ready:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} not ready:\n{self.log_tail()}")
 
     def command(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -524,22 +529,7 @@ class MeshApiServer(FloorServer):
         self.kubeconfig = Path()
 
     def wait_ready(self, timeout: float) -> None:
-        assert self.proc.stdout is not None
-        import select
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith(b"ready-api "):
-                    self.kubeconfig = Path(line.split(b" ", 1)[1].decode().strip())
-                    return
-                if not line:
-                    break
-            if not self.alive():
-                break
-        raise RuntimeError(f"the mesh's API server is not ready:\n{self.log_tail()}")
+        self.kubeconfig = Path(self.ready_line("ready-api", timeout)[0])
 
 
 class IstiodServer(FloorServer):
@@ -561,22 +551,7 @@ class IstiodServer(FloorServer):
         self.istiod_pid = 0
 
     def wait_ready(self, timeout: float) -> None:
-        assert self.proc.stdout is not None
-        import select
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith(b"ready "):
-                    self.istiod_pid = int(line.split()[1])
-                    return
-                if not line:
-                    break
-            if not self.alive():
-                break
-        raise RuntimeError(f"istiod not ready:\n{self.log_tail()}")
+        self.istiod_pid = int(self.ready_line("ready", timeout)[0])
 
     @property
     def pid(self) -> int:
