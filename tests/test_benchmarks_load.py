@@ -79,6 +79,30 @@ def test_load_benchmark_with_server_workers(tmp_path: Path) -> None:
     assert str(tmp_path) not in ps.stdout
 
 
+def run_against(peer: str, tmp_path: Path, timeout: float) -> tuple[str, dict[str, str]]:
+    """The benchmark's output against xdsd and `peer`, and its table rows by label;
+    the header names both and their ratio."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--targets", f"xdsd,{peer}", "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    header = next(line for line in out.splitlines() if line.startswith("scenario / figure"))
+    assert re.split(r"\s{2,}", header)[1:4] == ["xdsd", peer, f"xdsd/{peer}"], header
+    return out, {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
+
+
+def assert_all_converged(out: str, rows: dict[str, str]) -> None:
+    """Both servers kept every stream and every proxy saw every change (counts only)."""
+    assert rows["streams still open at the end"].split()[-3:-1] == ["10", "10"], out
+    assert rows["proxies that never ACKed it"].split()[-3:-1] == ["0", "0"], out
+    assert rows["(event, proxy) pairs never ACKed"].split()[-3:-1] == ["0", "0"], out
+
+
 def gcp_peer() -> Path | None:
     """The go-control-plane peer's binary if benchmarks/peers/build.sh built it (.ci/run
     does where go is present); tests never build it (a minute of Go compiling)."""
@@ -96,22 +120,9 @@ def test_load_benchmark_against_go_control_plane(tmp_path: Path) -> None:
     proxy (SotW and Delta) converges on every change there too."""
     if gcp_peer() is None:
         pytest.skip("go-control-plane peer not built (benchmarks/peers/build.sh gcp needs go)")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, "--targets", "xdsd,gcp"],
-        capture_output=True,
-        text=True,
-        timeout=80,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
-    header = next(line for line in out.splitlines() if line.startswith("scenario / figure"))
-    assert re.split(r"\s{2,}", header)[1:4] == ["xdsd", "gcp", "xdsd/gcp"], header
-    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
-    assert rows["streams still open at the end"].split()[-3:-1] == ["10", "10"], out
+    out, rows = run_against("gcp", tmp_path, timeout=80)
+    assert_all_converged(out, rows)
     assert rows["stream failures (retried with backoff)"].split()[-3:-1] == ["0", "0"], out
-    assert rows["proxies that never ACKed it"].split()[-3:-1] == ["0", "0"], out
-    assert rows["(event, proxy) pairs never ACKed"].split()[-3:-1] == ["0", "0"], out
     assert "linear cache for EDS" in out, out
 
 
@@ -125,21 +136,8 @@ def test_load_benchmark_against_istiod(tmp_path: Path) -> None:
     reason = istio_bin.skip_reason("pilot-discovery")
     if reason is not None:
         pytest.skip(reason)
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, "--targets", "xdsd,istiod", "--keep", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=140,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
-    header = next(line for line in out.splitlines() if line.startswith("scenario / figure"))
-    assert re.split(r"\s{2,}", header)[1:4] == ["xdsd", "istiod", "xdsd/istiod"], header
-    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
-    assert rows["streams still open at the end"].split()[-3:-1] == ["10", "10"], out
-    assert rows["proxies that never ACKed it"].split()[-3:-1] == ["0", "0"], out
-    assert rows["(event, proxy) pairs never ACKed"].split()[-3:-1] == ["0", "0"], out
+    out, rows = run_against("istiod", tmp_path, timeout=140)
+    assert_all_converged(out, rows)
     assert "istiod: pilot-discovery" in out and "ENABLE_CA_SERVER=false" in out, out
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(tmp_path) not in ps.stdout  # pilot-discovery and the API server are gone

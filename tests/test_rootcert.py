@@ -82,6 +82,14 @@ def cacerts_secret(entries: dict[str, bytes], ns: str = "istio-system") -> dict[
     }
 
 
+def ca_files(tmp_path: Path, root: TestCA) -> tuple[Path, Path]:
+    """The CA as files (--ca-cert-file / --ca-key-file)."""
+    cert_file, key_file = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
+    cert_file.write_bytes(root.cert_pem)
+    key_file.write_bytes(_key_pem(root.key))
+    return cert_file, key_file
+
+
 def annotated(name: str, value: str) -> dict[str, Any]:
     ns = namespace(name)
     ns["metadata"]["annotations"] = {CONTROL_PLANE_CLUSTERS: value}
@@ -255,9 +263,7 @@ async def test_root_cert_configmaps_in_annotated_clusters(
         )
         main.apply(west.remote_secret("west"))
         main.apply(east.remote_secret("east"))
-        cert_file, key_file = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
-        cert_file.write_bytes(root.cert_pem)
-        key_file.write_bytes(_key_pem(root.key))
+        cert_file, key_file = ca_files(tmp_path, root)
         settings = kube_settings(
             tmp_path,
             main,
@@ -325,9 +331,7 @@ async def test_root_certs_only_in_namespaces_of_the_revision(
     blue["metadata"]["labels"] = {"istio.io/rev": "blue"}
     main.apply(blue)
     main.apply(namespace("web"))  # unlabelled: not blue's
-    cert_file, key_file = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
-    cert_file.write_bytes(root.cert_pem)
-    key_file.write_bytes(_key_pem(root.key))
+    cert_file, key_file = ca_files(tmp_path, root)
     settings = kube_settings(
         tmp_path,
         main,
@@ -362,9 +366,7 @@ async def test_root_certs_only_in_namespaces_discovery_selects(
             "data": {"mesh": "discoverySelectors:\n- matchLabels: {mesh: 'on'}\n"},
         }
     )
-    cert_file, key_file = tmp_path / "ca.pem", tmp_path / "ca-key.pem"
-    cert_file.write_bytes(root.cert_pem)
-    key_file.write_bytes(_key_pem(root.key))
+    cert_file, key_file = ca_files(tmp_path, root)
     settings = kube_settings(
         tmp_path, main, security=SecuritySettings(ca_cert_file=cert_file, ca_key_file=key_file)
     )
