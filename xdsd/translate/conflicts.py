@@ -21,7 +21,6 @@ from collections import defaultdict
 
 from xdsd.model.istio.peerauthentication import PeerAuthentication
 from xdsd.model.istio.sidecar import Sidecar
-from xdsd.model.istio.virtualservice import MESH_GATEWAY
 from xdsd.model.snapshot import MeshSnapshot
 from xdsd.model.types import ConfigError, ConfigObject
 from xdsd.translate import dr_lookup, vs_index
@@ -48,27 +47,20 @@ def _warn(obj: ConfigObject, path: str, message: str) -> ConfigError:
 
 
 def _virtual_services(snapshot: MeshSnapshot) -> list[ConfigError]:
-    objs = _objects(snapshot, "VirtualService")
-    owner: dict[tuple[str, str], str] = {}
+    objs = {f"{o.namespace}/{o.name}": o for o in snapshot.configs_of("VirtualService")}
     out: list[ConfigError] = []
-    for v in vs_index.index(snapshot).all:  # oldest first
-        if MESH_GATEWAY not in v.gateways or not v.spec.http:
-            continue
-        obj = objs.get((v.namespace, v.name))
-        for i, host in enumerate(v.spec.hosts):
-            for scope in sorted(v.export_to):
-                first = owner.setdefault((scope, host), v.key)
-                if first != v.key and obj is not None:
-                    out.append(
-                        _warn(
-                            obj,
-                            f"spec.hosts[{i}]",
-                            f"host {host} is already routed for sidecars by the older "
-                            f"VirtualService {first}: this one's routes for it are ignored "
-                            "(as istiod; merge them or use delegate)",
-                        )
-                    )
-                    break
+    for loser, i, host, first in vs_index.index(snapshot).host_conflicts:
+        obj = objs.get(loser)
+        if obj is not None:
+            out.append(
+                _warn(
+                    obj,
+                    f"spec.hosts[{i}]",
+                    f"host {host} is already routed for sidecars by the older "
+                    f"VirtualService {first}: this one's routes for it are ignored "
+                    "(as istiod; merge them or use delegate)",
+                )
+            )
     return out
 
 

@@ -66,6 +66,9 @@ class VSIndex:
     problems: tuple[str, ...]  # delegate not found / not exported / conflicting matches
     # Label keys any match's sourceLabels names (they make output depend on proxy labels).
     source_label_keys: frozenset[str]
+    # Sidecar hosts claimed twice in one export scope: (loser, its hosts index, host,
+    # the older winner), losers as "NS/NAME" keys.
+    host_conflicts: tuple[tuple[str, int, str, str], ...] = ()
 
 
 def resolve_host(host: str, namespace: str, domain: str) -> str:
@@ -366,8 +369,9 @@ def _build(snapshot: MeshSnapshot) -> VSIndex:
                 export_to=_export_set(vs.export_to, c.namespace),
             )
         )
-    problems.extend(_snapshot_problems(snapshot, out))
-    return VSIndex(tuple(out), tuple(problems), frozenset(label_keys))
+    conflicts = _host_conflicts(out)
+    problems.extend(_snapshot_problems(snapshot, out, conflicts))
+    return VSIndex(tuple(out), tuple(problems), frozenset(label_keys), conflicts)
 
 
 def _destinations(vs: VirtualService) -> list[Destination]:
@@ -382,7 +386,25 @@ def _destinations(vs: VirtualService) -> list[Destination]:
     return out
 
 
-def _snapshot_problems(snapshot: MeshSnapshot, vses: list[ResolvedVS]) -> list[str]:
+def _host_conflicts(vses: list[ResolvedVS]) -> tuple[tuple[str, int, str, str], ...]:
+    """Hosts several mesh VirtualServices route for sidecars: the first (oldest) wins."""
+    owner: dict[tuple[str, str], str] = {}
+    out: list[tuple[str, int, str, str]] = []
+    for v in vses:
+        if MESH_GATEWAY not in v.gateways or not v.spec.http:
+            continue
+        for i, h in enumerate(v.spec.hosts):
+            for scope in sorted(v.export_to):
+                first = owner.setdefault((scope, h), v.key)
+                if first != v.key:
+                    out.append((v.key, i, h, first))
+                    break
+    return tuple(out)
+
+
+def _snapshot_problems(
+    snapshot: MeshSnapshot, vses: list[ResolvedVS], conflicts: tuple[tuple[str, int, str, str], ...]
+) -> list[str]:
     """Destinations outside the registry, and hosts several mesh VirtualServices claim."""
     known = {s.hostname for s in snapshot.services}
     wild = [h for h in known if h.startswith("*")]
@@ -400,20 +422,12 @@ def _snapshot_problems(snapshot: MeshSnapshot, vses: list[ResolvedVS]) -> list[s
                 f"VirtualService {v.key}: destination host {host} is not in the service "
                 "registry (routed to its cluster anyway, as istiod does: 503 until it exists)"
             )
-    owner: dict[tuple[str, str], str] = {}
-    for v in vses:
-        if MESH_GATEWAY not in v.gateways or not v.spec.http:
-            continue
-        for h in v.spec.hosts:
-            for scope in sorted(v.export_to):
-                first = owner.setdefault((scope, h), v.key)
-                if first != v.key:
-                    out.append(
-                        f"VirtualService {v.key}: host {h} is already routed for sidecars by "
-                        f"VirtualService {first} (first wins, as in istiod; merge them "
-                        "or use delegate)"
-                    )
-                    break
+    for loser, _i, h, first in conflicts:
+        out.append(
+            f"VirtualService {loser}: host {h} is already routed for sidecars by "
+            f"VirtualService {first} (first wins, as in istiod; merge them "
+            "or use delegate)"
+        )
     return out
 
 
