@@ -32,7 +32,16 @@ def _need_corpus() -> None:
         pytest.skip(f"corpus not found at {ISTIO}")
 
 
-@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
+# Without the corpus, one case skipped with the listed reason (an empty parameter set
+# would skip with pytest's own, which tests/expected_skips.txt does not list).
+CASES = [pytest.param(p, id=f"{p.parent.name}/{p.name}") for p in corpus_files()] or [
+    pytest.param(
+        None, id="no-corpus", marks=pytest.mark.skip(reason=f"corpus not found at {ISTIO}")
+    )
+]
+
+
+@pytest.mark.parametrize("path", CASES)
 def test_corpus_file_loads(path: Path) -> None:
     result = load_yaml(path.read_bytes(), path.name)
     assert result.complete, result.errors
