@@ -345,6 +345,35 @@ async def test_a_stalled_proxy_does_not_delay_others() -> None:
         healthy.cancel()
 
 
+async def test_small_responses_do_not_wait_for_a_send_slot() -> None:
+    """The slots bound the bytes of big responses in flight; an endpoint change of a
+    few hundred bytes goes out while every slot is taken (here: held by the test)."""
+    provider = FakeProvider()
+    provider.ready.set()
+    provider.sets[ENDPOINT] = ResourceSet.of(ENDPOINT, [cla("a", 81)])
+    settings = ServerSettings(push_concurrency=1)
+    services = XdsServices(provider, XdsMetrics(CollectorRegistry()), settings)
+    async with (
+        XdsServer(services, GrpcSettings(port=0, shutdown_grace_s=0.1)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        await services._send_slots.acquire()  # the one slot, taken
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await call.write(sotw(ENDPOINT, ("a",)))
+        first = await read(call)
+        provider.sets[ENDPOINT] = ResourceSet.of(ENDPOINT, [cla("a", 82)])
+        services.notify()
+        await call.write(
+            sotw(ENDPOINT, ("a",), nonce=first.nonce, version=first.version_info, node=False)
+        )
+        got = await read(call, timeout=5)
+        port = endpoint_pb2.ClusterLoadAssignment.FromString(got.resources[0].value)
+        assert port.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value == 82
+        assert harness_metric(services, "xdsd_xds_send_wait_seconds_count") == 0
+        services._send_slots.release()
+        call.cancel()
+
+
 def harness_metric(services: XdsServices, name: str) -> float:
     return services.metrics.registry.get_sample_value(name) or 0.0
 
