@@ -79,10 +79,29 @@ async def test_a_steady_stream_of_changes_is_cut_at_max_delay() -> None:
 
 
 async def test_endpoint_only_survives_merge_only_if_all_were() -> None:
-    a = PushRequest(kinds=frozenset({"EndpointSlice"}), endpoints_only=True)
+    a = PushRequest(kinds=frozenset({"EndpointSlice"}))
     b = PushRequest(kinds=frozenset({"Service"}))
-    assert a.merge(a).endpoints_only
+    assert a.endpoints_only and a.merge(PushRequest(kinds=frozenset({"Pod"}))).endpoints_only
     assert not a.merge(b).endpoints_only
+    assert not PushRequest().endpoints_only  # an unknown change is not
+
+
+async def test_endpoint_changes_wait_their_own_shorter_quiet_period() -> None:
+    """Pods replaced every 50 ms: each replacement (its slice and Pod events 5 ms apart)
+    is one push after 20 ms, not merged with the next as a 100 ms quiet period would."""
+    d, t, fired = make(DebounceSettings(quiet=0.1, max_delay=10, endpoint_quiet=0.02))
+    d.request(PushRequest(kinds=frozenset({"EndpointSlice"})))
+    t.arrivals = [(0.005, PushRequest(kinds=frozenset({"Pod"})))]
+    await d.step()
+    assert [(sorted(r.kinds), w) for r, w in fired] == [
+        (["EndpointSlice", "Pod"], pytest.approx(0.025))
+    ]
+    # A Service edit in the window: the whole window waits the full quiet period.
+    t.now = 1.0
+    d.request(PushRequest(kinds=frozenset({"EndpointSlice"})))
+    t.arrivals = [(1.01, PushRequest(kinds=frozenset({"Service"})))]
+    await d.step()
+    assert fired[1][1] == pytest.approx(0.11)
 
 
 async def test_zero_quiet_pushes_immediately() -> None:

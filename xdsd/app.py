@@ -91,9 +91,6 @@ _STATUS = {
 
 # Kinds that can be endpoint-only changes: whether one is, is checked on the snapshots
 # (`_endpoint_services`): services and Istio config unchanged, only EDS services moved.
-_ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints", "Pod", "WorkloadEntry", "Node"})
-
-
 @dataclass(frozen=True)
 class AppSettings:
     # A folder of YAML, or (the Kubernetes mode) a kubeconfig / in-cluster credentials.
@@ -892,7 +889,7 @@ class XdsdApp:
             )
         self._build_errors = snapshot.errors[len(self._store_errors()) :]
         endpoint_services = None
-        if req.kinds and req.kinds <= _ENDPOINT_KINDS and old.generation > 0:
+        if req.endpoints_only and old.generation > 0:
             endpoint_services = _endpoint_services(old, snapshot)
         self.cache.reset(snapshot.generation, snapshot, Change(req.kinds, endpoint_services))
         self.contexts.reset(snapshot, endpoints_only=endpoint_services is not None)

@@ -125,6 +125,14 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds without changes before a push (0.1)",
     )
     serve.add_argument(
+        "--debounce-quiet-endpoints",
+        type=float,
+        default=0.02,
+        metavar="S",
+        help="the quiet period while only endpoints changed, seconds (0.02, at most "
+        "--debounce-quiet; 0.1 debounces them like istiod)",
+    )
+    serve.add_argument(
         "--debounce-max", type=float, default=10.0, help="longest a push waits, seconds (10)"
     )
     serve.add_argument(
@@ -635,7 +643,11 @@ async def _serve(args: argparse.Namespace) -> int:
             remote_debug=args.remote_debug,
             peer_admins=tuple(args.peer_admin),
             poll_interval=args.poll_interval,
-            debounce=DebounceSettings(quiet=args.debounce_quiet, max_delay=args.debounce_max),
+            debounce=DebounceSettings(
+                quiet=args.debounce_quiet,
+                max_delay=args.debounce_max,
+                endpoint_quiet=args.debounce_quiet_endpoints,
+            ),
             server=ServerSettings(push_concurrency=args.push_concurrency),
             freeze_heap=True,
             gc_collect_interval=args.gc_collect_interval,

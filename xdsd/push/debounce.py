@@ -22,12 +22,21 @@ Sleep = Callable[[float], Awaitable[None]]
 class DebounceSettings:
     quiet: float = 0.1  # seconds without a new change before pushing (istiod: 100ms)
     max_delay: float = 10.0  # push at the latest this long after the first change (istiod: 10s)
+    # The quiet period while only endpoints changed. istiod debounces them like any
+    # change (PILOT_ENABLE_EDS_DEBOUNCE); here an endpoint push is cheap (only the
+    # changed assignments, to the streams holding them), and with pods replaced ~10/s
+    # a 100 ms quiet period merges replacements and delays each by a window or more.
+    # Short enough for that, long enough to take a replacement's few watch events
+    # (new Pod, EndpointSlice, old Pod deleted) as one push. Never above `quiet`.
+    endpoint_quiet: float = 0.02
 
     def __post_init__(self) -> None:
         if self.quiet < 0 or self.max_delay < self.quiet:
             raise ValueError(
                 f"debounce: need 0 <= quiet ({self.quiet}) <= max_delay ({self.max_delay})"
             )
+        if self.endpoint_quiet < 0:
+            raise ValueError(f"debounce: need 0 <= endpoint quiet ({self.endpoint_quiet})")
 
 
 class Debouncer:
@@ -75,7 +84,8 @@ class Debouncer:
         s = self.settings
         while self._pending is not None:
             now = self._clock()
-            quiet_left = s.quiet - (now - self._last)
+            quiet = min(s.endpoint_quiet, s.quiet) if self._pending.endpoints_only else s.quiet
+            quiet_left = quiet - (now - self._last)
             max_left = s.max_delay - (now - self._first)
             if quiet_left <= 0 or max_left <= 0:
                 req, waited = self._pending, now - self._first
