@@ -89,8 +89,7 @@ _STATUS = {
     "ERROR": csds_pb2.ERROR,
 }
 
-# Kinds that can be endpoint-only changes: whether one is, is checked on the snapshots
-# (`_endpoint_services`): services and Istio config unchanged, only EDS services moved.
+
 @dataclass(frozen=True)
 class AppSettings:
     # A folder of YAML, or (the Kubernetes mode) a kubeconfig / in-cluster credentials.
@@ -889,6 +888,8 @@ class XdsdApp:
             )
         self._build_errors = snapshot.errors[len(self._store_errors()) :]
         endpoint_services = None
+        # Endpoint kinds only: whether the change is endpoint-only is then checked on the
+        # snapshots (services and Istio config unchanged, only EDS services moved).
         if req.endpoints_only and old.generation > 0:
             endpoint_services = _endpoint_services(old, snapshot)
         self.cache.reset(snapshot.generation, snapshot, Change(req.kinds, endpoint_services))
