@@ -118,6 +118,12 @@ def _router_eds_key(ctx: ProxyContext) -> Hashable:
 # read by clusters and endpoints (auto mTLS).
 _FILTER_ONLY = frozenset({"AuthorizationPolicy", "RequestAuthentication", "FetchedJwks"})
 _SIDECAR_NOT_FILTERS = _SIDECAR_UNREAD | _FILTER_ONLY
+# A sidecar's inbound side (its own ports, Sidecar ingress) reads no VirtualService
+# (istiod builds inbound routes from the ports alone): a VirtualService edit keeps the
+# inbound clusters and listeners of every app. A sourceLabels change that regroups an
+# app changes its group key, and so the part it looks up.
+_INBOUND_NOT_FILTERS = _SIDECAR_NOT_FILTERS | _VS
+_INBOUND_UNREAD = _SIDECAR_UNREAD | _VS
 _ROUTER_NOT_FILTERS = UNREAD_KINDS | _FILTER_ONLY
 # The name table reads the Sidecar scope's services and headless endpoints only
 # (as istiod's skippedNdsConfigs; WorkloadEntries stay read: headless ServiceEntries).
@@ -133,7 +139,7 @@ _SIDECAR_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
                 "inbound",
                 group_key,
                 with_ingress_clusters(generate_inbound_clusters),
-                _SIDECAR_NOT_FILTERS,
+                _INBOUND_NOT_FILTERS,
             ),
         ),
         ENDPOINT_TYPE: (
@@ -152,7 +158,7 @@ _SIDECAR_PARTS: Mapping[str, tuple[Part, ...]] = MappingProxyType(
                 "inbound",
                 group_key,
                 with_ingress_listeners(generate_inbound_listeners),
-                _SIDECAR_UNREAD,
+                _INBOUND_UNREAD,
             ),
         ),
         ROUTE_TYPE: (Part("outbound", outbound_key, generate_routes, _SIDECAR_NOT_FILTERS),),
