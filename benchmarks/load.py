@@ -3,7 +3,7 @@
 
     python benchmarks/load.py --quick        # 200 proxies, 200 services x 5 endpoints (~1 min)
     python benchmarks/load.py --full         # 2,000 proxies, 1,000 services x 10, 60 s churn
-    python benchmarks/load.py --full --proxies 10000 --targets xdsd
+    python benchmarks/load.py --full --proxies 10000 --targets xdsd   # 5,000 services, Sidecar scoping
 
 xdsd runs as a subprocess (`python -m xdsd serve`) on a synthetic mesh written
 as YAML files, so its CPU and memory are measured on their own; the load
@@ -61,6 +61,8 @@ FULL = {
     "churn_duration": 60.0,
     "vs_changes": 5,
 }
+# The larger family (`--full --proxies 10000`): 5,000 services, Sidecar scoping.
+SCOPED = {**FULL, "services": 5000, "namespaces": 50, "shared_namespaces": 2}
 SOVEREIGN = (
     "sovereign: not compared (sovereign 0.32 serves xDS only as REST/JSON polled by Envoy, "
     "POST /v3/discovery:TYPE; no ADS gRPC stream, SotW or Delta, so no push to converge; and "
@@ -78,13 +80,19 @@ class Mesh:
     Files: NS/services.yaml (the namespace's Services), NS/endpoints/svc-S.yaml
     (the service's Pods and its EndpointSlice: a pod replacement rewrites this
     file only) and ns-0/virtualservice.yaml. Documents are JSON (valid YAML).
+
+    `shared` > 0: Sidecar scoping. Every namespace has a Sidecar `default` (NS/sidecar.yaml)
+    whose egress imports its own namespace and the shared ones, ns-0 .. ns-(shared-1).
     """
 
-    def __init__(self, services: int, endpoints: int, namespaces: int, root: Path | None) -> None:
+    def __init__(
+        self, services: int, endpoints: int, namespaces: int, root: Path | None, shared: int = 0
+    ) -> None:
         self.services = services
         self.endpoints = endpoints
         self.namespaces = namespaces
         self.root = root
+        self.shared = frozenset(f"ns-{k}" for k in range(min(shared, namespaces)))
         # service -> [(pod name, address)] by slot
         self.pods = [
             [(f"svc-{s}-{j}", pod_ip(s * endpoints + j)) for j in range(endpoints)]
@@ -106,6 +114,18 @@ class Mesh:
         for s in range(self.services):
             self.write_endpoints(s)
         self.write_vs(0)
+        if self.shared:
+            for ns in by_ns:
+                _write(self.root / ns / "sidecar.yaml", [self._sidecar(ns)])
+
+    def _sidecar(self, ns: str) -> dict[str, Any]:
+        hosts = ["./*", *(f"{shared}/*" for shared in sorted(self.shared) if shared != ns)]
+        return {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Sidecar",
+            "metadata": {"name": "default", "namespace": ns},
+            "spec": {"egress": [{"hosts": hosts}]},
+        }
 
     def _service(self, s: int) -> dict[str, Any]:
         return {
@@ -229,9 +249,11 @@ def proxy_specs(n: int, mesh: Mesh, protocol: str) -> list[ProxySpec]:
 
 
 def churn_plan(mesh: Mesh, n_proxies: int, events: int) -> list[tuple[int, int]]:
-    """(service, pod slot) per event: services whose pods are not benchmark proxies first."""
+    """(service, pod slot) per event: services whose pods are not benchmark proxies first;
+    with Sidecar scoping, services of the shared namespaces (seen by every proxy)."""
     first_free = min(mesh.services, math.ceil(n_proxies / mesh.endpoints))
-    pool = list(range(first_free, mesh.services)) or list(range(mesh.services))
+    everyone = [s for s in range(mesh.services) if not mesh.shared or mesh.ns(s) in mesh.shared]
+    pool = [s for s in everyone if s >= first_free] or everyone
     return [(pool[i % len(pool)], (i // len(pool)) % mesh.endpoints) for i in range(events)]
 
 
@@ -774,7 +796,7 @@ def run_target(
         events = 0
     if events:
         plan = churn_plan(mesh, n, events)
-        mesh_copy = Mesh(mesh.services, mesh.endpoints, mesh.namespaces, None)
+        mesh_copy = Mesh(mesh.services, mesh.endpoints, mesh.namespaces, None, len(mesh.shared))
         mesh_copy.pods = [list(p) for p in mesh.pods]
         mesh_copy.next_ip, mesh_copy.replaced = mesh.next_ip, mesh.replaced
         new_ips = {mesh_copy.replace_pod(s, j)[1].encode(): i for i, (s, j) in enumerate(plan)}
@@ -1004,6 +1026,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--services", type=int, help="Kubernetes Services (200 / 1,000)")
     p.add_argument("--endpoints", type=int, help="pods per service (5 / 10)")
     p.add_argument("--namespaces", type=int, help="namespaces (5 / 10)")
+    p.add_argument(
+        "--shared-namespaces",
+        type=int,
+        help="Sidecar scoping: each namespace's Sidecar imports its own and this many shared "
+        "namespaces (0: no Sidecars; 2 with --full --proxies 10000 or more)",
+    )
     p.add_argument("--protocol", choices=["mixed", "sotw", "delta"], default="mixed")
     p.add_argument("--workers", type=int, default=2, help="load generator processes (2)")
     p.add_argument(
@@ -1076,9 +1104,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     base = FULL if args.full else QUICK
+    if args.full and args.proxies is not None and args.proxies >= 10_000:
+        base = SCOPED
     for name, value in base.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.shared_namespaces is None:
+        args.shared_namespaces = 0
     if args.storm_timeout is None:
         args.storm_timeout = 30 + 0.04 * args.proxies
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -1107,7 +1139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = work / "mesh"
     if config.exists():
         shutil.rmtree(config)
-    mesh = Mesh(args.services, args.endpoints, args.namespaces, config)
+    mesh = Mesh(args.services, args.endpoints, args.namespaces, config, args.shared_namespaces)
     mesh.write_all()
     specs = proxy_specs(args.proxies, mesh, args.protocol)
     n_delta = sum(1 for s in specs if s.delta)
@@ -1136,6 +1168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "; churn: one pod replaced every "
         f"{args.churn_interval:g} ms for {args.churn_duration:g} s"
     )
+    if mesh.shared:
+        say(
+            f"Sidecar scoping: each of {args.namespaces} namespaces imports its own and "
+            f"{', '.join(sorted(mesh.shared))}; churn replaces pods of the shared namespaces"
+        )
     say()
     workers: Workers | None = None
     spy: subprocess.Popen[bytes] | None = None
@@ -1185,13 +1222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 api.command(f"endpoints {config / mesh.ns(s) / 'endpoints' / f'svc-{s}.yaml'}")
             return old, new
 
-        floor_mesh = Mesh(args.services, args.endpoints, args.namespaces, None)
+        floor_mesh = Mesh(
+            args.services, args.endpoints, args.namespaces, None, args.shared_namespaces
+        )
         figs.append(
             run_target(
                 xdsd,
                 workers,
                 specs,
-                Mesh(args.services, args.endpoints, args.namespaces, None),
+                Mesh(args.services, args.endpoints, args.namespaces, None, args.shared_namespaces),
                 args,
                 vs_xdsd,
                 ep_xdsd,
@@ -1221,7 +1260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             gcp = GcpServer(gcp_bin, gcp_capture, work)
             servers.append(gcp)
             gcp.wait_ready(120)
-            gcp_mesh = Mesh(args.services, args.endpoints, args.namespaces, None)
+            gcp_mesh = Mesh(
+                args.services, args.endpoints, args.namespaces, None, args.shared_namespaces
+            )
             vs_gcp, ep_gcp = byte_swaps(gcp, gcp_mesh)
             fig = run_target(gcp, workers, specs, gcp_mesh, args, vs_gcp, ep_gcp, None, say)
             fig.notes.append(gcp.log_tail(1))
@@ -1232,7 +1273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (istio_bin_dir() / "pilot-discovery").is_file():
                 say("  istiod: skipped: pilot-discovery not built (tools/istio/build.sh, needs go)")
             else:
-                istiod_mesh = Mesh(args.services, args.endpoints, args.namespaces, work / "imesh")
+                istiod_mesh = Mesh(
+                    args.services,
+                    args.endpoints,
+                    args.namespaces,
+                    work / "imesh",
+                    args.shared_namespaces,
+                )
                 istiod_mesh.write_all()
                 istiod = IstiodServer(istiod_mesh.root or work, work)
                 servers.append(istiod)

@@ -141,3 +141,38 @@ def test_load_benchmark_against_istiod(tmp_path: Path) -> None:
     assert "istiod: pilot-discovery" in out and "ENABLE_CA_SERVER=false" in out, out
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(tmp_path) not in ps.stdout  # pilot-discovery and the API server are gone
+
+
+def test_sidecar_scoped_mesh_imports_own_and_shared_namespaces(tmp_path: Path) -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    import load
+
+    mesh = load.Mesh(20, 2, 5, tmp_path, shared=2)
+    mesh.write_all()
+    sidecar = (tmp_path / "ns-3" / "sidecar.yaml").read_text()
+    assert '"hosts": ["./*", "ns-0/*", "ns-1/*"]' in sidecar
+    assert '"hosts": ["./*", "ns-1/*"]' in (tmp_path / "ns-0" / "sidecar.yaml").read_text()
+    # Churn replaces pods every proxy sees: services of ns-0 and ns-1, not the proxies' own.
+    plan = load.churn_plan(mesh, n_proxies=10, events=6)
+    assert {mesh.ns(s) for s, _ in plan} <= {"ns-0", "ns-1"}
+    assert all(s >= 5 for s, _ in plan), plan
+    assert not load.Mesh(4, 1, 2, None).shared  # no Sidecars unless asked
+
+
+@pytest.mark.timeout(60)
+def test_load_benchmark_with_sidecar_scoping(tmp_path: Path) -> None:
+    """Every proxy reaches full config and sees every change under Sidecar scoping."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--namespaces", "3", "--shared-namespaces", "1"],
+        capture_output=True,
+        text=True,
+        timeout=40,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "Sidecar scoping: each of 3 namespaces imports its own and ns-0" in out, out
+    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
+    assert rows["streams still open at the end"].split()[-3:-1] == ["10", "10"], out
+    assert rows["proxies that never ACKed it"].split()[-3:-1] == ["0", "0"], out
+    assert rows["(event, proxy) pairs never ACKed"].split()[-3:-1] == ["0", "0"], out

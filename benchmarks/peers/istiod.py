@@ -155,6 +155,8 @@ class Peer:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.mesh.glob("*/virtualservice.yaml")):
             self.vs(path)
+        for path in sorted(self.mesh.glob("*/sidecar.yaml")):  # Sidecar scoping, if any
+            self.vs(path)
         return services
 
     def endpoints(self, path: Path) -> None:
