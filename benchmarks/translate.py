@@ -330,6 +330,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, MeshShap
     )
     p.add_argument("--repeat", type=int, help="runs per timing, best kept (3; quick 1)")
     p.add_argument("--quick", action="store_true", help="a smaller mesh, one run each (< 20 s)")
+    p.add_argument(
+        "--istio-shapes",
+        action="store_true",
+        help="only the comparison with istiod's own pilot/pkg/xds benchmarks (its config "
+        "shapes; istiod's times from `peers/build.sh istio-bench`, when built)",
+    )
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
     for name, value in base.items():
@@ -346,6 +352,22 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, MeshShap
     return args, shape
 
 
+def istio_shapes_main(repeat: int, emit: Callable[[str], None]) -> int:
+    import istio_shapes
+
+    binary = istio_shapes.istiod_binary()
+    emit(
+        f"per-proxy generation on istiod's benchmark shapes ({istio_shapes.SERVICES} services; "
+        f"one sidecar, 1.1.1.1 in default); xdsd: generate + serialize, best of {repeat}"
+    )
+    emit(f"Python {platform.python_version()}, protobuf backend {api_implementation.Type()}")
+    if binary is None:
+        emit("  istiod: skipped: not built (benchmarks/peers/build.sh istio-bench, needs go)")
+    emit()
+    emit(istio_shapes.render(istio_shapes.compare(repeat, binary, emit)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, shape = parse_args(argv)
 
@@ -353,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text, flush=True)
 
     started = time.perf_counter()
+    if args.istio_shapes:
+        return istio_shapes_main(args.repeat, emit)
     emit(
         f"xdsd translate benchmark: {shape.services:,} services x {shape.ports} HTTP port(s), "
         f"{shape.endpoints} endpoints each, {shape.namespaces} namespaces; "

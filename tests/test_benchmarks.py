@@ -38,3 +38,22 @@ def test_translate_benchmark_prints_tables() -> None:
     assert {"LDS", "RDS", "total"} <= rows.keys(), out
     assert "GroupCache speed-up:" in out and "warning" not in out, out
     assert proc.stderr == "", proc.stderr
+
+
+def test_istio_shapes_prints_xdsd_times_per_shape_and_type() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--istio-shapes", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()]
+    pairs = {(r[0], r[1]): r for r in rows if r[0] in ("http", "tcp", "virtualservice")}
+    kinds = ("Cluster", "Endpoint", "Listener", "Route")
+    assert {(s, k) for s in ("http", "virtualservice") for k in kinds} <= pairs.keys(), proc.stdout
+    assert ("tcp", "Route") not in pairs and ("tcp", "Listener") in pairs, proc.stdout
+    # 100 ServiceEntries and the proxy's own: 101 outbound clusters and assignments.
+    assert pairs[("http", "Endpoint")][2] == "101", proc.stdout
+    assert all(float(r[3]) > 0 for r in pairs.values()), proc.stdout
