@@ -22,6 +22,24 @@ TINY = [
 ]  # fmt: skip
 
 
+def run_load(*args: str) -> str:
+    """The benchmark's output, once it exited 0."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=40,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def table_rows(out: str) -> dict[str, str]:
+    """Each table line by its label."""
+    return {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
+
+
 @pytest.mark.timeout(60)
 def test_load_benchmark_prints_table(tmp_path: Path) -> None:
     proc = subprocess.run(
@@ -59,20 +77,12 @@ def test_load_benchmark_prints_table(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_load_benchmark_with_server_workers(tmp_path: Path) -> None:
     """--server-workers 2: xdsd serve --workers 2 holds every proxy; nothing left running."""
-    proc = subprocess.run(
-        [
-            *(sys.executable, str(SCRIPT), *TINY, "--targets", "xdsd", "--server-workers", "2"),
-            *("--scenarios", "storm,vs", "--keep", str(tmp_path / "run")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=40,
-        check=False,
+    out = run_load(
+        *(*TINY, "--targets", "xdsd", "--server-workers", "2"),
+        *("--scenarios", "storm,vs", "--keep", str(tmp_path / "run")),
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
     assert "server: 2 worker processes" in out, out
-    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
+    rows = table_rows(out)
     assert rows["streams still open at the end"].split()[-2] == "10", out
     assert rows["proxies that never ACKed it"].split()[-2] == "0", out
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
@@ -160,19 +170,11 @@ def test_sidecar_scoped_mesh_imports_own_and_shared_namespaces(tmp_path: Path) -
 
 
 @pytest.mark.timeout(60)
-def test_load_benchmark_with_sidecar_scoping(tmp_path: Path) -> None:
+def test_load_benchmark_with_sidecar_scoping() -> None:
     """Every proxy reaches full config and sees every change under Sidecar scoping."""
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, "--namespaces", "3", "--shared-namespaces", "1"],
-        capture_output=True,
-        text=True,
-        timeout=40,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_load(*TINY, "--namespaces", "3", "--shared-namespaces", "1")
     assert "Sidecar scoping: each of 3 namespaces imports its own and ns-0" in out, out
-    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in out.splitlines()}
+    rows = table_rows(out)
     assert rows["streams still open at the end"].split()[-3:-1] == ["10", "10"], out
     assert rows["proxies that never ACKed it"].split()[-3:-1] == ["0", "0"], out
     assert rows["(event, proxy) pairs never ACKed"].split()[-3:-1] == ["0", "0"], out

@@ -323,14 +323,7 @@ class XdsServices:
     async def _write(self, context: grpc.aio.ServicerContext, data: bytes) -> bool:
         """Write one response; False when the stream broke (the handler then ends)."""
         if len(data) <= self.settings.small_response_bytes:
-            try:
-                await context.write(data)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the call was cancelled or broke under the write
-                return False
-            self.metrics.bytes_sent.inc(len(data))
-            return True
+            return await self._send(context, data)
         slots = self._send_slots
         if slots.locked():
             waited = time.perf_counter()
@@ -358,15 +351,19 @@ class XdsServices:
             else None
         )
         try:
+            return await self._send(context, data)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            give_back(False)
+
+    async def _send(self, context: grpc.aio.ServicerContext, data: bytes) -> bool:
+        try:
             await context.write(data)
         except asyncio.CancelledError:
             raise
         except Exception:  # the call was cancelled or broke under the write
             return False
-        finally:
-            if timer is not None:
-                timer.cancel()
-            give_back(False)
         self.metrics.bytes_sent.inc(len(data))
         return True
 
