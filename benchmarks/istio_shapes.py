@@ -19,14 +19,14 @@ with a message where it is not built).
 
 from __future__ import annotations
 
-import gc
 import re
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from translate import timed  # the translate benchmark's timing (best of `repeat`)
 
 from xdsd.cache.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xdsd.model.build import build_snapshot
@@ -105,16 +105,6 @@ class Row:
     istiod_ms: float | None
 
 
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(max(1, repeat)):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def measure_xdsd(shape: str, repeat: int) -> list[tuple[str, int, float]]:
     """(type name, resources, ms per proxy) for each type of the shape."""
     result = parse_documents(shape_documents(shape), f"{shape}.yaml")
@@ -142,7 +132,7 @@ def measure_xdsd(shape: str, repeat: int) -> list[tuple[str, int, float]]:
             return [m.SerializeToString(deterministic=True) for _, m in generator(ctx)]
 
         count = len(once())
-        out.append((kind, count, _best(once, repeat) * 1000))
+        out.append((kind, count, timed(once, repeat)[0] * 1000))
     return out
 
 

@@ -101,6 +101,10 @@ class Mesh:
         self.next_ip = services * endpoints
         self.replaced = 0
 
+    def like(self, root: Path | None = None) -> Mesh:
+        """A mesh of the same shape, in its initial state (written under `root`, if any)."""
+        return Mesh(self.services, self.endpoints, self.namespaces, root, len(self.shared))
+
     def ns(self, s: int) -> str:
         return f"ns-{s % self.namespaces}"
 
@@ -796,7 +800,7 @@ def run_target(
         events = 0
     if events:
         plan = churn_plan(mesh, n, events)
-        mesh_copy = Mesh(mesh.services, mesh.endpoints, mesh.namespaces, None, len(mesh.shared))
+        mesh_copy = mesh.like()
         mesh_copy.pods = [list(p) for p in mesh.pods]
         mesh_copy.next_ip, mesh_copy.replaced = mesh.next_ip, mesh.replaced
         new_ips = {mesh_copy.replace_pod(s, j)[1].encode(): i for i, (s, j) in enumerate(plan)}
@@ -1222,15 +1226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 api.command(f"endpoints {config / mesh.ns(s) / 'endpoints' / f'svc-{s}.yaml'}")
             return old, new
 
-        floor_mesh = Mesh(
-            args.services, args.endpoints, args.namespaces, None, args.shared_namespaces
-        )
+        floor_mesh = mesh.like()
         figs.append(
             run_target(
                 xdsd,
                 workers,
                 specs,
-                Mesh(args.services, args.endpoints, args.namespaces, None, args.shared_namespaces),
+                mesh.like(),
                 args,
                 vs_xdsd,
                 ep_xdsd,
@@ -1260,9 +1262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gcp = GcpServer(gcp_bin, gcp_capture, work)
             servers.append(gcp)
             gcp.wait_ready(120)
-            gcp_mesh = Mesh(
-                args.services, args.endpoints, args.namespaces, None, args.shared_namespaces
-            )
+            gcp_mesh = mesh.like()
             vs_gcp, ep_gcp = byte_swaps(gcp, gcp_mesh)
             fig = run_target(gcp, workers, specs, gcp_mesh, args, vs_gcp, ep_gcp, None, say)
             fig.notes.append(gcp.log_tail(1))
@@ -1273,13 +1273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (istio_bin_dir() / "pilot-discovery").is_file():
                 say("  istiod: skipped: pilot-discovery not built (tools/istio/build.sh, needs go)")
             else:
-                istiod_mesh = Mesh(
-                    args.services,
-                    args.endpoints,
-                    args.namespaces,
-                    work / "imesh",
-                    args.shared_namespaces,
-                )
+                istiod_mesh = mesh.like(work / "imesh")
                 istiod_mesh.write_all()
                 istiod = IstiodServer(istiod_mesh.root or work, work)
                 servers.append(istiod)

@@ -154,9 +154,9 @@ class Peer:
             self.endpoints(path)
         self.config_dir.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.mesh.glob("*/virtualservice.yaml")):
-            self.vs(path)
+            self.istio_config(path)
         for path in sorted(self.mesh.glob("*/sidecar.yaml")):  # Sidecar scoping, if any
-            self.vs(path)
+            self.istio_config(path)
         return services
 
     def endpoints(self, path: Path) -> None:
@@ -170,7 +170,9 @@ class Peer:
             self.api.delete("Pod", ns, name)
         self.pods[path] = now
 
-    def vs(self, path: Path) -> None:
+    def istio_config(self, path: Path) -> None:
+        """An Istio config file (the VirtualService, a Sidecar): applied to the API server
+        (--api-only), else copied into istiod's configDir."""
         if self.api_only:
             for doc in load_docs(path):
                 self.api.apply(doc)
@@ -271,7 +273,7 @@ async def run(args: argparse.Namespace) -> int:
                 if verb == "endpoints":
                     peer.endpoints(Path(path))
                 elif verb == "vs":
-                    peer.vs(Path(path))
+                    peer.istio_config(Path(path))
                 else:
                     print(f"istiod peer: bad command {line!r}", file=sys.stderr)
         finally:
