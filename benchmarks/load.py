@@ -1115,6 +1115,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.shared_namespaces is None:
         args.shared_namespaces = 0
+    if args.shared_namespaces < 0:
+        p.error("--shared-namespaces must not be negative")
     if args.storm_timeout is None:
         args.storm_timeout = 30 + 0.04 * args.proxies
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
