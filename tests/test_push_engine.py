@@ -258,6 +258,34 @@ def test_every_change_gives_what_a_fresh_generation_gives(app: XdsdApp, with_sid
     _check(app, watches)
 
 
+@pytest.mark.parametrize("with_sidecar", [False, True])
+def test_a_virtualservice_edit_keeps_every_apps_inbound_parts(
+    app: XdsdApp, with_sidecar: bool
+) -> None:
+    """Inbound clusters and listeners read no VirtualService: the edit keeps their cache
+    entries as they were (not generated again, even to the same bytes)."""
+    mesh = Mesh(app)
+    for source, docs in mesh.files():
+        mesh.apply(source, docs)
+    if with_sidecar:
+        mesh.apply("ns-b/sidecar.yaml", [SIDECAR])
+    app._rebuild(PushRequest(reason="initial"))
+    watches = _proxies(app, mesh)
+    _check(app, watches)
+
+    def inbound() -> dict[object, object]:
+        return {k: e for k, e in app.cache._parts.items() if k[2] == "inbound"}
+
+    before = inbound()
+    assert before
+    mesh.apply("ns-a/vs.yaml", [VS])
+    _push(app, "VirtualService")
+    _check(app, watches)
+    after = inbound()
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+
+
 def test_dns_service_endpoints_are_a_full_push(app: XdsdApp) -> None:
     def entry() -> dict[str, Any]:
         return {
